@@ -1,0 +1,146 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/pgtenant/pgtenant/provision/local"
+	"github.com/pgtenant/pgtenant/resolver"
+)
+
+// devPassword is the app secret `pgtenant dev` uses unless told otherwise;
+// it is printed at start, since dev listens on loopback only.
+const devPassword = "pgtenant-dev"
+
+func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := pflag.NewFlagSet("pgtenant dev", pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dataDir := fs.String("data-dir", ".pgtenant/dev", "directory for the Postgres cluster, the catalog key and logs; reused across restarts")
+	listen := fs.String("listen", "127.0.0.1:6432", "address the router listens on")
+	password := fs.String("password", devPassword, "app secret clients log in with (or "+envPassword+")")
+	templateSQL := fs.String("template-sql", "", "SQL file run once in the template database when it is created (e.g. the app's schema)")
+	pgPort := fs.Int("pg-port", 0, "port of the local Postgres (0: the one used last time, else a free one)")
+	logFormat := fs.String("log-format", "text", "log format: text or json")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, "Usage: pgtenant dev [flags]\n\nStarts a local Postgres (initdb on first run) and the router in front of it.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if !fs.Changed("password") && os.Getenv(envPassword) != "" {
+		*password = os.Getenv(envPassword)
+	}
+	if *password == "" {
+		return errors.New("--password: the app secret must not be empty")
+	}
+	log, err := newLogger(stderr, *logFormat, *logLevel)
+	if err != nil {
+		return err
+	}
+	dir, err := filepath.Abs(*dataDir)
+	if err != nil {
+		return err
+	}
+	// Fail before starting Postgres if the router's address is taken.
+	if ln, err := net.Listen("tcp", *listen); err != nil {
+		return fmt.Errorf("cannot listen on %s (is another pgtenant running?): %w; pick another address with --listen", *listen, err)
+	} else {
+		_ = ln.Close()
+	}
+
+	fmt.Fprintf(stdout, "pgtenant dev: starting Postgres in %s ...\n", dir)
+	cl, err := local.StartCluster(ctx, local.ClusterConfig{
+		Dir:      dir,
+		Port:     *pgPort,
+		Settings: map[string]string{"max_connections": "300"},
+		Log:      log,
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if err := cl.Stop(sctx); err != nil {
+			log.Warn("stopping Postgres", "err", err)
+		}
+	}()
+
+	key, err := devCatalogKey(filepath.Join(dir, "catalog.key"))
+	if err != nil {
+		return err
+	}
+	fc := defaultConfig()
+	fc.Listen = *listen
+	fc.Log.Format, fc.Log.Level = *logFormat, *logLevel
+	fc.Auth.Password = *password
+	fc.Provider.Local.AdminDSN = cl.AdminDSN("postgres")
+	fc.Provider.Local.TemplateSQL = *templateSQL
+	fc.Catalog.Key = key
+
+	// If Postgres dies, stop the router and say so.
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-cl.Done():
+			cancel()
+		case <-rctx.Done():
+		}
+	}()
+
+	err = runRouter(rctx, fc, log, func(addr net.Addr) {
+		printDevBanner(stdout, cl, dir, addr.String(), *password)
+	})
+	select {
+	case <-cl.Done():
+		if ctx.Err() == nil {
+			return fmt.Errorf("postgres exited unexpectedly (see %s): %v", filepath.Join(dir, "postgres.log"), cl.Err())
+		}
+	default:
+	}
+	if err == nil {
+		fmt.Fprintln(stdout, "pgtenant dev: stopped; tenants and their data stay in", dir)
+	}
+	return err
+}
+
+func printDevBanner(w io.Writer, cl *local.Cluster, dir, addr, password string) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "\npgtenant dev is running.\n")
+	fmt.Fprintf(&b, "  router    %s   (app secret: %s)\n", addr, password)
+	fmt.Fprintf(&b, "  postgres  %s:%d   (data dir: %s; admin password in admin.password)\n\n", cl.Host(), cl.Port(), dir)
+	fmt.Fprintf(&b, "Connect as a tenant; its database is created on the first connect:\n\n")
+	fmt.Fprintf(&b, "  psql %s\n\n", quote(fmt.Sprintf("postgres://tenant_42:%s@%s/app", password, addr)))
+	fmt.Fprintf(&b, "Any tenant name of 1-48 lower-case letters, digits, '_' or '-' works. Ctrl-C stops everything.\n")
+	fmt.Fprint(w, b.String())
+}
+
+// devCatalogKey reads the dev catalog key, creating it on first run. The key
+// encrypts the tenants' passwords in the catalog; losing it orphans them.
+func devCatalogKey(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		return strings.TrimSpace(string(b)), nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return "", err
+	}
+	key := resolver.NewKey()
+	if err := os.WriteFile(path, []byte(key+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("write catalog key: %w", err)
+	}
+	return key, nil
+}

@@ -1,0 +1,83 @@
+// Command pgtenant is a tenant-aware PostgreSQL connection router: clients
+// connect with one DSN and name their tenant in the user name; pgtenant
+// authenticates them, creates the tenant's database on first connect and
+// relays the session to it.
+//
+// Subcommands:
+//
+//	pgtenant dev     run a local Postgres and the router on it (for trying it out)
+//	pgtenant serve   run the router against an existing Postgres server (--config)
+//	pgtenant genkey  print a new catalog encryption key
+//	pgtenant version print the version
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/pflag"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, pflag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "pgtenant:", err)
+		}
+		stop()
+		os.Exit(exitCode(err))
+	}
+}
+
+func exitCode(err error) int {
+	if errors.Is(err, pflag.ErrHelp) || errors.Is(err, errUsage) {
+		return 2
+	}
+	return 1
+}
+
+var errUsage = errors.New("usage")
+
+const usage = `pgtenant: a tenant-aware PostgreSQL connection router
+
+Usage:
+  pgtenant dev    [flags]   run a local Postgres and the router on it (try it out)
+  pgtenant serve  [flags]   run the router against an existing Postgres (--config FILE)
+  pgtenant genkey           print a new catalog encryption key (for PGTENANT_CATALOG_KEY)
+  pgtenant version          print the version
+
+Run 'pgtenant <command> --help' for the flags of a command.
+`
+
+// run is main without the process: tests call it.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errUsage
+	}
+	switch args[0] {
+	case "dev":
+		return runDev(ctx, args[1:], stdout, stderr)
+	case "serve":
+		return runServe(ctx, args[1:], stdout, stderr)
+	case "genkey":
+		return runGenkey(stdout)
+	case "version", "--version":
+		fmt.Fprintln(stdout, "pgtenant", version)
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return fmt.Errorf("%w: unknown command %q", errUsage, args[0])
+}

@@ -1,0 +1,205 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/spf13/pflag"
+
+	"github.com/pgtenant/pgtenant/provision/local"
+	"github.com/pgtenant/pgtenant/proxy"
+	"github.com/pgtenant/pgtenant/resolver"
+)
+
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := pflag.NewFlagSet("pgtenant serve", pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "YAML config file (every key: config.example.yaml)")
+	listen := fs.String("listen", "", "address to listen on (overrides listen)")
+	logFormat := fs.String("log-format", "", "log format, text or json (overrides log.format)")
+	logLevel := fs.String("log-level", "", "log level: debug, info, warn, error (overrides log.level)")
+	templateSQL := fs.String("template-sql", "", "SQL file run once in the template database when it is created (overrides provider.local.template_sql)")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: pgtenant serve --config FILE [flags]\n\nSecrets come from the environment: %s, %s, %s, %s.\n\n",
+			envPassword, envAdminDSN, envCatalogDSN, envCatalogKey)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	fc, err := loadConfig(*path)
+	if err != nil {
+		return err
+	}
+	override(fs, "listen", &fc.Listen, *listen)
+	override(fs, "log-format", &fc.Log.Format, *logFormat)
+	override(fs, "log-level", &fc.Log.Level, *logLevel)
+	override(fs, "template-sql", &fc.Provider.Local.TemplateSQL, *templateSQL)
+	if err := fc.validate(); err != nil {
+		return fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	log, err := newLogger(stderr, fc.Log.Format, fc.Log.Level)
+	if err != nil {
+		return err
+	}
+	return runRouter(ctx, fc, log, func(addr net.Addr) {
+		fmt.Fprintf(stdout, "pgtenant: routing tenants on %s\n", addr)
+	})
+}
+
+// override sets *dst to v when the flag was given on the command line.
+func override(fs *pflag.FlagSet, name string, dst *string, v string) {
+	if fs.Changed(name) {
+		*dst = v
+	}
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return l, fmt.Errorf("log.level: %q is not debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	l, err := parseLevel(level)
+	if err != nil {
+		return nil, err
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return slog.New(slog.NewTextHandler(w, opts)), nil
+}
+
+// runRouter wires the packages together from fc and serves until ctx ends.
+// ready is called once the listener is up.
+func runRouter(ctx context.Context, fc fileConfig, log *slog.Logger, ready func(net.Addr)) error {
+	key, err := resolver.ParseKey(fc.Catalog.Key)
+	if err != nil {
+		return fmt.Errorf("catalog.key (%s): %w", envCatalogKey, err)
+	}
+	lc := fc.Provider.Local
+	admin, err := openPool(ctx, "provider.local.admin_dsn", lc.AdminDSN, lc.MaxConns)
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	catDSN := fc.Catalog.DSN
+	if catDSN == "" {
+		catDSN = lc.AdminDSN
+	}
+	catPool, err := openPool(ctx, "catalog.dsn", catDSN, fc.Catalog.MaxConns)
+	if err != nil {
+		return err
+	}
+	defer catPool.Close()
+	cat, err := resolver.OpenCatalog(ctx, catPool, key)
+	if err != nil {
+		return err
+	}
+
+	prov := local.New(local.Config{
+		Host:     lc.Host,
+		Port:     lc.Port,
+		Template: lc.Template,
+		Prefix:   lc.Prefix,
+		Strategy: lc.Strategy,
+	}, admin)
+	var setupSQL string
+	if lc.TemplateSQL != "" {
+		b, err := os.ReadFile(lc.TemplateSQL)
+		if err != nil {
+			return fmt.Errorf("template SQL: %w", err)
+		}
+		setupSQL = string(b)
+	}
+	created, err := prov.EnsureTemplate(ctx, setupSQL)
+	if err != nil {
+		return err
+	}
+	switch {
+	case created:
+		log.Info("template database created", "template", lc.Template, "template_sql", lc.TemplateSQL)
+	case setupSQL != "":
+		log.Info("template database exists; template SQL not applied again (it runs once, when the template is created)",
+			"template", lc.Template, "template_sql", lc.TemplateSQL)
+	}
+
+	res := resolver.New(resolver.Config{
+		CacheSize:   fc.Cache.Size,
+		TTL:         fc.Cache.TTL,
+		NegativeTTL: fc.Cache.NegativeTTL,
+		FillTimeout: fc.Cache.FillTimeout,
+		Log:         log,
+	}, cat, prov)
+	defer res.Close()
+
+	pcfg, err := fc.proxyConfig()
+	if err != nil {
+		return err
+	}
+	pcfg.Log = log
+	srv, err := proxy.New(pcfg, res)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", fc.Listen)
+	if err != nil {
+		return err
+	}
+	log.Info("router listening", "addr", ln.Addr().String(), "auth", pcfg.Auth.String(), "provider", prov.Name())
+	ready(ln.Addr())
+	return srv.Serve(ctx, ln)
+}
+
+// openPool connects a pool and checks that it can reach the server, so that
+// a wrong DSN fails at start with a clear message rather than at the first
+// client. Errors never contain the DSN's password (pgconn redacts it).
+func openPool(ctx context.Context, what, dsn string, maxConns int32) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	if maxConns > 0 {
+		cfg.MaxConns = maxConns
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := pool.Ping(pctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("%s: cannot connect to %s: %w", what, hostOf(cfg), err)
+	}
+	return pool, nil
+}
+
+func hostOf(cfg *pgxpool.Config) string {
+	cc := cfg.ConnConfig
+	return fmt.Sprintf("%s:%d/%s as %s", cc.Host, cc.Port, cc.Database, cc.User)
+}
+
+func runGenkey(stdout io.Writer) error {
+	fmt.Fprintln(stdout, resolver.NewKey())
+	return nil
+}
+
+// quote puts s in single quotes for a shell if it needs them.
+func quote(s string) string {
+	if s != "" && !strings.ContainsAny(s, " '\"$`\\!&;|<>()*?[]{}~#") {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}

@@ -1,0 +1,67 @@
+package provision
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"strconv"
+)
+
+// ErrTenantNotFound is returned by Provider.Delete (and by lookups) when the
+// provider holds nothing for the tenant.
+var ErrTenantNotFound = errors.New("provision: tenant not found")
+
+// Endpoint is where a tenant's database lives and how the router logs in to
+// it. It holds a secret (Password): never log it with %v; its String and
+// LogValue methods mask the password.
+type Endpoint struct {
+	// Host is a DNS name or IP address of the upstream Postgres (or pooler).
+	Host string
+	// Port is the upstream's TCP port.
+	Port uint16
+	// Database is the database name to connect to.
+	Database string
+	// User is the tenant's own login role.
+	User string
+	// Password is User's password. Secret.
+	Password string
+	// ProviderID names the tenant's resources at the provider (for local:
+	// the database name; for Neon: a branch or project id).
+	ProviderID string
+}
+
+// Addr returns host:port.
+func (e Endpoint) Addr() string {
+	return net.JoinHostPort(e.Host, strconv.Itoa(int(e.Port)))
+}
+
+// String describes the endpoint without its password.
+func (e Endpoint) String() string {
+	return "postgres://" + e.User + ":xxxxx@" + e.Addr() + "/" + e.Database
+}
+
+// LogValue implements slog.LogValuer and leaves the password out.
+func (e Endpoint) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("addr", e.Addr()),
+		slog.String("database", e.Database),
+		slog.String("user", e.User),
+	)
+}
+
+// Provider creates and deletes tenants' databases. It is a plugin contract
+// (like database/sql/driver) with one implementation per backend.
+// Implementations must be safe for concurrent use.
+type Provider interface {
+	// Name is a short identifier stored in the catalog ("local", "neon", ...).
+	Name() string
+	// Create makes the tenant's database, or adopts it if it already exists
+	// (for example after a crash between creating it and recording it), and
+	// returns an endpoint with working credentials. It must be idempotent:
+	// calling it twice for one tenant never creates two databases.
+	Create(ctx context.Context, tenant string) (Endpoint, error)
+	// Delete removes the tenant's database and role. It returns
+	// ErrTenantNotFound if there is nothing to delete.
+	Delete(ctx context.Context, tenant string) error
+}

@@ -1,0 +1,220 @@
+package proxy
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/xdg-go/scram"
+)
+
+// Auth methods.
+const (
+	AuthSCRAM = "scram-sha-256"
+	AuthTrust = "trust"
+)
+
+// Auth is how clients prove they may use the router. The zero value is
+// invalid: set Password or Verifier (SCRAM), or Method "trust".
+type Auth struct {
+	// Method is AuthSCRAM (default) or AuthTrust. Trust is refused on any
+	// listener that is not loopback.
+	Method string
+	// Password is the app secret in plain text (for example from an
+	// environment variable). Secret: never logged.
+	Password string
+	// Verifier is a stored SCRAM-SHA-256 verifier as in pg_authid.rolpassword
+	// ("SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>"); it lets the
+	// router check the secret without holding it. Used when Password is empty.
+	Verifier string
+}
+
+// String masks the secrets.
+func (a Auth) String() string {
+	m := a.Method
+	if m == "" {
+		m = AuthSCRAM
+	}
+	switch {
+	case a.Password != "":
+		return m + " (password set)"
+	case a.Verifier != "":
+		return m + " (verifier set)"
+	}
+	return m
+}
+
+// authenticator checks clients' secrets. It is built once at start, so no
+// per-connection key derivation is needed: the server side of SCRAM costs a
+// few HMACs per login.
+type authenticator struct {
+	trust  bool
+	server *scram.Server
+}
+
+func newAuthenticator(a Auth) (*authenticator, error) {
+	switch a.Method {
+	case AuthTrust:
+		return &authenticator{trust: true}, nil
+	case "", AuthSCRAM:
+	default:
+		return nil, fmt.Errorf("auth: unknown method %q (want %q or %q)", a.Method, AuthSCRAM, AuthTrust)
+	}
+	var creds scram.StoredCredentials
+	switch {
+	case a.Password != "":
+		salt := make([]byte, 16)
+		_, _ = rand.Read(salt)
+		cl, err := scram.SHA256.NewClient("", a.Password, "")
+		if err != nil {
+			return nil, fmt.Errorf("auth: password is not valid for SCRAM (SASLprep failed)")
+		}
+		creds, err = cl.GetStoredCredentialsWithError(scram.KeyFactors{Salt: string(salt), Iters: 4096})
+		if err != nil {
+			return nil, fmt.Errorf("auth: derive SCRAM credentials: %w", err)
+		}
+	case a.Verifier != "":
+		var err error
+		if creds, err = ParseSCRAMVerifier(a.Verifier); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, errors.New("auth: no app secret configured: set a password or a SCRAM verifier (or use trust on loopback)")
+	}
+	srv, err := scram.SHA256.NewServer(func(string) (scram.StoredCredentials, error) { return creds, nil })
+	if err != nil {
+		return nil, fmt.Errorf("auth: %w", err)
+	}
+	return &authenticator{server: srv}, nil
+}
+
+// ParseSCRAMVerifier parses a verifier in pg_authid's format,
+// "SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>" (base64 parts).
+// Errors never echo the verifier.
+func ParseSCRAMVerifier(v string) (scram.StoredCredentials, error) {
+	bad := func(why string) (scram.StoredCredentials, error) {
+		return scram.StoredCredentials{}, errors.New("auth: invalid SCRAM verifier: " + why +
+			` (want "SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>", as in pg_authid)`)
+	}
+	rest, ok := strings.CutPrefix(v, "SCRAM-SHA-256$")
+	if !ok {
+		return bad("missing SCRAM-SHA-256$ prefix")
+	}
+	kf, keys, ok := strings.Cut(rest, "$")
+	if !ok {
+		return bad("missing keys")
+	}
+	iterS, saltB64, ok := strings.Cut(kf, ":")
+	if !ok {
+		return bad("missing salt")
+	}
+	iters, err := strconv.Atoi(iterS)
+	if err != nil || iters < 1 {
+		return bad("bad iteration count")
+	}
+	storedB64, serverB64, ok := strings.Cut(keys, ":")
+	if !ok {
+		return bad("missing server key")
+	}
+	salt, err1 := base64.StdEncoding.DecodeString(saltB64)
+	stored, err2 := base64.StdEncoding.DecodeString(storedB64)
+	server, err3 := base64.StdEncoding.DecodeString(serverB64)
+	if err1 != nil || err2 != nil || err3 != nil || len(salt) == 0 || len(stored) != 32 || len(server) != 32 {
+		return bad("bad base64 or key length")
+	}
+	return scram.StoredCredentials{
+		KeyFactors: scram.KeyFactors{Salt: string(salt), Iters: iters},
+		StoredKey:  stored,
+		ServerKey:  server,
+	}, nil
+}
+
+// authenticate runs the authentication exchange with the client and, on
+// success, sends AuthenticationOk. user is only used in messages.
+func (a *authenticator) authenticate(c net.Conn, user string, maxMsg int) error {
+	if a.trust {
+		return writeMsgs(c, &pgproto3.AuthenticationOk{})
+	}
+	if err := writeMsgs(c, &pgproto3.AuthenticationSASL{AuthMechanisms: []string{"SCRAM-SHA-256"}}); err != nil {
+		return err
+	}
+	conv := a.server.NewConversation()
+
+	body, err := readSASLMessage(c, maxMsg)
+	if err != nil {
+		return err
+	}
+	var initial pgproto3.SASLInitialResponse
+	if err := initial.Decode(body); err != nil {
+		return clientErr(codeProtocolViolation, "malformed SASLInitialResponse", "", err)
+	}
+	if initial.AuthMechanism != "SCRAM-SHA-256" {
+		return clientErr(codeProtocolViolation,
+			fmt.Sprintf("client selected an invalid SASL authentication mechanism %q", truncate(initial.AuthMechanism, 32)),
+			"The router offers SCRAM-SHA-256 only.", nil)
+	}
+	serverFirst, err := conv.Step(string(initial.Data))
+	if err != nil {
+		return clientErr(codeProtocolViolation, "malformed SCRAM message", "", err)
+	}
+	if err := writeMsgs(c, &pgproto3.AuthenticationSASLContinue{Data: []byte(serverFirst)}); err != nil {
+		return err
+	}
+
+	body, err = readSASLMessage(c, maxMsg)
+	if err != nil {
+		return err
+	}
+	var resp pgproto3.SASLResponse
+	if err := resp.Decode(body); err != nil {
+		return clientErr(codeProtocolViolation, "malformed SASLResponse", "", err)
+	}
+	serverFinal, err := conv.Step(string(resp.Data))
+	if err != nil || !conv.Valid() {
+		return clientErr(codeInvalidPassword,
+			fmt.Sprintf("password authentication failed for user %q", truncate(user, 64)),
+			"Use the router's app secret as the password (not a tenant database's password).", err)
+	}
+	return writeMsgs(c, &pgproto3.AuthenticationSASLFinal{Data: []byte(serverFinal)}, &pgproto3.AuthenticationOk{})
+}
+
+// readSASLMessage reads one 'p' message body, capped at max bytes.
+func readSASLMessage(r io.Reader, max int) ([]byte, error) {
+	var hdr [5]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, err
+	}
+	if hdr[0] != 'p' {
+		return nil, clientErr(codeProtocolViolation,
+			fmt.Sprintf("expected SASL response, got message type %q", hdr[0]), "", nil)
+	}
+	n := int64(int32(binary.BigEndian.Uint32(hdr[1:])))
+	if n < 4 || n-4 > int64(max) {
+		return nil, clientErr(codeProtocolViolation, fmt.Sprintf("invalid SASL message length %d", n), "", nil)
+	}
+	body := make([]byte, n-4)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return nil, err
+	}
+	return body, nil
+}
+
+// writeMsgs encodes msgs into one buffer and writes it with one syscall.
+func writeMsgs(w io.Writer, msgs ...pgproto3.BackendMessage) error {
+	var buf []byte
+	var err error
+	for _, m := range msgs {
+		if buf, err = m.Encode(buf); err != nil {
+			return err
+		}
+	}
+	_, err = w.Write(buf)
+	return err
+}

@@ -1,0 +1,12 @@
+// Package proxy is the client-facing half of pgtenant: it accepts Postgres
+// wire-protocol connections, answers the startup negotiation (SSLRequest,
+// GSSENCRequest, CancelRequest, StartupMessage 3.x), extracts and validates
+// the tenant ID, authenticates the client itself (SCRAM-SHA-256), resolves
+// the tenant to an upstream through a Resolver, logs in upstream with the
+// tenant's own credentials (pgconn, then Hijack), relays the session
+// parameters, hands the client its own cancel key and then pumps bytes both
+// ways until either side hangs up.
+//
+// Every failure a client can cause or meet reaches it as an ErrorResponse
+// with a SQLSTATE (see ClientError); the connection is then closed.
+package proxy

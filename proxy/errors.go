@@ -1,0 +1,73 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// SQLSTATE codes the router sends itself.
+const (
+	codeProtocolViolation   = "08P01"
+	codeConnectionFailure   = "08006"
+	codeCannotConnect       = "08001"
+	codeFeatureNotSupported = "0A000"
+	codeInvalidAuthSpec     = "28000"
+	codeInvalidPassword     = "28P01"
+	codeCannotConnectNow    = "57P03"
+	codeAdminShutdown       = "57P01"
+	codeTooManyConnections  = "53300"
+	codeInternal            = "XX000"
+)
+
+// ClientError is an error the client is told about. Only Code, Msg and Hint
+// are sent to the client; Err (the cause) is for the router's log.
+type ClientError struct {
+	Code string // SQLSTATE
+	Msg  string // primary message, said to the client
+	Hint string // what to do about it; optional
+	Err  error  // underlying cause; never sent to the client
+}
+
+func (e *ClientError) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("%s (%s): %v", e.Msg, e.Code, e.Err)
+	}
+	return e.Msg + " (" + e.Code + ")"
+}
+
+func (e *ClientError) Unwrap() error { return e.Err }
+
+func clientErr(code, msg, hint string, cause error) *ClientError {
+	return &ClientError{Code: code, Msg: msg, Hint: hint, Err: cause}
+}
+
+// toErrorResponse maps any error to what the client may see: a *ClientError
+// keeps its text, everything else becomes "internal error" so that no
+// internal detail (and no secret) leaks.
+func toErrorResponse(err error) *pgproto3.ErrorResponse {
+	var ce *ClientError
+	if !errors.As(err, &ce) {
+		ce = &ClientError{Code: codeInternal, Msg: "internal error in pgtenant router", Hint: "Retry; if it persists, check the router's log."}
+	}
+	return &pgproto3.ErrorResponse{
+		Severity:            "FATAL",
+		SeverityUnlocalized: "FATAL",
+		Code:                ce.Code,
+		Message:             ce.Msg,
+		Hint:                ce.Hint,
+	}
+}
+
+// writeError sends err to the client as a FATAL ErrorResponse. The caller
+// closes the connection afterwards.
+func writeError(c net.Conn, err error) error {
+	buf, encErr := toErrorResponse(err).Encode(nil)
+	if encErr != nil {
+		return encErr
+	}
+	_, werr := c.Write(buf)
+	return werr
+}

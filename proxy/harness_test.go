@@ -1,0 +1,205 @@
+package proxy_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgtenant/pgtenant/internal/pgtest"
+	"github.com/pgtenant/pgtenant/provision"
+	"github.com/pgtenant/pgtenant/provision/local"
+	"github.com/pgtenant/pgtenant/proxy"
+	"github.com/pgtenant/pgtenant/resolver"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+const appSecret = "app-s3cret-for-tests"
+
+// countingProvider is the real local provider, counting Create calls.
+type countingProvider struct {
+	*local.Provider
+	creates atomic.Int32
+}
+
+func (p *countingProvider) Create(ctx context.Context, tenant string) (provision.Endpoint, error) {
+	p.creates.Add(1)
+	return p.Provider.Create(ctx, tenant)
+}
+
+// syncBuffer collects log output from many goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// router is a running proxy in front of the shared test cluster, with its
+// own catalog database.
+type router struct {
+	addr    string
+	cluster *local.Cluster
+	prov    *countingProvider
+	cat     *resolver.Catalog
+	res     *resolver.Resolver
+	logs    *syncBuffer
+	stop    func()
+}
+
+type routerOpt func(*proxy.Config)
+
+// catalogDB lets a test restart a router on the same catalog.
+type catalogDB struct{ name string }
+
+func newCatalogDB(t *testing.T) catalogDB {
+	return catalogDB{name: pgtest.CreateDB(t, pgtest.Shared(t))}
+}
+
+var catalogKey = resolver.NewKey()
+
+// startRouter starts a router on 127.0.0.1:0 and stops it in t.Cleanup.
+func startRouter(t *testing.T, db catalogDB, opts ...routerOpt) *router {
+	t.Helper()
+	c := pgtest.Shared(t)
+	ctx := context.Background()
+
+	admin, err := pgxpool.New(ctx, c.AdminDSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	catPool, err := pgxpool.New(ctx, c.AdminDSN(db.name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := resolver.ParseKey(catalogKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err := resolver.OpenCatalog(ctx, catPool, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prov := &countingProvider{Provider: local.New(local.Config{}, admin)}
+	if _, err := prov.EnsureTemplate(ctx, "CREATE TABLE IF NOT EXISTS app_items (id int primary key, name text)"); err != nil {
+		t.Fatal(err)
+	}
+	res := resolver.New(resolver.Config{}, cat, prov)
+
+	logs := &syncBuffer{}
+	cfg := proxy.Config{
+		Auth: proxy.Auth{Password: appSecret},
+		Log:  slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	srv, err := proxy.New(cfg, res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(sctx, ln) }()
+	r := &router{addr: ln.Addr().String(), cluster: c, prov: prov, cat: cat, res: res, logs: logs}
+	var once sync.Once
+	r.stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+			res.Close()
+			catPool.Close()
+			admin.Close()
+			if t.Failed() {
+				t.Logf("router log:\n%s", logs.String())
+			}
+		})
+	}
+	t.Cleanup(r.stop)
+	return r
+}
+
+// dsn is the connection string a client uses for tenant.
+func (r *router) dsn(tenant, password string, extra ...string) string {
+	s := "postgres://" + tenant + ":" + password + "@" + r.addr + "/app?sslmode=disable"
+	for _, e := range extra {
+		s += "&" + e
+	}
+	return s
+}
+
+func (r *router) connect(t *testing.T, tenant string) *pgx.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, r.dsn(tenant, appSecret))
+	if err != nil {
+		t.Fatalf("connect as %s: %v", tenant, err)
+	}
+	t.Cleanup(func() { _ = conn.Close(context.Background()) })
+	return conn
+}
+
+// newTenant returns a tenant ID no other test uses.
+func newTenant(prefix string) string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return prefix + "-" + hex.EncodeToString(b)
+}
+
+func pgCode(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code
+	}
+	return ""
+}
+
+func queryString(t *testing.T, conn *pgx.Conn, sql string) string {
+	t.Helper()
+	var s string
+	if err := conn.QueryRow(context.Background(), sql).Scan(&s); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return s
+}
+
+// assertNoSecrets fails if the router's log holds a password.
+func (r *router) assertNoSecrets(t *testing.T, secrets ...string) {
+	t.Helper()
+	logs := r.logs.String()
+	for _, s := range append(secrets, appSecret) {
+		if s != "" && strings.Contains(logs, s) {
+			t.Errorf("router log contains a secret (%q...)", s[:min(4, len(s))])
+		}
+	}
+}

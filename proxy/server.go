@@ -1,0 +1,526 @@
+package proxy
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgtenant/pgtenant/resolver"
+)
+
+// Resolver finds a tenant's upstream. *resolver.Resolver implements it.
+type Resolver interface {
+	// Resolve returns the tenant's route, creating the tenant's database
+	// first if needed. It blocks until then or until ctx ends.
+	Resolve(ctx context.Context, tenant string) (resolver.Route, error)
+	// Invalidate forgets a cached route, e.g. after its upstream refused us.
+	Invalidate(tenant string)
+}
+
+// Config configures a Server. The zero value works except for Auth, which
+// must name a secret (or trust, on loopback).
+type Config struct {
+	// Auth is how clients authenticate to the router.
+	Auth Auth
+	// Tenant says how the tenant is named in the user name.
+	Tenant TenantConfig
+	// HandshakeTimeout bounds the startup negotiation and client
+	// authentication. Zero or negative means 10s.
+	HandshakeTimeout time.Duration
+	// ConnectTimeout bounds resolving the tenant (including creating its
+	// database on first connect) plus logging in upstream. Zero or negative
+	// means 60s. A client that runs out of it gets 57P03.
+	ConnectTimeout time.Duration
+	// MaxStartupPacket caps the size of startup-phase packets. Zero or
+	// negative means DefaultMaxStartupPacket (10000, as Postgres).
+	MaxStartupPacket int
+	// InstanceID is put in the top byte of every cancel key this router
+	// issues, so that several instances can tell whose key it is.
+	InstanceID uint8
+	// DialUpstream dials upstream TCP connections (also for cancels). Nil
+	// means a net.Dialer with TCP keepalives.
+	DialUpstream func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Log receives one line per finished session plus errors. Nil discards.
+	Log *slog.Logger
+}
+
+func (c *Config) handshakeTimeout() time.Duration {
+	if c.HandshakeTimeout <= 0 {
+		return 10 * time.Second
+	}
+	return c.HandshakeTimeout
+}
+
+func (c *Config) connectTimeout() time.Duration {
+	if c.ConnectTimeout <= 0 {
+		return 60 * time.Second
+	}
+	return c.ConnectTimeout
+}
+
+func (c *Config) maxStartupPacket() int {
+	if c.MaxStartupPacket <= 0 {
+		return DefaultMaxStartupPacket
+	}
+	return c.MaxStartupPacket
+}
+
+// Server routes client connections to their tenants' databases.
+// Its methods are safe for concurrent use.
+type Server struct {
+	cfg     Config
+	res     Resolver
+	auth    *authenticator
+	cancels *cancelRegistry
+	log     *slog.Logger
+	dial    func(ctx context.Context, network, addr string) (net.Conn, error)
+	// upstreamBase is parsed once: pgconn configs must come from ParseConfig,
+	// and parsing per connection would re-read the environment each time.
+	upstreamBase *pgconn.Config
+
+	nextConn atomic.Uint64
+	conns    sync.WaitGroup
+}
+
+// New returns a Server that routes through r.
+func New(cfg Config, r Resolver) (*Server, error) {
+	auth, err := newAuthenticator(cfg.Auth)
+	if err != nil {
+		return nil, err
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	dial := cfg.DialUpstream
+	if dial == nil {
+		dial = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	}
+	base, err := pgconn.ParseConfig("sslmode=disable")
+	if err != nil {
+		return nil, fmt.Errorf("proxy: upstream base config: %w", err)
+	}
+	return &Server{
+		cfg:          cfg,
+		res:          r,
+		auth:         auth,
+		cancels:      newCancelRegistry(cfg.InstanceID),
+		log:          log,
+		dial:         dial,
+		upstreamBase: base,
+	}, nil
+}
+
+// Serve accepts connections on ln and serves each in its own goroutine until
+// ctx ends. It then closes ln, closes every live session and returns once all
+// of them have finished. Serve refuses trust authentication on a listener
+// that is not loopback.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	if s.auth.trust && !isLoopback(ln.Addr()) {
+		_ = ln.Close()
+		return fmt.Errorf("proxy: trust authentication is only allowed on a loopback listener, not %s", ln.Addr())
+	}
+	stop := context.AfterFunc(ctx, func() { _ = ln.Close() })
+	defer stop()
+	defer s.conns.Wait()
+
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			// Out of file descriptors and the like: back off as net/http does.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Warn("accept failed; retrying", "err", err, "backoff", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return nil
+			}
+			continue
+		}
+		backoff = 0
+		s.conns.Go(func() { _ = s.ServeConn(ctx, c) })
+	}
+}
+
+func isLoopback(a net.Addr) bool {
+	ta, ok := a.(*net.TCPAddr)
+	return ok && ta.IP.IsLoopback()
+}
+
+// session is what one client connection's log line reports.
+type session struct {
+	tenant    string
+	via       resolver.Via
+	routed    bool
+	upPID     uint32
+	bytesIn   atomic.Int64 // client → upstream
+	bytesOut  atomic.Int64 // upstream → client
+	cancelReq bool
+}
+
+// ServeConn handles one client connection and always closes c. It blocks
+// until either peer hangs up or ctx ends. The returned error is the one the
+// session ended with (also logged); nil for a clean end.
+func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { _ = c.Close() })
+	defer stop()
+
+	start := time.Now()
+	log := s.log.With("conn", s.nextConn.Add(1), "remote", c.RemoteAddr().String())
+	var sess session
+	err := s.serve(ctx, c, &sess, log)
+
+	switch {
+	case sess.cancelReq:
+		return err
+	case !sess.routed && isQuietEOF(err):
+		// A port probe, or psql hanging up to ask the user for a password.
+		log.Debug("client left during startup", "tenant", sess.tenant, "err", err)
+		return err
+	}
+	attrs := []any{
+		"tenant", sess.tenant,
+		"duration", time.Since(start).Round(time.Microsecond),
+		"bytes_in", sess.bytesIn.Load(),
+		"bytes_out", sess.bytesOut.Load(),
+	}
+	if sess.routed {
+		attrs = append(attrs, "via", sess.via.String(), "upstream_pid", sess.upPID)
+	}
+	if err != nil && !(sess.routed && isQuietEOF(err)) && ctx.Err() == nil {
+		attrs = append(attrs, "err", err)
+		log.Warn("session failed", attrs...)
+		return err
+	}
+	log.Info("session", attrs...)
+	return nil
+}
+
+// isQuietEOF reports whether err only says that a peer went away.
+func isQuietEOF(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog.Logger) error {
+	_ = c.SetDeadline(time.Now().Add(s.cfg.handshakeTimeout()))
+	p, err := s.negotiate(c)
+	if err != nil {
+		return s.fail(c, err)
+	}
+	if p.kind == kindCancel {
+		sess.cancelReq = true
+		s.handleCancel(ctx, p, log)
+		return nil
+	}
+
+	user := p.params["user"]
+	if user == "" {
+		return s.fail(c, clientErr(codeInvalidAuthSpec, "no PostgreSQL user name specified in startup packet",
+			"Put the tenant in the user name: postgres://<tenant>:<secret>@<router>:6432/<db>.", nil))
+	}
+	if _, ok := p.params["replication"]; ok && p.params["replication"] != "false" && p.params["replication"] != "0" {
+		return s.fail(c, clientErr(codeFeatureNotSupported, "replication connections are not supported by the pgtenant router",
+			"Connect to the tenant's database directly for replication.", nil))
+	}
+	tenant, err := s.cfg.Tenant.extract(user)
+	if err != nil {
+		return s.fail(c, err)
+	}
+	sess.tenant = tenant
+
+	if p.minor > 0 || len(p.protoOptions) > 0 {
+		// We speak 3.0 (as the upstream does); clients that asked for 3.2
+		// fall back, as they do with any pre-18 server.
+		opts := p.protoOptions
+		if opts == nil {
+			opts = []string{}
+		}
+		if err := writeMsgs(c, &pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: opts}); err != nil {
+			return err
+		}
+	}
+	if err := s.auth.authenticate(c, user, s.cfg.maxStartupPacket()); err != nil {
+		return s.fail(c, err)
+	}
+
+	// Authenticated: only now may anything be resolved or created.
+	cctx, cancel := context.WithTimeout(ctx, s.cfg.connectTimeout())
+	defer cancel()
+	_ = c.SetDeadline(time.Now().Add(s.cfg.connectTimeout()))
+	up, rt, err := s.connectUpstream(cctx, tenant, upstreamParams(p.params))
+	if err != nil {
+		return s.fail(c, err)
+	}
+	defer up.Conn.Close()
+	stopUp := context.AfterFunc(ctx, func() { _ = up.Conn.Close() })
+	defer stopUp()
+	sess.routed, sess.via, sess.upPID = true, rt.Via, up.PID
+
+	key, release := s.cancels.register(cancelTarget{
+		addr:      rt.Addr(),
+		pid:       up.PID,
+		secret:    up.SecretKey,
+		tlsConfig: up.TLSConfig,
+		dial:      s.dial,
+	})
+	defer release()
+
+	var secret [4]byte
+	binary.BigEndian.PutUint32(secret[:], key.secret)
+	msgs := make([]pgproto3.BackendMessage, 0, len(up.ParameterStatuses)+2)
+	for name, value := range up.ParameterStatuses {
+		msgs = append(msgs, &pgproto3.ParameterStatus{Name: name, Value: value})
+	}
+	msgs = append(msgs,
+		&pgproto3.BackendKeyData{ProcessID: up.PID, SecretKey: secret[:]},
+		&pgproto3.ReadyForQuery{TxStatus: up.TxStatus})
+	if err := writeMsgs(c, msgs...); err != nil {
+		return err
+	}
+	_ = c.SetDeadline(time.Time{}) // from here on liveness is TCP keepalive's job
+
+	return relay(c, up.Conn, sess)
+}
+
+// relay pumps bytes both ways until one side ends, then closes both and
+// waits for the other pump. A clean end of either side returns nil.
+func relay(client, upstream net.Conn, sess *session) error {
+	errc := make(chan error, 1)
+	go func() { errc <- pump(client, upstream, &sess.bytesOut) }()
+	err := pump(upstream, client, &sess.bytesIn)
+	_ = client.Close()
+	_ = upstream.Close()
+	err2 := <-errc
+	if isQuietEOF(err) {
+		err = nil
+	}
+	if err == nil && !isQuietEOF(err2) {
+		err = err2
+	}
+	return err
+}
+
+// negotiate reads startup-phase packets until a StartupMessage or a
+// CancelRequest, declining TLS and GSS encryption (each may be asked once).
+func (s *Server) negotiate(c net.Conn) (startupPacket, error) {
+	sslAsked, gssAsked := false, false
+	for {
+		body, err := readStartupPacket(c, s.cfg.maxStartupPacket())
+		if err != nil {
+			return startupPacket{}, err
+		}
+		p, err := parseStartup(body)
+		if err != nil {
+			return startupPacket{}, err
+		}
+		switch p.kind {
+		case kindSSLRequest:
+			if sslAsked {
+				return startupPacket{}, clientErr(codeProtocolViolation, "SSLRequest sent twice", "", nil)
+			}
+			sslAsked = true
+			// TODO(core): TLS termination (issue: production surface).
+			if _, err := c.Write([]byte{'N'}); err != nil {
+				return startupPacket{}, err
+			}
+		case kindGSSENCRequest:
+			if gssAsked {
+				return startupPacket{}, clientErr(codeProtocolViolation, "GSSENCRequest sent twice", "", nil)
+			}
+			gssAsked = true
+			if _, err := c.Write([]byte{'N'}); err != nil {
+				return startupPacket{}, err
+			}
+		default:
+			return p, nil
+		}
+	}
+}
+
+// fail tells the client why its connection ends (when the cause is worth
+// telling: not when the client itself went away) and returns err.
+func (s *Server) fail(c net.Conn, err error) error {
+	if isQuietEOF(err) {
+		return err
+	}
+	var ce *ClientError
+	var ne net.Error
+	if !errors.As(err, &ce) && errors.As(err, &ne) && ne.Timeout() {
+		err = clientErr(codeProtocolViolation,
+			fmt.Sprintf("connection startup not completed within %s", s.cfg.handshakeTimeout()),
+			"Check the client's network; the router closes connections that stall during startup.", err)
+	}
+	_ = c.SetWriteDeadline(time.Now().Add(time.Second)) // a stalled client cannot hold us
+	if writeError(c, err) == nil {
+		lingerClose(c)
+	}
+	return err
+}
+
+// lingerClose half-closes c and discards what the client already sent, so
+// that closing does not turn into a TCP reset that could destroy our
+// ErrorResponse before the client reads it (as when a client sends more than
+// the router read, e.g. an HTTP request).
+func lingerClose(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.CloseWrite()
+	}
+	_ = c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	_, _ = io.CopyN(io.Discard, c, 1<<16)
+}
+
+// handleCancel forwards a CancelRequest whose key this router issued.
+// Unknown keys are ignored, as Postgres does: the client gets no answer
+// either way, so keys cannot be probed.
+func (s *Server) handleCancel(ctx context.Context, p startupPacket, log *slog.Logger) {
+	t, ok := s.cancels.lookup(p.pid, p.secret)
+	if !ok {
+		log.Debug("cancel request with unknown key ignored", "pid", p.pid)
+		return
+	}
+	if err := t.send(ctx); err != nil {
+		log.Warn("cancel request not delivered", "pid", p.pid, "err", err)
+		return
+	}
+	log.Debug("cancel request forwarded", "pid", p.pid, "upstream", t.addr)
+}
+
+// upstreamParams is what of the client's startup parameters is forwarded
+// upstream: everything but what the router decides itself (who logs in
+// where, and replication).
+func upstreamParams(params map[string]string) map[string]string {
+	out := make(map[string]string, len(params))
+	for k, v := range params {
+		switch k {
+		case "user", "database", "replication":
+			continue
+		}
+		out[k] = v
+	}
+	return out
+}
+
+// connectUpstream resolves tenant and logs in to its database. A route whose
+// upstream cannot be reached or refuses the router's login is invalidated and
+// resolved once more before giving up (the catalog may have newer
+// credentials, or the cache an old address).
+func (s *Server) connectUpstream(ctx context.Context, tenant string, params map[string]string) (*pgconn.HijackedConn, resolver.Route, error) {
+	var lastErr error
+	for attempt := range 2 {
+		if attempt > 0 {
+			s.res.Invalidate(tenant)
+		}
+		rt, err := s.res.Resolve(ctx, tenant)
+		if err != nil {
+			return nil, rt, resolveError(ctx, tenant, err)
+		}
+		hj, err := s.dialUpstream(ctx, rt, params)
+		if err == nil {
+			return hj, rt, nil
+		}
+		lastErr = upstreamError(tenant, rt, err)
+		if ctx.Err() != nil || !retryableUpstream(err) {
+			break
+		}
+	}
+	return nil, resolver.Route{}, lastErr
+}
+
+func (s *Server) dialUpstream(ctx context.Context, rt resolver.Route, params map[string]string) (*pgconn.HijackedConn, error) {
+	cfg := s.upstreamBase.Copy()
+	cfg.Host = rt.Host
+	cfg.Port = rt.Port
+	cfg.Database = rt.Database
+	cfg.User = rt.User
+	cfg.Password = rt.Password
+	cfg.TLSConfig = nil
+	cfg.Fallbacks = nil
+	cfg.ValidateConnect = nil
+	cfg.AfterConnect = nil
+	cfg.ConnectTimeout = 0 // ctx bounds it
+	cfg.RuntimeParams = params
+	cfg.DialFunc = s.dial
+	pc, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	// pgconn may still have a background read in flight (it starts one when
+	// a write is slow, as under a connection storm) or buffered bytes; either
+	// would steal the upstream's first reply from the pump.
+	if err := pc.SyncConn(ctx); err != nil {
+		_ = pc.Conn().Close()
+		return nil, err
+	}
+	return pc.Hijack()
+}
+
+// retryableUpstream reports whether a failed upstream login may succeed with
+// a freshly resolved route.
+func retryableUpstream(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch {
+		case pgErr.Code[:2] == "28", pgErr.Code == "3D000":
+			return true // stale credentials or database
+		}
+		return false
+	}
+	return true // network-level failure
+}
+
+func upstreamError(tenant string, rt resolver.Route, err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		if pgErr.Code[:2] == "28" {
+			return clientErr(codeCannotConnect,
+				fmt.Sprintf("the database of tenant %q refused the router's login", tenant),
+				"The router's stored credentials for this tenant are out of date; ask an operator to re-provision the tenant.", err)
+		}
+		// The upstream's own refusal (too many connections, shutting down, ...)
+		// is meaningful to the client as it is.
+		return &ClientError{Code: pgErr.Code, Msg: "upstream: " + pgErr.Message, Hint: pgErr.Hint, Err: err}
+	}
+	return clientErr(codeConnectionFailure,
+		fmt.Sprintf("cannot connect to the database of tenant %q at %s", tenant, rt.Addr()),
+		"The tenant's database server is unreachable; retry in a moment.", err)
+}
+
+func resolveError(ctx context.Context, tenant string, err error) error {
+	switch {
+	case ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded):
+		return clientErr(codeCannotConnectNow,
+			fmt.Sprintf("the database of tenant %q is not ready yet", tenant),
+			"It is probably still being created; retry in a few seconds.", err)
+	case errors.Is(err, resolver.ErrUnknownTenant):
+		return clientErr(codeInvalidAuthSpec,
+			fmt.Sprintf("tenant %q does not exist", tenant),
+			"This router does not create tenants on connect; ask an operator to create it.", err)
+	case errors.Is(err, resolver.ErrCatalog):
+		return clientErr(codeCannotConnectNow,
+			"the router cannot read its tenant catalog right now",
+			"Retry in a few seconds; if it persists, the router's log says why.", err)
+	}
+	return clientErr(codeCannotConnectNow,
+		fmt.Sprintf("the database of tenant %q could not be created right now", tenant),
+		"Retry in a few seconds; if it persists, the router's log says why.", err)
+}

@@ -1,0 +1,139 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// Request codes of the startup phase (protocol docs, "Message Formats").
+const (
+	sslRequestCode    = 80877103 // 1234<<16 | 5679
+	gssEncRequestCode = 80877104 // 1234<<16 | 5680
+	cancelRequestCode = 80877102 // 1234<<16 | 5678
+)
+
+// DefaultMaxStartupPacket is Postgres' own MAX_STARTUP_PACKET_LENGTH.
+const DefaultMaxStartupPacket = 10000
+
+type startupKind uint8
+
+const (
+	kindStartup startupKind = iota + 1
+	kindSSLRequest
+	kindGSSENCRequest
+	kindCancel
+)
+
+// startupPacket is one decoded packet of the startup phase.
+type startupPacket struct {
+	kind startupKind
+
+	// kindStartup
+	major, minor uint16
+	params       map[string]string // ordinary parameters (user, database, options, GUCs)
+	protoOptions []string          // "_pq_." protocol options, reported back as unrecognized
+
+	// kindCancel
+	pid    uint32
+	secret []byte
+}
+
+var errStartupTooShort = errors.New("startup packet too short")
+
+// readStartupPacket reads one length-prefixed startup-phase packet from r,
+// refusing lengths outside [8, max] before allocating anything.
+func readStartupPacket(r io.Reader, max int) ([]byte, error) {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, err
+	}
+	n := int64(int32(binary.BigEndian.Uint32(hdr[:])))
+	if n < 8 || n > int64(max) {
+		return nil, clientErr(codeProtocolViolation,
+			fmt.Sprintf("invalid length of startup packet: %d bytes (allowed 8 to %d)", n, max),
+			"Connect with a PostgreSQL client library speaking protocol 3.", nil)
+	}
+	body := make([]byte, n-4)
+	if _, err := io.ReadFull(r, body); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	return body, nil
+}
+
+// parseStartup decodes the body (after the length word) of a startup-phase
+// packet. It never panics on any input (see FuzzParseStartup).
+func parseStartup(body []byte) (startupPacket, error) {
+	if len(body) < 4 {
+		return startupPacket{}, clientErr(codeProtocolViolation, "invalid startup packet: too short", "", errStartupTooShort)
+	}
+	code := binary.BigEndian.Uint32(body)
+	rest := body[4:]
+	switch code {
+	case sslRequestCode:
+		return startupPacket{kind: kindSSLRequest}, nil
+	case gssEncRequestCode:
+		return startupPacket{kind: kindGSSENCRequest}, nil
+	case cancelRequestCode:
+		// 4-byte key in protocol 3.0, up to 256 bytes in 3.2.
+		if len(rest) < 8 || len(rest) > 4+256 {
+			return startupPacket{}, clientErr(codeProtocolViolation, "invalid cancel request length", "", nil)
+		}
+		return startupPacket{
+			kind:   kindCancel,
+			pid:    binary.BigEndian.Uint32(rest),
+			secret: bytes.Clone(rest[4:]),
+		}, nil
+	}
+	major, minor := uint16(code>>16), uint16(code)
+	if major != 3 {
+		return startupPacket{}, clientErr(codeFeatureNotSupported,
+			fmt.Sprintf("unsupported frontend protocol %d.%d: server supports 3.0 to 3.0", major, minor),
+			"Use a client library that speaks protocol 3 (every PostgreSQL client since 7.4 does).", nil)
+	}
+	p := startupPacket{kind: kindStartup, major: major, minor: minor, params: make(map[string]string, 8)}
+	// Parameters: (name NUL value NUL)* NUL.
+	for {
+		if len(rest) == 0 {
+			return startupPacket{}, errBadLayout
+		}
+		if rest[0] == 0 {
+			if len(rest) != 1 {
+				return startupPacket{}, errBadLayout
+			}
+			break
+		}
+		name, r1, ok := cutNUL(rest)
+		if !ok {
+			return startupPacket{}, errBadLayout
+		}
+		value, r2, ok := cutNUL(r1)
+		if !ok {
+			return startupPacket{}, errBadLayout
+		}
+		rest = r2
+		if strings.HasPrefix(name, "_pq_.") {
+			p.protoOptions = append(p.protoOptions, name)
+			continue
+		}
+		p.params[name] = value
+	}
+	return p, nil
+}
+
+var errBadLayout = clientErr(codeProtocolViolation,
+	"invalid startup packet layout: expected NUL-terminated name/value pairs and a final NUL", "", nil)
+
+func cutNUL(b []byte) (string, []byte, bool) {
+	i := bytes.IndexByte(b, 0)
+	if i < 0 {
+		return "", nil, false
+	}
+	return string(b[:i]), b[i+1:], true
+}
