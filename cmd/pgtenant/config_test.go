@@ -1,0 +1,83 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The example file documents the defaults: loading it must give exactly
+// what an empty file gives.
+func TestExampleConfigMatchesDefaults(t *testing.T) {
+	for _, k := range []string{envPassword, envAdminDSN, envCatalogDSN, envCatalogKey} {
+		t.Setenv(k, "")
+	}
+	got, err := loadConfig("../../config.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := defaultConfig(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("config.example.yaml differs from the defaults:\n got %+v\nwant %+v", got, want)
+	}
+}
+
+func writeFile(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoadConfig(t *testing.T) {
+	t.Setenv(envPassword, "from-env")
+	t.Setenv(envCatalogKey, "")
+	t.Setenv(envAdminDSN, "")
+	t.Setenv(envCatalogDSN, "")
+	fc, err := loadConfig(writeFile(t, "listen: 127.0.0.1:7000\nauth:\n  password: from-file\ncache:\n  ttl: 30s\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fc.Listen != "127.0.0.1:7000" || fc.Cache.TTL != 30*time.Second {
+		t.Fatalf("file values not applied: %+v", fc)
+	}
+	if fc.Auth.Password != "from-env" {
+		t.Fatal("environment does not override the file")
+	}
+	if fc.Cache.Size != 10000 {
+		t.Fatal("defaults lost for keys the file does not set")
+	}
+
+	if _, err := loadConfig(writeFile(t, "listne: x\n")); err == nil || !strings.Contains(err.Error(), "listne") {
+		t.Fatalf("unknown key: %v", err)
+	}
+	if _, err := loadConfig(writeFile(t, "")); err != nil {
+		t.Fatalf("empty file: %v", err)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	fc := defaultConfig()
+	err := fc.validate()
+	if err == nil {
+		t.Fatal("defaults without secrets validated")
+	}
+	for _, want := range []string{envPassword, envAdminDSN, envCatalogKey} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not say to set %s: %v", want, err)
+		}
+	}
+	fc.Auth.Password, fc.Provider.Local.AdminDSN, fc.Catalog.Key = "x", "postgres://a@b/c", "k"
+	if err := fc.validate(); err != nil {
+		t.Fatal(err)
+	}
+	fc.Tenant.Pattern = "("
+	fc.Log.Format = "xml"
+	if err := fc.validate(); err == nil || !strings.Contains(err.Error(), "tenant.pattern") || !strings.Contains(err.Error(), "log.format") {
+		t.Fatalf("want both errors: %v", err)
+	}
+}

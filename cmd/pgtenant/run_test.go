@@ -1,0 +1,191 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtenant/pgtenant/internal/pgtest"
+	"github.com/pgtenant/pgtenant/resolver"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+var psqlLine = regexp.MustCompile(`psql '?(postgres://[^' ]+)'?`)
+
+// startRun runs `pgtenant args...` until the returned stop is called, and
+// returns the first match of re in its standard output.
+func startRun(t *testing.T, re *regexp.Regexp, args ...string) (match []string, stderr *syncBuf, stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	pr, pw := io.Pipe()
+	stderr = &syncBuf{}
+	done := make(chan error, 1)
+	go func() {
+		err := run(ctx, args, pw, stderr)
+		_ = pw.CloseWithError(io.EOF)
+		done <- err
+	}()
+	found := make(chan []string, 1)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			if m := re.FindStringSubmatch(sc.Text()); m != nil && len(found) == 0 {
+				found <- m
+			}
+		}
+		close(found)
+	}()
+	var once sync.Once
+	var runErr error
+	stop = func() error {
+		once.Do(func() {
+			cancel()
+			runErr = <-done
+		})
+		return runErr
+	}
+	t.Cleanup(func() { _ = stop() })
+	select {
+	case m, ok := <-found:
+		if !ok {
+			err := stop()
+			t.Fatalf("pgtenant %s exited before printing %s: %v\nstderr:\n%s", args[0], re, err, stderr.String())
+		}
+		return m, stderr, stop
+	case <-time.After(3 * time.Minute):
+		t.Fatalf("pgtenant %s printed no %s; stderr:\n%s", args[0], re, stderr.String())
+	}
+	return nil, nil, nil
+}
+
+type syncBuf struct {
+	mu  chan struct{}
+	buf strings.Builder
+}
+
+func (b *syncBuf) lock() {
+	if b.mu == nil {
+		b.mu = make(chan struct{}, 1)
+	}
+	b.mu <- struct{}{}
+}
+
+func (b *syncBuf) Write(p []byte) (int, error) {
+	b.lock()
+	defer func() { <-b.mu }()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuf) String() string {
+	b.lock()
+	defer func() { <-b.mu }()
+	return b.buf.String()
+}
+
+func query(t *testing.T, dsn, sql string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	defer conn.Close(ctx)
+	var s string
+	if err := conn.QueryRow(ctx, sql).Scan(&s); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return s
+}
+
+// TestDev runs `pgtenant dev` as the README says, connects with the printed
+// line, restarts it and finds the tenant's data again.
+func TestDev(t *testing.T) {
+	pgtest.Shared(t) // skips (outside CI) when Postgres is not installed
+	dir, err := os.MkdirTemp("", "pgtenant-dev-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// As root, dir (0700) is closed to the postgres user, so the data
+		// went to a directory under /var/lib linked from data/pgdata: the
+		// same path a checkout under root's home takes.
+		if target, err := filepath.EvalSymlinks(filepath.Join(dir, "data", "pgdata")); err == nil {
+			os.RemoveAll(target)
+		}
+		os.RemoveAll(dir)
+	})
+	schema := filepath.Join(dir, "schema.sql")
+	if err := os.WriteFile(schema, []byte("CREATE TABLE notes (body text);"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"dev", "--data-dir", filepath.Join(dir, "data"), "--listen", "127.0.0.1:0", "--template-sql", schema}
+
+	m, stderr, stop := startRun(t, psqlLine, args...)
+	dsn := m[1]
+	if !strings.Contains(dsn, "tenant_42:"+devPassword+"@") {
+		t.Fatalf("printed DSN %q lacks the tenant and dev secret", dsn)
+	}
+	if got := query(t, dsn, "SELECT current_database()"); got != "t_tenant_42" {
+		t.Fatalf("current_database = %q", got)
+	}
+	query(t, dsn, "INSERT INTO notes VALUES ('survives restarts') RETURNING body")
+	if err := stop(); err != nil {
+		t.Fatalf("dev stopped with %v\n%s", err, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "via=created") {
+		t.Errorf("no session line for the created tenant:\n%s", stderr.String())
+	}
+
+	m, stderr, stop = startRun(t, psqlLine, args...)
+	if got := query(t, m[1], "SELECT body FROM notes"); got != "survives restarts" {
+		t.Fatalf("after restart: %q", got)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(stderr.String(), "via=catalog") {
+		t.Errorf("restarted dev did not route from the catalog:\n%s", stderr.String())
+	}
+}
+
+// TestServe runs `pgtenant serve` against an existing server, configured by
+// file and environment as in production.
+func TestServe(t *testing.T) {
+	c := pgtest.Shared(t)
+	db := pgtest.CreateDB(t, c)
+	t.Setenv(envPassword, "serve-secret")
+	t.Setenv(envAdminDSN, c.AdminDSN("postgres"))
+	t.Setenv(envCatalogDSN, c.AdminDSN(db))
+	t.Setenv(envCatalogKey, resolver.NewKey())
+	cfg := writeFile(t, "listen: 127.0.0.1:0\nprovider:\n  local:\n    prefix: s_\n")
+
+	m, _, stop := startRun(t, regexp.MustCompile(`routing tenants on (\S+)`), "serve", "--config", cfg)
+	dsn := "postgres://acme:serve-secret@" + m[1] + "/app?sslmode=disable"
+	if got := query(t, dsn, "SELECT current_database()"); got != "s_acme" {
+		t.Fatalf("current_database = %q", got)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestServeRefusesBadConfig(t *testing.T) {
+	t.Setenv(envPassword, "")
+	t.Setenv(envAdminDSN, "")
+	t.Setenv(envCatalogKey, "")
+	err := run(context.Background(), []string{"serve"}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), envPassword) {
+		t.Fatalf("serve without secrets: %v", err)
+	}
+}

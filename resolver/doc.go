@@ -1,0 +1,31 @@
+// Package resolver turns a validated tenant ID into a Route: the upstream
+// Postgres endpoint and credentials the proxy dials for that tenant.
+//
+// A Resolver answers in three tiers:
+//
+//  1. An in-process LRU (golang-lru/v2 simplelru, capped by Config.CacheSize)
+//     whose entries live for Config.TTL. A hit takes one mutex and allocates
+//     nothing. Failed fills are remembered for Config.NegativeTTL so that a
+//     broken provider or catalog is not hammered by reconnecting clients.
+//  2. On a miss, one fill per tenant runs at a time in this process
+//     (golang.org/x/sync/singleflight). A fill has its own budget
+//     (Config.FillTimeout) detached from the callers' contexts: a caller that
+//     gives up returns ctx.Err() at once, while the fill keeps going for the
+//     callers still waiting.
+//  3. The fill asks the Catalog, a table in a Postgres control database that
+//     every router instance shares. If the tenant is not there, the Catalog
+//     takes a per-tenant advisory lock, looks again, and only then calls the
+//     Provisioner and records the new endpoint. N router instances sharing
+//     one catalog therefore create a tenant once.
+//
+// The catalog stores upstream passwords encrypted with AES-256-GCM under a
+// key the router gets from its environment (see ParseKey and NewKey). The
+// tenant ID is the additional authenticated data, so ciphertexts cannot be
+// moved between rows, and OpenCatalog refuses a key that does not match the
+// one the catalog was first written with (ErrKeyMismatch).
+//
+// Errors from Resolve wrap ErrProvision when the provider failed (the proxy
+// answers 57P03, "retry later"), ErrCatalog when the catalog could not be read
+// or written, and ErrUnknownTenant when provisioning is disabled and the
+// catalog has no such tenant. No error string contains a password.
+package resolver
