@@ -120,3 +120,14 @@ func FuzzParseStartup(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkParseStartup(b *testing.B) {
+	body := startupBody(3<<16, "user", "tenant_42", "database", "app", "application_name", "psql", "client_encoding", "UTF8")
+	b.ReportAllocs()
+	b.SetBytes(int64(len(body)))
+	for b.Loop() {
+		if _, err := parseStartup(body); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -517,11 +517,6 @@ func TestConcurrentClients(t *testing.T) {
 }
 
 func TestStartClusterConfigErrors(t *testing.T) {
-	locked := ""
-	if os.Geteuid() == 0 {
-		// A 0700 root-owned directory (like t.TempDir) that postgres can't enter.
-		locked = filepath.Join(t.TempDir(), "cluster")
-	}
 	tests := []struct {
 		name    string
 		cfg     local.ClusterConfig
@@ -535,7 +530,6 @@ func TestStartClusterConfigErrors(t *testing.T) {
 		{name: "bad setting name", cfg: local.ClusterConfig{Settings: map[string]string{"a=b": "1"}}, want: "invalid setting"},
 		{name: "no binaries", cfg: local.ClusterConfig{BinDir: "/nonexistent"}, is: local.ErrNoPostgres},
 		{name: "unknown os user", cfg: local.ClusterConfig{OSUser: "pgtenant-no-such-user"}, rootReq: true, want: "useradd"},
-		{name: "untraversable parent", cfg: local.ClusterConfig{Dir: locked}, rootReq: true, want: "cannot traverse"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -559,6 +553,46 @@ func TestStartClusterConfigErrors(t *testing.T) {
 				t.Errorf("got %v, want it to mention %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestUnreachableDirFallsBack: as root, a Dir under a 0700 parent (like a
+// checkout under root's home, or t.TempDir) keeps its data under
+// /var/lib/pgtenant/clusters, linked from Dir/pgdata, and a restart finds it.
+func TestUnreachableDirFallsBack(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("only applies when running as root")
+	}
+	dir := filepath.Join(t.TempDir(), "cluster") // t.TempDir is 0700 root
+	link := filepath.Join(dir, "pgdata")
+	t.Cleanup(func() {
+		if target, err := filepath.EvalSymlinks(link); err == nil {
+			_ = os.RemoveAll(target)
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cfg := local.ClusterConfig{Dir: dir, Settings: map[string]string{"fsync": "off"}}
+	c, err := local.StartCluster(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target, err := filepath.EvalSymlinks(link)
+	if err != nil || !strings.HasPrefix(target, "/var/lib/pgtenant/clusters/") {
+		t.Fatalf("pgdata = %q (%v), want a link into /var/lib/pgtenant/clusters", target, err)
+	}
+	port := c.Port()
+	if err := c.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c, err = local.StartCluster(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop(ctx)
+	again, _ := filepath.EvalSymlinks(link)
+	if again != target || c.Port() != port {
+		t.Fatalf("restart: pgdata %s port %d, want %s %d", again, c.Port(), target, port)
 	}
 }
 

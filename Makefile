@@ -1,0 +1,31 @@
+# pgtenant: the two commands a new user needs are `make dev` and `make test`.
+GO ?= go
+ARGS ?=
+
+.PHONY: dev test build deps fuzz bench
+
+## dev: install PostgreSQL if missing, build, and run the router on a local Postgres it starts itself.
+dev: deps build
+	./bin/pgtenant dev $(ARGS)
+
+## test: install what the tests need, then vet and run every test with the race detector.
+test: deps
+	$(GO) vet ./...
+	$(GO) test -race -timeout 15m ./...
+
+## build: build bin/pgtenant.
+build:
+	$(GO) build -o bin/pgtenant ./cmd/pgtenant
+
+## deps: install the PostgreSQL server and psql (Debian/Ubuntu packages) when missing.
+deps:
+	./scripts/install-deps.sh
+
+## fuzz: a short run of each fuzz target (CI runs this too).
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParseStartup$$' -fuzztime 20s ./proxy
+	$(GO) test -run '^$$' -fuzz '^FuzzExtractTenant$$' -fuzztime 10s ./proxy
+
+## bench: micro-benchmarks of the hot path.
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./resolver ./proxy
