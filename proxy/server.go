@@ -51,6 +51,8 @@ type Config struct {
 	// DialUpstream dials upstream TCP connections (also for cancels). Nil
 	// means a net.Dialer with TCP keepalives.
 	DialUpstream func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Upstream says how to talk to upstreams (TLS, forwarded parameters).
+	Upstream UpstreamConfig
 	// Log receives one line per finished session plus errors. Nil discards.
 	Log *slog.Logger
 }
@@ -97,6 +99,9 @@ type Server struct {
 func New(cfg Config, r Resolver) (*Server, error) {
 	auth, err := newAuthenticator(cfg.Auth)
 	if err != nil {
+		return nil, err
+	}
+	if err := cfg.Upstream.validate(); err != nil {
 		return nil, err
 	}
 	log := cfg.Log
@@ -267,7 +272,7 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.connectTimeout())
 	defer cancel()
 	_ = c.SetDeadline(time.Now().Add(s.cfg.connectTimeout()))
-	up, rt, err := s.connectUpstream(cctx, tenant, upstreamParams(p.params))
+	up, rt, err := s.connectUpstream(cctx, tenant, p.params)
 	if err != nil {
 		return s.fail(c, err)
 	}
@@ -405,21 +410,6 @@ func (s *Server) handleCancel(ctx context.Context, p startupPacket, log *slog.Lo
 	log.Debug("cancel request forwarded", "pid", p.pid, "upstream", t.addr)
 }
 
-// upstreamParams is what of the client's startup parameters is forwarded
-// upstream: everything but what the router decides itself (who logs in
-// where, and replication).
-func upstreamParams(params map[string]string) map[string]string {
-	out := make(map[string]string, len(params))
-	for k, v := range params {
-		switch k {
-		case "user", "database", "replication":
-			continue
-		}
-		out[k] = v
-	}
-	return out
-}
-
 // connectUpstream resolves tenant and logs in to its database. A route whose
 // upstream cannot be reached or refuses the router's login is invalidated and
 // resolved once more before giving up (the catalog may have newer
@@ -434,7 +424,7 @@ func (s *Server) connectUpstream(ctx context.Context, tenant string, params map[
 		if err != nil {
 			return nil, rt, resolveError(ctx, tenant, err)
 		}
-		hj, err := s.dialUpstream(ctx, rt, params)
+		hj, err := s.dialUpstream(ctx, rt, s.cfg.Upstream.upstreamParams(params, rt.Host))
 		if err == nil {
 			return hj, rt, nil
 		}
@@ -453,7 +443,7 @@ func (s *Server) dialUpstream(ctx context.Context, rt resolver.Route, params map
 	cfg.Database = rt.Database
 	cfg.User = rt.User
 	cfg.Password = rt.Password
-	cfg.TLSConfig = nil
+	cfg.TLSConfig = s.cfg.Upstream.tlsConfig(rt.Host)
 	cfg.Fallbacks = nil
 	cfg.ValidateConnect = nil
 	cfg.AfterConnect = nil

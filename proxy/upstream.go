@@ -1,0 +1,126 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Upstream TLS modes, as libpq's sslmode.
+const (
+	TLSDisable    = "disable"     // plaintext (a local server on a trusted network)
+	TLSRequire    = "require"     // encrypted, certificate not checked
+	TLSVerifyFull = "verify-full" // encrypted, certificate checked against the route's host name (sent as SNI)
+)
+
+// UpstreamConfig says how the router talks to upstreams. The zero value is
+// plaintext and forwards every client startup parameter.
+type UpstreamConfig struct {
+	// TLS is one of TLSDisable (default), TLSRequire, TLSVerifyFull.
+	TLS string
+	// RootCAs verifies upstream certificates in verify-full mode. Nil means
+	// the system roots.
+	RootCAs *x509.CertPool
+	// EndpointOption sends the Neon endpoint ID (the first label of the
+	// route's host, without "-pooler") as options=endpoint=<id> and no SNI,
+	// for networks whose middleboxes cannot pass SNI. The certificate is
+	// still verified against the host name in verify-full mode.
+	EndpointOption bool
+	// ForwardParams, when not nil, is the only client startup parameters
+	// forwarded upstream (lower-case names); others are dropped. Neon's
+	// pooler refuses any parameter it does not track.
+	ForwardParams []string
+}
+
+func (u *UpstreamConfig) validate() error {
+	switch u.TLS {
+	case "", TLSDisable, TLSRequire, TLSVerifyFull:
+	default:
+		return fmt.Errorf("proxy: upstream TLS mode %q: want %s, %s or %s", u.TLS, TLSDisable, TLSRequire, TLSVerifyFull)
+	}
+	if u.EndpointOption && (u.TLS == "" || u.TLS == TLSDisable) {
+		return errors.New("proxy: the endpoint option is only meaningful with upstream TLS")
+	}
+	return nil
+}
+
+// tlsConfig returns the TLS configuration for an upstream named host, or nil
+// for plaintext.
+func (u *UpstreamConfig) tlsConfig(host string) *tls.Config {
+	switch u.TLS {
+	case TLSRequire:
+		return &tls.Config{InsecureSkipVerify: true, ServerName: sniName(u, host), MinVersion: tls.VersionTLS12} //nolint:gosec // sslmode=require semantics
+	case TLSVerifyFull:
+		if !u.EndpointOption {
+			return &tls.Config{ServerName: host, RootCAs: u.RootCAs, MinVersion: tls.VersionTLS12}
+		}
+		// No SNI, but the certificate must still name host.
+		roots := u.RootCAs
+		return &tls.Config{
+			InsecureSkipVerify: true, //nolint:gosec // verified below, against host
+			MinVersion:         tls.VersionTLS12,
+			VerifyConnection: func(cs tls.ConnectionState) error {
+				if len(cs.PeerCertificates) == 0 {
+					return errors.New("upstream sent no certificate")
+				}
+				inter := x509.NewCertPool()
+				for _, c := range cs.PeerCertificates[1:] {
+					inter.AddCert(c)
+				}
+				_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{DNSName: host, Roots: roots, Intermediates: inter})
+				return err
+			},
+		}
+	}
+	return nil
+}
+
+// sniName is the SNI to send in require mode.
+func sniName(u *UpstreamConfig, host string) string {
+	if u.EndpointOption {
+		return ""
+	}
+	return host
+}
+
+// endpointID is the first DNS label of host without a "-pooler" suffix.
+func endpointID(host string) string {
+	label, _, _ := strings.Cut(host, ".")
+	return strings.TrimSuffix(label, "-pooler")
+}
+
+// upstreamParams is what of the client's startup parameters is forwarded
+// upstream: everything but what the router decides itself (who logs in
+// where, and replication), filtered by ForwardParams when set.
+func (u *UpstreamConfig) upstreamParams(params map[string]string, host string) map[string]string {
+	out := make(map[string]string, len(params)+1)
+	for k, v := range params {
+		switch k {
+		case "user", "database", "replication":
+			continue
+		}
+		if u.ForwardParams != nil && !containsFold(u.ForwardParams, k) {
+			continue
+		}
+		out[k] = v
+	}
+	if u.EndpointOption {
+		opt := "endpoint=" + endpointID(host)
+		if o := out["options"]; o != "" {
+			opt = o + " " + opt
+		}
+		out["options"] = opt
+	}
+	return out
+}
+
+func containsFold(list []string, s string) bool {
+	for _, x := range list {
+		if strings.EqualFold(x, s) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,53 @@
+package proxy
+
+import (
+	"maps"
+	"testing"
+)
+
+func TestUpstreamParams(t *testing.T) {
+	client := map[string]string{
+		"user": "acme", "database": "app", "replication": "false",
+		"application_name": "psql", "TimeZone": "UTC", "search_path": "x", "options": "-c geqo=off",
+	}
+	tests := []struct {
+		name string
+		cfg  UpstreamConfig
+		host string
+		want map[string]string
+	}{
+		{"all but routing keys", UpstreamConfig{}, "db",
+			map[string]string{"application_name": "psql", "TimeZone": "UTC", "search_path": "x", "options": "-c geqo=off"}},
+		{"neon pooler set", UpstreamConfig{ForwardParams: []string{"application_name", "timezone"}}, "db",
+			map[string]string{"application_name": "psql", "TimeZone": "UTC"}},
+		{"endpoint option appended", UpstreamConfig{TLS: TLSVerifyFull, EndpointOption: true, ForwardParams: []string{"options"}},
+			"ep-cool-sun-12345678-pooler.c-2.us-east-2.aws.neon.tech",
+			map[string]string{"options": "-c geqo=off endpoint=ep-cool-sun-12345678"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.cfg.upstreamParams(client, tt.host); !maps.Equal(got, tt.want) {
+				t.Fatalf("got %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestUpstreamTLSConfig(t *testing.T) {
+	host := "ep-x-pooler.c-2.us-east-2.aws.neon.tech"
+	if (&UpstreamConfig{}).tlsConfig(host) != nil {
+		t.Fatal("default is not plaintext")
+	}
+	if c := (&UpstreamConfig{TLS: TLSVerifyFull}).tlsConfig(host); c == nil || c.ServerName != host || c.InsecureSkipVerify {
+		t.Fatalf("verify-full: %+v", c)
+	}
+	if c := (&UpstreamConfig{TLS: TLSVerifyFull, EndpointOption: true}).tlsConfig(host); c == nil || c.ServerName != "" || c.VerifyConnection == nil {
+		t.Fatal("verify-full with the endpoint option must verify without SNI")
+	}
+	if err := (&UpstreamConfig{TLS: "prefer"}).validate(); err == nil {
+		t.Fatal("unknown mode accepted")
+	}
+	if err := (&UpstreamConfig{EndpointOption: true}).validate(); err == nil {
+		t.Fatal("endpoint option without TLS accepted")
+	}
+}
