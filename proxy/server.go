@@ -450,6 +450,11 @@ func (s *Server) dialUpstream(ctx context.Context, rt resolver.Route, params map
 	cfg.ConnectTimeout = 0 // ctx bounds it
 	cfg.RuntimeParams = params
 	cfg.DialFunc = s.dial
+	if s.cfg.DialUpstream != nil {
+		// The dialer decides where a host name leads (a dial override for
+		// a fake): pgconn must not resolve it first.
+		cfg.LookupFunc = func(_ context.Context, host string) ([]string, error) { return []string{host}, nil }
+	}
 	pc, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, err
