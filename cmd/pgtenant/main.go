@@ -52,6 +52,7 @@ const usage = `pgtenant: a tenant-aware PostgreSQL connection router
 Usage:
   pgtenant dev    [flags]   run a local Postgres and the router on it (try it out)
   pgtenant serve  [flags]   run the router against an existing Postgres (--config FILE)
+  pgtenant bench  [flags]   measure a router under fan-out (--dsn DSN [--compare DSN])
   pgtenant genkey           print a new catalog encryption key (for PGTENANT_CATALOG_KEY)
   pgtenant version          print the version
 
@@ -69,6 +70,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runDev(ctx, args[1:], stdout, stderr)
 	case "serve":
 		return runServe(ctx, args[1:], stdout, stderr)
+	case "bench":
+		return runBench(ctx, args[1:], stdout, stderr)
 	case "genkey":
 		return runGenkey(stdout)
 	case "version", "--version":

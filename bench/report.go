@@ -1,0 +1,351 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Report is what Run measured. Its JSON form (see WriteJSON and the
+// package documentation) is stable.
+type Report struct {
+	// Scenarios are in the order they ran; Scale contributes one per step.
+	Scenarios []ScenarioReport `json:"scenarios"`
+	// Partial is set when the run was interrupted: the last scenario may
+	// lack rounds or targets, and later ones are missing.
+	Partial bool `json:"partial,omitempty"`
+}
+
+// ScenarioReport is one scenario (or one Scale step) against every target.
+type ScenarioReport struct {
+	// Name is the scenario: steady, storm, idle, scale or cold.
+	Name Scenario `json:"name"`
+	// Tenants is the number of tenants driven (Cold: new tenants per
+	// target); ConnsPerTenant the connections or workers per tenant.
+	Tenants        int `json:"tenants"`
+	ConnsPerTenant int `json:"conns_per_tenant"`
+	// Rounds is the number of rounds each target got.
+	Rounds int `json:"rounds"`
+	// DurationMs is the planned time per target, over all rounds (0 for
+	// Cold).
+	DurationMs float64 `json:"duration_ms"`
+	// Rate is the open-loop arrival rate in queries per second, 0 for a
+	// closed loop.
+	Rate float64 `json:"rate"`
+	// Query is the SQL the clients ran.
+	Query string `json:"query"`
+	// Results has one entry per target, the baseline first.
+	Results []Result `json:"results"`
+}
+
+// Result is one target's figures in one scenario, over all its rounds.
+// Latencies are in milliseconds, rates per second.
+type Result struct {
+	// Target is the target's label.
+	Target string `json:"target"`
+	// Ratio holds, for every figure of this result whose value at the
+	// first target is not zero, this value divided by that one (so the
+	// first target's ratios are all 1). Keys are the figures' JSON names.
+	Ratio map[string]float64 `json:"ratio"`
+	// ElapsedMs is the measured time: the query windows (Steady, Scale,
+	// Storm), the hold time (Idle), or from the first connect to the last
+	// first query (Cold), summed over rounds.
+	ElapsedMs float64 `json:"elapsed_ms"`
+	// HeldConns is the most connections held open at once after the
+	// connect phase of a round (Steady, Scale, Idle; 0 otherwise).
+	HeldConns int64 `json:"held_conns"`
+	// Connects counts successful connections; the latencies are from
+	// starting to dial until the connection was ready for queries.
+	Connects     int64   `json:"connects"`
+	ConnectP50Ms float64 `json:"connect_p50_ms"`
+	ConnectP90Ms float64 `json:"connect_p90_ms"`
+	ConnectP99Ms float64 `json:"connect_p99_ms"`
+	ConnectMaxMs float64 `json:"connect_max_ms"`
+	// ConnectionsPerSec is Connects / elapsed (Storm, Cold; else 0).
+	ConnectionsPerSec float64 `json:"connections_per_s"`
+	// Queries counts successful queries; the latencies are from when the
+	// query was due until its last result (see Config.Rate).
+	Queries    int64   `json:"queries"`
+	QueryP50Ms float64 `json:"query_p50_ms"`
+	QueryP90Ms float64 `json:"query_p90_ms"`
+	QueryP99Ms float64 `json:"query_p99_ms"`
+	QueryMaxMs float64 `json:"query_max_ms"`
+	// QueriesPerSec is Queries / elapsed (Steady, Scale, Storm; else 0).
+	QueriesPerSec float64 `json:"queries_per_s"`
+	// TTFQ is set in Cold only.
+	*TTFQ
+	// Process is set when the target has a PID.
+	*Process
+	// ErrorsTotal is the sum of Errors.
+	ErrorsTotal int64 `json:"errors_total"`
+	// Errors counts failed connects and queries by SQLSTATE (e.g. "28P01"),
+	// or "network" for failures without one, or "timeout" when
+	// ConnectTimeout or QueryTimeout ran out. Never nil.
+	Errors map[string]int64 `json:"errors"`
+}
+
+// TTFQ is the time to first query of Cold's new tenants: from starting to
+// connect to the first query's result. Count is the number of new tenants
+// that got that far.
+type TTFQ struct {
+	Count int64   `json:"ttfq_count"`
+	P50Ms float64 `json:"ttfq_p50_ms"`
+	P90Ms float64 `json:"ttfq_p90_ms"`
+	P99Ms float64 `json:"ttfq_p99_ms"`
+	MaxMs float64 `json:"ttfq_max_ms"`
+}
+
+// Process describes the memory and threads of the process serving a
+// target (Target.PID), from /proc/PID/status, in kB.
+type Process struct {
+	// RSSBeforeKB is VmRSS before the first round opened connections;
+	// RSSAfterKB is VmRSS at the end of the last round, connections still
+	// open.
+	RSSBeforeKB int64 `json:"rss_before_kb"`
+	RSSAfterKB  int64 `json:"rss_after_kb"`
+	// RSSDeltaKB is the mean over rounds of VmRSS at the end of the round
+	// minus VmRSS at its start.
+	RSSDeltaKB float64 `json:"rss_delta_kb"`
+	// RSSPerConnKB is the mean over rounds of the delta divided by the
+	// connections held (0 in Storm and Cold, which hold none).
+	RSSPerConnKB float64 `json:"rss_per_conn_kb"`
+	// ThreadsBefore and ThreadsAfter are the process's OS threads, read
+	// with the RSS.
+	ThreadsBefore int64 `json:"threads_before"`
+	ThreadsAfter  int64 `json:"threads_after"`
+}
+
+// figure is one number of a Result, named by its JSON key.
+type figure struct {
+	key, label string
+	v          float64
+	integer    bool
+}
+
+// figures lists r's numbers in table order; the keys are exactly the JSON
+// keys of r that hold numbers (a test checks it).
+func (r *Result) figures() []figure {
+	ms := func(key, label string, v float64) figure { return figure{key: key, label: label, v: v} }
+	n := func(key, label string, v int64) figure {
+		return figure{key: key, label: label, v: float64(v), integer: true}
+	}
+	fs := []figure{
+		n("held_conns", "held conns", r.HeldConns),
+		n("connects", "connects", r.Connects),
+		ms("connect_p50_ms", "connect p50 ms", r.ConnectP50Ms),
+		ms("connect_p90_ms", "connect p90 ms", r.ConnectP90Ms),
+		ms("connect_p99_ms", "connect p99 ms", r.ConnectP99Ms),
+		ms("connect_max_ms", "connect max ms", r.ConnectMaxMs),
+		ms("connections_per_s", "connections/s", r.ConnectionsPerSec),
+		n("queries", "queries", r.Queries),
+		ms("query_p50_ms", "query p50 ms", r.QueryP50Ms),
+		ms("query_p90_ms", "query p90 ms", r.QueryP90Ms),
+		ms("query_p99_ms", "query p99 ms", r.QueryP99Ms),
+		ms("query_max_ms", "query max ms", r.QueryMaxMs),
+		ms("queries_per_s", "queries/s", r.QueriesPerSec),
+	}
+	if t := r.TTFQ; t != nil {
+		fs = append(fs,
+			n("ttfq_count", "first queries", t.Count),
+			ms("ttfq_p50_ms", "first query p50 ms", t.P50Ms),
+			ms("ttfq_p90_ms", "first query p90 ms", t.P90Ms),
+			ms("ttfq_p99_ms", "first query p99 ms", t.P99Ms),
+			ms("ttfq_max_ms", "first query max ms", t.MaxMs),
+		)
+	}
+	if p := r.Process; p != nil {
+		fs = append(fs,
+			n("rss_before_kb", "rss before kB", p.RSSBeforeKB),
+			n("rss_after_kb", "rss after kB", p.RSSAfterKB),
+			ms("rss_delta_kb", "rss delta kB", p.RSSDeltaKB),
+			ms("rss_per_conn_kb", "rss per conn kB", p.RSSPerConnKB),
+			n("threads_before", "threads before", p.ThreadsBefore),
+			n("threads_after", "threads after", p.ThreadsAfter),
+		)
+	}
+	fs = append(fs,
+		ms("elapsed_ms", "elapsed ms", r.ElapsedMs),
+		n("errors_total", "errors", r.ErrorsTotal), // the table lists the classes after it
+	)
+	return fs
+}
+
+// setRatios fills every result's Ratio relative to results[0].
+func setRatios(results []Result) {
+	if len(results) == 0 {
+		return
+	}
+	base := map[string]float64{}
+	for _, f := range results[0].figures() {
+		base[f.key] = f.v
+	}
+	for i := range results {
+		r := &results[i]
+		r.Ratio = map[string]float64{}
+		for _, f := range r.figures() {
+			if b, ok := base[f.key]; ok && b != 0 {
+				r.Ratio[f.key] = f.v / b
+			}
+		}
+	}
+}
+
+// WriteJSON writes r as indented JSON, in the shape the package
+// documentation describes.
+func (r *Report) WriteJSON(w io.Writer) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append(b, '\n'))
+	return err
+}
+
+// WriteTable writes r as one text table per scenario: a row per figure, a
+// column per target, each value after the first followed by its ratio to
+// the first target's. Rows that are zero for every target are left out.
+func (r *Report) WriteTable(w io.Writer) error {
+	var b strings.Builder
+	for i, s := range r.Scenarios {
+		if i > 0 {
+			b.WriteByte('\n')
+		}
+		s.writeTable(&b)
+	}
+	if r.Partial {
+		b.WriteString("\n(partial report: the run was interrupted)\n")
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func (s *ScenarioReport) writeTable(b *strings.Builder) {
+	fmt.Fprintf(b, "%s: %s\n", s.Name, s.describe())
+	if len(s.Results) == 0 {
+		b.WriteString("  (no results)\n")
+		return
+	}
+	rows := [][]string{{""}}
+	for _, r := range s.Results {
+		rows[0] = append(rows[0], r.Target)
+	}
+	// Rows follow the order of a result with every optional group; each
+	// result has the figures of the groups it has.
+	full := Result{TTFQ: &TTFQ{}, Process: &Process{}}
+	order := full.figures()
+	values := make([]map[string]figure, len(s.Results))
+	for i := range s.Results {
+		values[i] = map[string]figure{}
+		for _, f := range s.Results[i].figures() {
+			values[i][f.key] = f
+		}
+	}
+	always := map[string]bool{"connects": true, "queries": true, "errors_total": true}
+	for _, f := range order {
+		show := always[f.key]
+		for _, vs := range values {
+			v, ok := vs[f.key]
+			show = show || (ok && (v.v != 0 || f.key == "ttfq_count"))
+		}
+		if !show {
+			continue
+		}
+		row := []string{f.label}
+		for ri, vs := range values {
+			if v, ok := vs[f.key]; ok {
+				row = append(row, formatFigure(v, ri, s.Results[ri].Ratio))
+			} else {
+				row = append(row, "-")
+			}
+		}
+		rows = append(rows, row)
+	}
+	codes := map[string]bool{}
+	for _, r := range s.Results {
+		for c := range r.Errors {
+			codes[c] = true
+		}
+	}
+	for _, c := range slices.Sorted(maps.Keys(codes)) {
+		row := []string{"  " + c}
+		for _, r := range s.Results {
+			row = append(row, strconv.FormatInt(r.Errors[c], 10))
+		}
+		rows = append(rows, row)
+	}
+	writeColumns(b, rows)
+}
+
+func (s *ScenarioReport) describe() string {
+	var d string
+	if s.Name == Cold {
+		d = fmt.Sprintf("%d new tenants per target over %s", s.Tenants, plural(s.Rounds, "round"))
+	} else {
+		d = fmt.Sprintf("%d tenants x %d conns, %s of %v", s.Tenants, s.ConnsPerTenant, plural(s.Rounds, "round"),
+			(time.Duration(s.DurationMs*float64(time.Millisecond)) / time.Duration(max(s.Rounds, 1))).Round(time.Millisecond))
+		if s.Rate > 0 {
+			d += fmt.Sprintf(", open loop at %g queries/s", s.Rate)
+		}
+	}
+	return d + ", query " + strconv.Quote(s.Query)
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return strconv.Itoa(n) + " " + noun + "s"
+}
+
+// formatFigure formats f of result ri, with its ratio after the first.
+func formatFigure(f figure, ri int, ratio map[string]float64) string {
+	var v string
+	switch {
+	case f.integer:
+		v = strconv.FormatFloat(f.v, 'f', 0, 64)
+	case f.v >= 100 || f.v <= -100:
+		v = strconv.FormatFloat(f.v, 'f', 0, 64)
+	case f.v >= 10 || f.v <= -10:
+		v = strconv.FormatFloat(f.v, 'f', 1, 64)
+	default:
+		v = strconv.FormatFloat(f.v, 'f', 3, 64)
+	}
+	if ri == 0 {
+		return v
+	}
+	if x, ok := ratio[f.key]; ok {
+		return v + " (" + strconv.FormatFloat(x, 'f', 2, 64) + "x)"
+	}
+	return v + "        "
+}
+
+// writeColumns lays rows out with the first column left-aligned and the
+// others right-aligned.
+func writeColumns(b *strings.Builder, rows [][]string) {
+	var widths []int
+	for _, row := range rows {
+		for i, c := range row {
+			if i >= len(widths) {
+				widths = append(widths, 0)
+			}
+			widths[i] = max(widths[i], len(c))
+		}
+	}
+	for _, row := range rows {
+		b.WriteString("  ")
+		for i, c := range row {
+			pad := strings.Repeat(" ", widths[i]-len(c))
+			if i == 0 {
+				b.WriteString(c + pad)
+			} else {
+				b.WriteString("  " + pad + c)
+			}
+		}
+		b.WriteByte('\n')
+	}
+}

@@ -1,0 +1,285 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/pgtenant/pgtenant/bench"
+)
+
+const benchUsage = `Usage: pgtenant bench [flags] --dsn DSN [--compare DSN ...]
+
+Measures a Postgres connection router under fan-out: N tenants x M connections
+(steady), a connection per query (storm), idle connections held (idle), growing
+tenant counts (scale) and first connects of new tenants (cold). In a DSN,
+{tenant} is replaced by the tenant IDs <prefix>0, <prefix>1, ...; a DSN without
+it is used as is (e.g. Postgres itself, as the baseline).
+
+Targets given with --compare run the same scenarios in the same run, interleaved
+in rounds (A B A B ...), and every figure is also shown as a ratio to the first
+target's: on a shared, noisy machine only side-by-side ratios mean something.
+
+Examples:
+  pgtenant bench --dsn 'postgres://postgres:pw@127.0.0.1:5432/app' --label direct \
+      --compare 'postgres://{tenant}:pgtenant-dev@127.0.0.1:6432/app' --label router \
+      --tenants 100 --conns-per-tenant 10 --ramp 5s --duration 30s
+  pgtenant bench --dsn 'postgres://{tenant}:pgtenant-dev@127.0.0.1:6432/app' --new-conn-per-query
+  pgtenant bench --dsn 'postgres://{tenant}:pgtenant-dev@127.0.0.1:6432/app' --scenario cold --new-tenants 50
+
+The table goes to standard output, a live progress line to standard error when
+it is a terminal. --json writes the report in the shape documented in
+'go doc github.com/pgtenant/pgtenant/bench'.
+
+Flags:
+`
+
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := pflag.NewFlagSet("pgtenant bench", pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.SortFlags = false
+	dsn := fs.String("dsn", "", "the first target's DSN, the baseline for ratios ({tenant} is replaced by tenant IDs); may also be given as the only argument")
+	compare := fs.StringArray("compare", nil, "another target's DSN, run in the same rounds (repeatable)")
+	labels := fs.StringArray("label", nil, "name of a target in reports, in order: --dsn's first, then each --compare's (repeatable; default target1, target2, ...)")
+	tenants := fs.Int("tenants", 10, "number of tenants N")
+	conns := fs.Int("conns-per-tenant", 1, "connections per tenant M, held concurrently (storm: workers per tenant)")
+	prefix := fs.String("tenant-prefix", "bench_", "tenant IDs are <prefix>0 .. <prefix>N-1")
+	query := fs.String("query", "SELECT 1", "SQL each client runs, over and over (simple protocol)")
+	duration := fs.Duration("duration", 10*time.Second, "how long each scenario drives each target, split over the rounds")
+	ramp := fs.Duration("ramp", 0, "spread opening the held connections over this long (0: as fast as --concurrency allows)")
+	rounds := fs.Int("rounds", 3, "rounds to interleave the targets in (A B A B ...)")
+	storm := fs.Bool("new-conn-per-query", false, "connection storm: run every query on a fresh connection (the storm scenario)")
+	newTenants := fs.Int("new-tenants", 0, "cold start: first connect to K tenants that do not exist yet and time each one's first query (adds the cold scenario, run first)")
+	rate := fs.Float64("rate", 0, "open loop: queries due per second in all, latency counted from when each was due (0: closed loop)")
+	scenarioNames := fs.StringSlice("scenario", nil, "scenarios to run, in order: steady, storm, idle, scale, cold (default steady, or storm with --new-conn-per-query)")
+	concurrency := fs.Int("concurrency", 64, "connection attempts in flight at once while opening connections")
+	connectTimeout := fs.Duration("connect-timeout", 10*time.Second, "limit for each connection attempt (counted as a timeout error)")
+	queryTimeout := fs.Duration("query-timeout", 30*time.Second, "limit for each query (counted as a timeout error)")
+	noWarmup := fs.Bool("no-warmup", false, "skip connecting once to each tenant before measuring (which keeps creating tenants out of the figures)")
+	pids := fs.StringArray("pid", nil, "[LABEL=]PID of the process serving a target (the router): its RSS and threads are read before and after each round; PID alone applies to every target (repeatable)")
+	jsonPath := fs.String("json", "", "also write the report as JSON to this file")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, benchUsage)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	switch {
+	case fs.NArg() == 1 && *dsn == "":
+		*dsn = fs.Arg(0)
+	case fs.NArg() > 0:
+		return fmt.Errorf("%w: unexpected arguments %q; give targets with --dsn and --compare", errUsage, fs.Args())
+	}
+	if *dsn == "" {
+		fs.Usage()
+		return fmt.Errorf("%w: --dsn is required", errUsage)
+	}
+
+	cfg := bench.Config{
+		Tenants:        *tenants,
+		ConnsPerTenant: *conns,
+		TenantPrefix:   *prefix,
+		NewTenants:     *newTenants,
+		Query:          *query,
+		Duration:       *duration,
+		Ramp:           *ramp,
+		Rounds:         *rounds,
+		Rate:           *rate,
+		Concurrency:    *concurrency,
+		ConnectTimeout: *connectTimeout,
+		QueryTimeout:   *queryTimeout,
+		NoWarmup:       *noWarmup,
+	}
+	if err := benchPositive(fs, "tenants", "conns-per-tenant", "rounds", "concurrency", "duration", "connect-timeout", "query-timeout"); err != nil {
+		return err
+	}
+	var err error
+	if cfg.Targets, err = benchTargets(append([]string{*dsn}, *compare...), *labels, *pids); err != nil {
+		return err
+	}
+	if cfg.Scenarios, err = benchScenarios(*scenarioNames, fs.Changed("scenario"), *storm, *newTenants); err != nil {
+		return err
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+
+	checkFileLimit(stderr, cfg.MaxOpenConns())
+	fmt.Fprintf(stderr, "pgtenant bench: %s against %s; %d round(s) of %v per scenario and target\n",
+		joinScenarios(cfg.Scenarios), joinLabels(cfg.Targets), cfg.Rounds, cfg.Duration/time.Duration(cfg.Rounds))
+	live := isTerminal(stderr)
+	if live {
+		cfg.Progress = func(p bench.Progress) { fmt.Fprint(stderr, "\r\x1b[K"+progressLine(p)) }
+	}
+	rep, runErr := bench.Run(ctx, cfg)
+	if live {
+		fmt.Fprint(stderr, "\r\x1b[K")
+	}
+	if rep == nil {
+		return runErr
+	}
+	if err := rep.WriteTable(stdout); err != nil {
+		return err
+	}
+	if *jsonPath != "" {
+		if err := writeReportJSON(*jsonPath, rep); err != nil {
+			return err
+		}
+	}
+	if runErr != nil {
+		if ctx.Err() == nil {
+			return runErr
+		}
+		fmt.Fprintln(stderr, "pgtenant bench: interrupted; the report is partial")
+	}
+	return nil
+}
+
+// benchPositive rejects zero or negative values of the named flags: their
+// zero would silently mean the library's default.
+func benchPositive(fs *pflag.FlagSet, names ...string) error {
+	for _, n := range names {
+		f := fs.Lookup(n)
+		if v := f.Value.String(); strings.HasPrefix(v, "-") || v == "0" || v == "0s" {
+			return fmt.Errorf("%w: --%s must be positive, not %s", errUsage, n, v)
+		}
+	}
+	return nil
+}
+
+// benchTargets pairs DSNs with --label and --pid values.
+func benchTargets(dsns, labels, pids []string) ([]bench.Target, error) {
+	if len(labels) > len(dsns) {
+		return nil, fmt.Errorf("%w: %d --label values for %d targets", errUsage, len(labels), len(dsns))
+	}
+	targets := make([]bench.Target, len(dsns))
+	for i, d := range dsns {
+		targets[i] = bench.Target{DSN: d, Label: fmt.Sprintf("target%d", i+1)}
+		if i < len(labels) {
+			targets[i].Label = labels[i]
+		}
+	}
+	for _, p := range pids {
+		label, num, named := strings.Cut(p, "=")
+		if !named {
+			num = label
+		}
+		pid, err := strconv.Atoi(num)
+		if err != nil || pid <= 0 {
+			return nil, fmt.Errorf("%w: --pid %q: want PID or LABEL=PID", errUsage, p)
+		}
+		found := false
+		for i := range targets {
+			if !named || targets[i].Label == label {
+				targets[i].PID, found = pid, true
+			}
+		}
+		if !found {
+			return nil, fmt.Errorf("%w: --pid %q: no target labelled %q", errUsage, p, label)
+		}
+	}
+	return targets, nil
+}
+
+// benchScenarios turns --scenario, --new-conn-per-query and --new-tenants
+// into the list of scenarios to run.
+func benchScenarios(names []string, given, storm bool, newTenants int) ([]bench.Scenario, error) {
+	var scs []bench.Scenario
+	for _, n := range names {
+		sc, err := bench.ParseScenario(strings.TrimSpace(n))
+		if err != nil {
+			return nil, fmt.Errorf("%w: --scenario: %w", errUsage, err)
+		}
+		if !slices.Contains(scs, sc) {
+			scs = append(scs, sc)
+		}
+	}
+	if !given {
+		scs = []bench.Scenario{bench.Steady}
+		if storm {
+			scs = []bench.Scenario{bench.Storm}
+		}
+	}
+	if storm && !slices.Contains(scs, bench.Storm) {
+		scs = append(scs, bench.Storm)
+	}
+	if newTenants > 0 && !slices.Contains(scs, bench.Cold) {
+		scs = append([]bench.Scenario{bench.Cold}, scs...)
+	}
+	if len(scs) == 0 {
+		return nil, fmt.Errorf("%w: --scenario: no scenario given", errUsage)
+	}
+	return scs, nil
+}
+
+// checkFileLimit raises the open-file limit and says what it is, warning
+// when it is lower than the run needs.
+func checkFileLimit(w io.Writer, conns int) {
+	fl, err := bench.RaiseFileLimit()
+	switch {
+	case err != nil:
+		fmt.Fprintf(w, "pgtenant bench: warning: cannot raise the open-file limit (soft %d, hard %d): %v\n", fl.Soft, fl.Hard, err)
+	case fl.Raised():
+		fmt.Fprintf(w, "pgtenant bench: raised the open-file limit from %d to %d (the hard limit)\n", fl.Before, fl.Soft)
+	default:
+		fmt.Fprintf(w, "pgtenant bench: open-file limit %d (hard limit %d)\n", fl.Soft, fl.Hard)
+	}
+	if need := uint64(conns) + 32; err == nil && need > fl.Soft {
+		fmt.Fprintf(w, "pgtenant bench: warning: this run may hold %d connections but only %d files may be open; "+
+			"connections beyond that fail as network errors. Raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) or lower --tenants/--conns-per-tenant\n",
+			conns, fl.Soft)
+	}
+}
+
+func progressLine(p bench.Progress) string {
+	sc := string(p.Scenario)
+	if p.Scenario == bench.Scale {
+		sc += fmt.Sprintf(" (%d tenants)", p.Tenants)
+	}
+	return fmt.Sprintf("%s round %d/%d %s: %s  open %d  connects %d  queries %d  errors %d  [%s]",
+		sc, p.Round, p.Rounds, p.Target, p.Phase, p.Open, p.Connects, p.Queries, p.Errors, p.Elapsed.Round(time.Second))
+}
+
+func joinScenarios(scs []bench.Scenario) string {
+	s := make([]string, len(scs))
+	for i, sc := range scs {
+		s[i] = string(sc)
+	}
+	return strings.Join(s, ", ")
+}
+
+func joinLabels(ts []bench.Target) string {
+	s := make([]string, len(ts))
+	for i, t := range ts {
+		s[i] = t.Label
+	}
+	return strings.Join(s, " vs ")
+}
+
+// isTerminal reports whether w is a terminal (a character device).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+func writeReportJSON(path string, rep *bench.Report) (err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, f.Close()) }()
+	return rep.WriteJSON(f)
+}
