@@ -10,6 +10,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/pgtenant/pgtenant/provision/neon"
 	"github.com/pgtenant/pgtenant/proxy"
 )
 
@@ -20,7 +21,33 @@ const (
 	envAdminDSN   = "PGTENANT_ADMIN_DSN"   // local provider: admin connection string
 	envCatalogDSN = "PGTENANT_CATALOG_DSN" // catalog database (default: the admin DSN)
 	envCatalogKey = "PGTENANT_CATALOG_KEY" // base64 AES-256 key encrypting upstream passwords
+	envNeonAPIKey = "NEON_API_KEY"         // neon provider: API key
 )
+
+// neonFileConfig is provider.neon.
+type neonFileConfig struct {
+	BaseURL  string `yaml:"base_url"`
+	APIKey   string `yaml:"api_key"`
+	Mode     string `yaml:"mode"`
+	Projects []struct {
+		ID             string `yaml:"id"`
+		ParentBranchID string `yaml:"parent_branch_id"`
+		MaxBranches    int    `yaml:"max_branches"`
+	} `yaml:"projects"`
+	RegionID          string        `yaml:"region_id"`
+	PGVersion         int           `yaml:"pg_version"`
+	OrgID             string        `yaml:"org_id"`
+	SuspendTimeout    time.Duration `yaml:"suspend_timeout"`
+	MinCU             float64       `yaml:"min_cu"`
+	MaxCU             float64       `yaml:"max_cu"`
+	Database          string        `yaml:"database"`
+	Role              string        `yaml:"role"`
+	UniquePasswords   bool          `yaml:"unique_passwords"`
+	Prefix            string        `yaml:"prefix"`
+	RequestsPerMinute int           `yaml:"requests_per_minute"`
+	RetryBudget       time.Duration `yaml:"retry_budget"`
+	OpTimeout         time.Duration `yaml:"op_timeout"`
+}
 
 // fileConfig is the YAML schema of `pgtenant serve --config`. Every key and
 // its default is documented in config.example.yaml.
@@ -60,8 +87,17 @@ type fileConfig struct {
 		MaxConns int32  `yaml:"max_conns"`
 	} `yaml:"catalog"`
 
+	Upstream struct {
+		TLS            string   `yaml:"tls"`
+		CAFile         string   `yaml:"ca_file"`
+		EndpointOption bool     `yaml:"endpoint_option"`
+		ForwardParams  []string `yaml:"forward_params"`
+		DialOverride   string   `yaml:"dial_override"`
+	} `yaml:"upstream"`
+
 	Provider struct {
-		Kind  string `yaml:"kind"`
+		Kind  string         `yaml:"kind"`
+		Neon  neonFileConfig `yaml:"neon"`
 		Local struct {
 			AdminDSN    string `yaml:"admin_dsn"`
 			Host        string `yaml:"host"`
@@ -95,6 +131,13 @@ func defaultConfig() fileConfig {
 	fc.Provider.Local.Template = "pgtenant_template"
 	fc.Provider.Local.Prefix = "t_"
 	fc.Provider.Local.MaxConns = 10
+	n := &fc.Provider.Neon
+	n.BaseURL = neon.DefaultBaseURL
+	n.Mode = string(neon.ModeBranch)
+	n.Prefix = neon.DefaultPrefix
+	n.RequestsPerMinute = neon.DefaultRequestsPerMinute
+	n.RetryBudget = neon.DefaultRetryBudget
+	n.OpTimeout = neon.DefaultOpTimeout
 	return fc
 }
 
@@ -115,6 +158,13 @@ func loadConfig(path string) (fileConfig, error) {
 			return fc, fmt.Errorf("config %s: %w", path, err)
 		}
 	}
+	// An empty YAML list means the same as leaving the key out.
+	if len(fc.Upstream.ForwardParams) == 0 {
+		fc.Upstream.ForwardParams = nil
+	}
+	if len(fc.Provider.Neon.Projects) == 0 {
+		fc.Provider.Neon.Projects = nil
+	}
 	fc.applyEnv(os.Getenv)
 	return fc, nil
 }
@@ -129,6 +179,7 @@ func (fc *fileConfig) applyEnv(getenv func(string) string) {
 	set(&fc.Provider.Local.AdminDSN, envAdminDSN)
 	set(&fc.Catalog.DSN, envCatalogDSN)
 	set(&fc.Catalog.Key, envCatalogKey)
+	set(&fc.Provider.Neon.APIKey, envNeonAPIKey)
 }
 
 // validate checks what can be checked without connecting anywhere.
@@ -164,8 +215,22 @@ func (fc *fileConfig) validate() error {
 		if fc.Provider.Local.AdminDSN == "" {
 			errs = append(errs, fmt.Errorf("provider.local.admin_dsn: empty: set %s", envAdminDSN))
 		}
+	case "neon":
+		if fc.Catalog.DSN == "" {
+			errs = append(errs, fmt.Errorf("catalog.dsn: the neon provider needs a catalog database: set %s", envCatalogDSN))
+		}
+		if nc, err := fc.neonConfig(); err != nil {
+			errs = append(errs, err)
+		} else if err := nc.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("provider.neon: %w (the API key comes from %s)", err, envNeonAPIKey))
+		}
 	default:
-		errs = append(errs, fmt.Errorf("provider.kind: %q is not supported (supported: local)", fc.Provider.Kind))
+		errs = append(errs, fmt.Errorf("provider.kind: %q is not supported (supported: local, neon)", fc.Provider.Kind))
+	}
+	switch fc.Upstream.TLS {
+	case "", proxy.TLSDisable, proxy.TLSRequire, proxy.TLSVerifyFull:
+	default:
+		errs = append(errs, fmt.Errorf("upstream.tls: %q is not %s, %s or %s", fc.Upstream.TLS, proxy.TLSDisable, proxy.TLSRequire, proxy.TLSVerifyFull))
 	}
 	if fc.Catalog.Key == "" {
 		errs = append(errs, fmt.Errorf("catalog.key: empty: set %s to a base64 32-byte key (pgtenant genkey prints one)", envCatalogKey))
@@ -195,4 +260,36 @@ func (fc *fileConfig) proxyConfig() (proxy.Config, error) {
 		cfg.Tenant.Pattern = re
 	}
 	return cfg, nil
+}
+
+// neonConfig maps provider.neon to the neon package's Config.
+func (fc *fileConfig) neonConfig() (neon.Config, error) {
+	n := fc.Provider.Neon
+	nc := neon.Config{
+		BaseURL:           n.BaseURL,
+		APIKey:            n.APIKey,
+		Mode:              neon.Mode(n.Mode),
+		RegionID:          n.RegionID,
+		PGVersion:         n.PGVersion,
+		OrgID:             n.OrgID,
+		SuspendTimeout:    n.SuspendTimeout,
+		MinCU:             n.MinCU,
+		MaxCU:             n.MaxCU,
+		Database:          n.Database,
+		Role:              n.Role,
+		UniquePasswords:   n.UniquePasswords,
+		Prefix:            n.Prefix,
+		RequestsPerMinute: n.RequestsPerMinute,
+		RetryBudget:       n.RetryBudget,
+		OpTimeout:         n.OpTimeout,
+	}
+	switch nc.Mode {
+	case neon.ModeBranch, neon.ModeProject:
+	default:
+		return nc, fmt.Errorf("provider.neon.mode: %q is not branch or project", n.Mode)
+	}
+	for _, p := range n.Projects {
+		nc.Projects = append(nc.Projects, neon.BranchProject{ID: p.ID, ParentBranchID: p.ParentBranchID, MaxBranches: p.MaxBranches})
+	}
+	return nc, nil
 }

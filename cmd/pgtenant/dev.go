@@ -29,6 +29,8 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	listen := fs.String("listen", "127.0.0.1:6432", "address the router listens on")
 	password := fs.String("password", devPassword, "app secret clients log in with (or "+envPassword+")")
 	templateSQL := fs.String("template-sql", "", "SQL file run once in the template database when it is created (e.g. the app's schema)")
+	provider := fs.String("provider", "local", "local: a database per tenant on the local Postgres; neon-fake: a branch per tenant through an in-process fake of the Neon API (backed by the local Postgres, reached over TLS with SNI), with the real Neon client")
+	opDelay := fs.Duration("neon-op-delay", 200*time.Millisecond, "neon-fake: how long each simulated Neon operation (create_branch, start_compute) takes")
 	pgPort := fs.Int("pg-port", 0, "port of the local Postgres (0: the one used last time, else a free one)")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
@@ -44,6 +46,9 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	if *password == "" {
 		return errors.New("--password: the app secret must not be empty")
+	}
+	if *provider != "local" && *provider != "neon-fake" {
+		return fmt.Errorf("--provider %q: want local or neon-fake", *provider)
 	}
 	log, err := newLogger(stderr, *logFormat, *logLevel)
 	if err != nil {
@@ -90,6 +95,24 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fc.Provider.Local.TemplateSQL = *templateSQL
 	fc.Catalog.Key = key
 
+	var parts *upstreamParts
+	var fake *neonFake
+	if *provider == "neon-fake" {
+		var sql string
+		if *templateSQL != "" {
+			b, err := os.ReadFile(*templateSQL)
+			if err != nil {
+				return fmt.Errorf("template SQL: %w", err)
+			}
+			sql = string(b)
+		}
+		if fake, err = startNeonFake(ctx, cl, sql, *opDelay, log); err != nil {
+			return err
+		}
+		defer fake.close()
+		parts = fake.parts
+	}
+
 	// If Postgres dies, stop the router and say so.
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -102,8 +125,8 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}()
 
 	err = runRouter(rctx, fc, log, func(addr net.Addr) {
-		printDevBanner(stdout, cl, dir, addr.String(), *password)
-	})
+		printDevBanner(stdout, cl, dir, addr.String(), *password, fake)
+	}, parts)
 	select {
 	case <-cl.Done():
 		if ctx.Err() == nil {
@@ -117,12 +140,17 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	return err
 }
 
-func printDevBanner(w io.Writer, cl *local.Cluster, dir, addr, password string) {
+func printDevBanner(w io.Writer, cl *local.Cluster, dir, addr, password string, fake *neonFake) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\npgtenant dev is running.\n")
 	fmt.Fprintf(&b, "  router    %s   (app secret: %s)\n", addr, password)
-	fmt.Fprintf(&b, "  postgres  %s:%d   (data dir: %s; admin password in admin.password)\n\n", cl.Host(), cl.Port(), dir)
-	fmt.Fprintf(&b, "Connect as a tenant; its database is created on the first connect:\n\n")
+	fmt.Fprintf(&b, "  postgres  %s:%d   (data dir: %s; admin password in admin.password)\n", cl.Host(), cl.Port(), dir)
+	what := "database"
+	if fake != nil {
+		fake.banner(&b)
+		what = "Neon branch (fake, in memory: gone when dev stops)"
+	}
+	fmt.Fprintf(&b, "\nConnect as a tenant; its %s is created on the first connect:\n\n", what)
 	fmt.Fprintf(&b, "  psql %s\n\n", quote(fmt.Sprintf("postgres://tenant_42:%s@%s/app", password, addr)))
 	fmt.Fprintf(&b, "Any tenant name of 1-48 lower-case letters, digits, '_' or '-' works. Ctrl-C stops everything.\n")
 	fmt.Fprint(w, b.String())

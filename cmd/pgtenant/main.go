@@ -7,6 +7,7 @@
 //
 //	pgtenant dev     run a local Postgres and the router on it (for trying it out)
 //	pgtenant serve   run the router against an existing Postgres server (--config)
+//	pgtenant bench   measure a router (or any Postgres target) under connection fan-out
 //	pgtenant genkey  print a new catalog encryption key
 //	pgtenant version print the version
 package main
@@ -29,17 +30,20 @@ var version = "dev"
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		if !errors.Is(err, pflag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "pgtenant:", err)
-		}
-		stop()
-		os.Exit(exitCode(err))
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	if err != nil && !errors.Is(err, pflag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, "pgtenant:", err)
 	}
+	stop()
+	os.Exit(exitCode(err))
 }
 
+// exitCode is 0 for success and --help, 2 for usage errors, 1 otherwise.
 func exitCode(err error) int {
-	if errors.Is(err, pflag.ErrHelp) || errors.Is(err, errUsage) {
+	switch {
+	case err == nil, errors.Is(err, pflag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
 		return 2
 	}
 	return 1

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,7 +14,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/pflag"
 
+	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/provision/local"
+	"github.com/pgtenant/pgtenant/provision/neon"
 	"github.com/pgtenant/pgtenant/proxy"
 	"github.com/pgtenant/pgtenant/resolver"
 )
@@ -51,7 +54,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	return runRouter(ctx, fc, log, func(addr net.Addr) {
 		fmt.Fprintf(stdout, "pgtenant: routing tenants on %s\n", addr)
-	})
+	}, nil)
 }
 
 // override sets *dst to v when the flag was given on the command line.
@@ -81,33 +84,67 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	return slog.New(slog.NewTextHandler(w, opts)), nil
 }
 
-// runRouter wires the packages together from fc and serves until ctx ends.
-// ready is called once the listener is up.
-func runRouter(ctx context.Context, fc fileConfig, log *slog.Logger, ready func(net.Addr)) error {
-	key, err := resolver.ParseKey(fc.Catalog.Key)
-	if err != nil {
-		return fmt.Errorf("catalog.key (%s): %w", envCatalogKey, err)
+// upstreamParts is how the router reaches a provider's upstreams.
+type upstreamParts struct {
+	prov     provision.Provider
+	upstream proxy.UpstreamConfig
+	dial     func(ctx context.Context, network, addr string) (net.Conn, error)
+	// catalogDSN is the catalog's database when catalog.dsn is empty.
+	catalogDSN string
+	close      func()
+}
+
+// neonPoolerParams are the startup parameters Neon's pooler (PgBouncer)
+// tracks; it refuses any other (neon-api.md 8.2).
+var neonPoolerParams = []string{"client_encoding", "datestyle", "timezone", "standard_conforming_strings", "application_name"}
+
+// buildProvider makes the provider fc names and the upstream settings that
+// go with it.
+func buildProvider(ctx context.Context, fc fileConfig, log *slog.Logger) (*upstreamParts, error) {
+	up := proxy.UpstreamConfig{TLS: fc.Upstream.TLS, EndpointOption: fc.Upstream.EndpointOption, ForwardParams: fc.Upstream.ForwardParams}
+	if fc.Upstream.CAFile != "" {
+		pem, err := os.ReadFile(fc.Upstream.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("upstream.ca_file: %w", err)
+		}
+		up.RootCAs = x509.NewCertPool()
+		if !up.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("upstream.ca_file %s: no PEM certificates in it", fc.Upstream.CAFile)
+		}
 	}
+	parts := &upstreamParts{upstream: up, close: func() {}}
+	if o := fc.Upstream.DialOverride; o != "" {
+		d := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
+		parts.dial = func(ctx context.Context, network, _ string) (net.Conn, error) { return d.DialContext(ctx, network, o) }
+	}
+
+	switch fc.Provider.Kind {
+	case "neon":
+		nc, err := fc.neonConfig()
+		if err != nil {
+			return nil, err
+		}
+		nc.Log = log
+		p, err := neon.New(nc)
+		if err != nil {
+			return nil, err
+		}
+		parts.prov = p
+		parts.close = p.CloseIdleConnections
+		if parts.upstream.TLS == "" {
+			parts.upstream.TLS = proxy.TLSVerifyFull // Neon refuses plaintext
+		}
+		if parts.upstream.ForwardParams == nil {
+			parts.upstream.ForwardParams = neonPoolerParams
+		}
+		return parts, nil
+	}
+
 	lc := fc.Provider.Local
 	admin, err := openPool(ctx, "provider.local.admin_dsn", lc.AdminDSN, lc.MaxConns)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer admin.Close()
-	catDSN := fc.Catalog.DSN
-	if catDSN == "" {
-		catDSN = lc.AdminDSN
-	}
-	catPool, err := openPool(ctx, "catalog.dsn", catDSN, fc.Catalog.MaxConns)
-	if err != nil {
-		return err
-	}
-	defer catPool.Close()
-	cat, err := resolver.OpenCatalog(ctx, catPool, key)
-	if err != nil {
-		return err
-	}
-
 	prov := local.New(local.Config{
 		Host:     lc.Host,
 		Port:     lc.Port,
@@ -119,20 +156,53 @@ func runRouter(ctx context.Context, fc fileConfig, log *slog.Logger, ready func(
 	if lc.TemplateSQL != "" {
 		b, err := os.ReadFile(lc.TemplateSQL)
 		if err != nil {
-			return fmt.Errorf("template SQL: %w", err)
+			admin.Close()
+			return nil, fmt.Errorf("template SQL: %w", err)
 		}
 		setupSQL = string(b)
 	}
 	created, err := prov.EnsureTemplate(ctx, setupSQL)
 	if err != nil {
-		return err
+		admin.Close()
+		return nil, err
 	}
 	switch {
 	case created:
-		log.Info("template database created", "template", lc.Template, "template_sql", lc.TemplateSQL)
+		log.Info("template database created", "template", lc.Template)
 	case setupSQL != "":
 		log.Info("template database exists; template SQL not applied again (it runs once, when the template is created)",
 			"template", lc.Template, "template_sql", lc.TemplateSQL)
+	}
+	parts.prov, parts.catalogDSN, parts.close = prov, lc.AdminDSN, admin.Close
+	return parts, nil
+}
+
+// runRouter wires the packages together from fc and serves until ctx ends.
+// ready is called once the listener is up. parts, when not nil, replaces
+// the provider fc describes (dev's fake Neon).
+func runRouter(ctx context.Context, fc fileConfig, log *slog.Logger, ready func(net.Addr), parts *upstreamParts) error {
+	key, err := resolver.ParseKey(fc.Catalog.Key)
+	if err != nil {
+		return fmt.Errorf("catalog.key (%s): %w", envCatalogKey, err)
+	}
+	if parts == nil {
+		if parts, err = buildProvider(ctx, fc, log); err != nil {
+			return err
+		}
+	}
+	defer parts.close()
+	catDSN := fc.Catalog.DSN
+	if catDSN == "" {
+		catDSN = parts.catalogDSN
+	}
+	catPool, err := openPool(ctx, "catalog.dsn", catDSN, fc.Catalog.MaxConns)
+	if err != nil {
+		return err
+	}
+	defer catPool.Close()
+	cat, err := resolver.OpenCatalog(ctx, catPool, key)
+	if err != nil {
+		return err
 	}
 
 	res := resolver.New(resolver.Config{
@@ -141,7 +211,7 @@ func runRouter(ctx context.Context, fc fileConfig, log *slog.Logger, ready func(
 		NegativeTTL: fc.Cache.NegativeTTL,
 		FillTimeout: fc.Cache.FillTimeout,
 		Log:         log,
-	}, cat, prov)
+	}, cat, parts.prov)
 	defer res.Close()
 
 	pcfg, err := fc.proxyConfig()
@@ -149,6 +219,8 @@ func runRouter(ctx context.Context, fc fileConfig, log *slog.Logger, ready func(
 		return err
 	}
 	pcfg.Log = log
+	pcfg.Upstream = parts.upstream
+	pcfg.DialUpstream = parts.dial
 	srv, err := proxy.New(pcfg, res)
 	if err != nil {
 		return err
@@ -157,7 +229,7 @@ func runRouter(ctx context.Context, fc fileConfig, log *slog.Logger, ready func(
 	if err != nil {
 		return err
 	}
-	log.Info("router listening", "addr", ln.Addr().String(), "auth", pcfg.Auth.String(), "provider", prov.Name())
+	log.Info("router listening", "addr", ln.Addr().String(), "auth", pcfg.Auth.String(), "provider", parts.prov.Name())
 	ready(ln.Addr())
 	return srv.Serve(ctx, ln)
 }

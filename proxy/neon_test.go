@@ -1,0 +1,215 @@
+package proxy_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgtenant/pgtenant/internal/pgtest"
+	"github.com/pgtenant/pgtenant/provision/neon"
+	"github.com/pgtenant/pgtenant/provision/neon/neontest"
+	"github.com/pgtenant/pgtenant/proxy"
+	"github.com/pgtenant/pgtenant/resolver"
+)
+
+// neonRouter is a router on the real Neon client, against the fake Neon
+// API backed by the shared test cluster: API → operations → TLS
+// verify-full with SNI → SCRAM → query.
+type neonRouter struct {
+	addr string
+	fake *neontest.Server
+	logs *syncBuffer
+}
+
+func startNeonRouter(t *testing.T, projects int) *neonRouter {
+	t.Helper()
+	ctx := context.Background()
+	c := pgtest.Shared(t)
+	be, err := neontest.NewBackendConfig(ctx, neontest.BackendConfig{
+		AdminDSN:    c.AdminDSN("postgres"),
+		TemplateSQL: "CREATE TABLE app_items (id int primary key, name text)",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake, err := neontest.NewServer(ctx, neontest.Config{APIKey: "napi_test", Backend: be, OpDelay: 20 * time.Millisecond})
+	if err != nil {
+		be.Close()
+		t.Fatal(err)
+	}
+	var bps []neon.BranchProject
+	for i := range projects {
+		p, err := fake.CreateProject(ctx, fmt.Sprintf("templates-%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		bps = append(bps, neon.BranchProject{ID: p.Project.ID})
+	}
+	prov, err := neon.New(neon.Config{
+		BaseURL: fake.URL(), APIKey: "napi_test", Mode: neon.ModeBranch, Projects: bps,
+		OpPollInterval: 10 * time.Millisecond, RetryDelay: 20 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	catPool, err := pgxpool.New(ctx, c.AdminDSN(pgtest.CreateDB(t, c)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := resolver.ParseKey(catalogKey)
+	cat, err := resolver.OpenCatalog(ctx, catPool, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := resolver.New(resolver.Config{}, cat, prov)
+	logs := &syncBuffer{}
+	srv, err := proxy.New(proxy.Config{
+		Auth: proxy.Auth{Password: appSecret},
+		Upstream: proxy.UpstreamConfig{
+			TLS:           proxy.TLSVerifyFull,
+			RootCAs:       fake.CAPool(),
+			ForwardParams: []string{"client_encoding", "datestyle", "timezone", "standard_conforming_strings", "application_name"},
+		},
+		DialUpstream: fake.Dialer(),
+		Log:          slog.New(slog.NewTextHandler(logs, nil)),
+	}, res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { _ = srv.Serve(sctx, ln); close(done) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		res.Close()
+		catPool.Close()
+		prov.CloseIdleConnections()
+		fake.Close()
+		be.Close()
+		if t.Failed() {
+			t.Logf("router log:\n%s", logs.String())
+		}
+	})
+	return &neonRouter{addr: ln.Addr().String(), fake: fake, logs: logs}
+}
+
+func (r *neonRouter) dsn(tenant string) string {
+	return "postgres://" + tenant + ":" + appSecret + "@" + r.addr + "/app?sslmode=disable&application_name=neontest"
+}
+
+func (r *neonRouter) branchCount() (n int) {
+	for _, p := range r.fake.Projects() {
+		n += len(r.fake.Branches(p.ID)) - 1 // minus the template (default) branch
+	}
+	return n
+}
+
+// TestNeonFanOut: 200 concurrent first connects across 20 new tenants make
+// 20 branches (spilling over three template projects of 10 branches each),
+// every session runs a query in its own tenant's branch, and a reconnect
+// is served from the route cache without any API call.
+func TestNeonFanOut(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	r := startNeonRouter(t, 3)
+	const tenants, perTenant = 20, 10
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	names := make([]string, tenants)
+	for i := range names {
+		names[i] = newTenant(fmt.Sprintf("n%02d", i))
+	}
+	start := make(chan struct{})
+	errs := make(chan error, tenants*perTenant)
+	var wg sync.WaitGroup
+	for _, tenant := range names {
+		for range perTenant {
+			wg.Go(func() {
+				<-start
+				conn, err := pgx.Connect(ctx, r.dsn(tenant))
+				if err != nil {
+					errs <- fmt.Errorf("%s: %w", tenant, err)
+					return
+				}
+				defer conn.Close(context.Background())
+				var n int
+				if err := conn.QueryRow(ctx, "SELECT count(*) FROM app_items").Scan(&n); err != nil {
+					errs <- fmt.Errorf("%s: %w", tenant, err)
+				}
+			})
+		}
+	}
+	t0 := time.Now()
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	t.Logf("%d sessions over %d new tenants in %s", tenants*perTenant, tenants, time.Since(t0))
+	if n := r.branchCount(); n != tenants {
+		t.Fatalf("%d tenant branches, want %d", n, tenants)
+	}
+
+	// Isolation: a row written by one tenant is not seen by another.
+	a, b := names[0], names[1]
+	ca, err := pgx.Connect(ctx, r.dsn(a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ca.Close(context.Background())
+	if _, err := ca.Exec(ctx, "INSERT INTO app_items VALUES (1, 'only a')"); err != nil {
+		t.Fatal(err)
+	}
+	cb, err := pgx.Connect(ctx, r.dsn(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cb.Close(context.Background())
+	var n int
+	if err := cb.QueryRow(ctx, "SELECT count(*) FROM app_items").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("tenant b sees %d rows (err %v)", n, err)
+	}
+
+	// A reconnect is served from the cache: no API call.
+	before := len(r.fake.Requests())
+	c2, err := pgx.Connect(ctx, r.dsn(a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2.Close(context.Background())
+	if after := len(r.fake.Requests()); after != before {
+		t.Fatalf("a reconnect made %d API calls", after-before)
+	}
+}
+
+// TestNeonPoolerParams: parameters Neon's pooler would refuse are not
+// forwarded, so a client that sets one still connects.
+func TestNeonPoolerParams(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	r := startNeonRouter(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, r.dsn(newTenant("params"))+"&search_path=public&timezone=Europe/Paris")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var tz string
+	if err := conn.QueryRow(ctx, "SHOW timezone").Scan(&tz); err != nil || tz != "Europe/Paris" {
+		t.Fatalf("timezone %q, %v", tz, err)
+	}
+}
