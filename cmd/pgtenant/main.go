@@ -8,6 +8,7 @@
 //	pgtenant dev     run a local Postgres and the router on it (for trying it out)
 //	pgtenant serve   run the router against an existing Postgres server (--config)
 //	pgtenant bench   measure a router (or any Postgres target) under connection fan-out
+//	pgtenant tenants list, show or delete tenants (catalog and provider)
 //	pgtenant genkey  print a new catalog encryption key
 //	pgtenant version print the version
 package main
@@ -57,6 +58,7 @@ Usage:
   pgtenant dev    [flags]   run a local Postgres and the router on it (try it out)
   pgtenant serve  [flags]   run the router against an existing Postgres (--config FILE)
   pgtenant bench  [flags]   measure a router under fan-out (--dsn DSN [--compare DSN])
+  pgtenant tenants <list|show|delete> [flags]   inspect or delete tenants (catalog + provider)
   pgtenant genkey           print a new catalog encryption key (for PGTENANT_CATALOG_KEY)
   pgtenant version          print the version
 
@@ -76,6 +78,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runServe(ctx, args[1:], stdout, stderr)
 	case "bench":
 		return runBench(ctx, args[1:], stdout, stderr)
+	case "tenants":
+		return runTenants(ctx, args[1:], stdout, stderr)
 	case "genkey":
 		return runGenkey(stdout)
 	case "version", "--version":

@@ -178,6 +178,57 @@ func TestServe(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
+
+	// The admin side sees and deletes it.
+	tenants := func(args ...string) (string, error) {
+		var out strings.Builder
+		err := run(context.Background(), append([]string{"tenants"}, append(args, "--config", cfg)...), &out, io.Discard)
+		return out.String(), err
+	}
+	out, err := tenants("list")
+	if err != nil || !strings.Contains(out, "acme") || !strings.Contains(out, "s_acme") {
+		t.Fatalf("tenants list: %v\n%s", err, out)
+	}
+	out, err = tenants("show", "acme")
+	if err != nil || !strings.Contains(out, "s_acme") || strings.Contains(out, "serve-secret") {
+		t.Fatalf("tenants show: %v\n%s", err, out)
+	}
+	if _, err := tenants("delete", "acme"); err == nil || !strings.Contains(err.Error(), "--yes") {
+		t.Fatalf("delete without --yes: %v", err)
+	}
+	if out, err := tenants("delete", "acme", "--yes"); err != nil || !strings.Contains(out, "deleted") {
+		t.Fatalf("tenants delete: %v\n%s", err, out)
+	}
+	if _, err := tenants("show", "acme"); err == nil {
+		t.Fatal("show after delete found the tenant")
+	}
+	if got := query(t, c.AdminDSN("postgres"), "SELECT count(*)::text FROM pg_database WHERE datname = 's_acme'"); got != "0" {
+		t.Fatalf("database still exists after delete (%s)", got)
+	}
+}
+
+// TestDevNeonFake runs the whole Neon flow of the README on one machine:
+// the real Neon client against the in-process fake, TLS with SNI to its
+// compute proxy, a branch per tenant.
+func TestDevNeonFake(t *testing.T) {
+	pgtest.Shared(t)
+	dir, err := os.MkdirTemp("", "pgtenant-neonfake-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = os.Chmod(dir, 0o755)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	m, stderr, stop := startRun(t, psqlLine, "dev", "--provider", "neon-fake", "--neon-op-delay", "20ms",
+		"--data-dir", filepath.Join(dir, "data"), "--listen", "127.0.0.1:0")
+	if got := query(t, m[1], "SELECT 'ok'"); got != "ok" {
+		t.Fatal(got)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("%v\n%s", err, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "via=created") || !strings.Contains(stderr.String(), "provider=neon") {
+		t.Errorf("log:\n%s", stderr.String())
+	}
 }
 
 func TestServeRefusesBadConfig(t *testing.T) {

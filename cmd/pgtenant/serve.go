@@ -99,8 +99,9 @@ type upstreamParts struct {
 var neonPoolerParams = []string{"client_encoding", "datestyle", "timezone", "standard_conforming_strings", "application_name"}
 
 // buildProvider makes the provider fc names and the upstream settings that
-// go with it.
-func buildProvider(ctx context.Context, fc fileConfig, log *slog.Logger) (*upstreamParts, error) {
+// go with it. ensureTemplate (for serving) creates the local provider's
+// template database when it is missing.
+func buildProvider(ctx context.Context, fc fileConfig, log *slog.Logger, ensureTemplate bool) (*upstreamParts, error) {
 	up := proxy.UpstreamConfig{TLS: fc.Upstream.TLS, EndpointOption: fc.Upstream.EndpointOption, ForwardParams: fc.Upstream.ForwardParams}
 	if fc.Upstream.CAFile != "" {
 		pem, err := os.ReadFile(fc.Upstream.CAFile)
@@ -152,6 +153,10 @@ func buildProvider(ctx context.Context, fc fileConfig, log *slog.Logger) (*upstr
 		Prefix:   lc.Prefix,
 		Strategy: lc.Strategy,
 	}, admin)
+	parts.prov, parts.catalogDSN, parts.close = prov, lc.AdminDSN, admin.Close
+	if !ensureTemplate {
+		return parts, nil
+	}
 	var setupSQL string
 	if lc.TemplateSQL != "" {
 		b, err := os.ReadFile(lc.TemplateSQL)
@@ -173,7 +178,6 @@ func buildProvider(ctx context.Context, fc fileConfig, log *slog.Logger) (*upstr
 		log.Info("template database exists; template SQL not applied again (it runs once, when the template is created)",
 			"template", lc.Template, "template_sql", lc.TemplateSQL)
 	}
-	parts.prov, parts.catalogDSN, parts.close = prov, lc.AdminDSN, admin.Close
 	return parts, nil
 }
 
@@ -186,7 +190,7 @@ func runRouter(ctx context.Context, fc fileConfig, log *slog.Logger, ready func(
 		return fmt.Errorf("catalog.key (%s): %w", envCatalogKey, err)
 	}
 	if parts == nil {
-		if parts, err = buildProvider(ctx, fc, log); err != nil {
+		if parts, err = buildProvider(ctx, fc, log, true); err != nil {
 			return err
 		}
 	}

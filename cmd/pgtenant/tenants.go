@@ -1,0 +1,204 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"text/tabwriter"
+
+	"github.com/spf13/pflag"
+
+	"github.com/pgtenant/pgtenant/provision"
+	"github.com/pgtenant/pgtenant/provision/neon"
+	"github.com/pgtenant/pgtenant/resolver"
+)
+
+const tenantsUsage = `Usage: pgtenant tenants <list|show|delete> --config FILE [flags]
+
+  list [--after TENANT] [--limit N]   tenants in the catalog, in ID order (no secrets)
+  show TENANT                         the tenant's route and, for neon, its branch/project at Neon
+  delete TENANT --yes                 delete the tenant's database (branch/project) and its catalog row
+
+It uses the same configuration (file and environment) as 'pgtenant serve'.
+Routers that cached the tenant's route keep it until cache.ttl ends.
+`
+
+// runTenants is the admin side of the catalog and provider.
+func runTenants(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] == "--help" || args[0] == "-h" {
+		fmt.Fprint(stderr, tenantsUsage)
+		if len(args) == 0 {
+			return errUsage
+		}
+		return pflag.ErrHelp
+	}
+	verb := args[0]
+	fs := pflag.NewFlagSet("pgtenant tenants "+verb, pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "YAML config file, as for serve")
+	after := fs.String("after", "", "list: start after this tenant ID")
+	limit := fs.Int("limit", 100, "list: at most this many tenants")
+	yes := fs.Bool("yes", false, "delete: confirm")
+	fs.Usage = func() { fmt.Fprint(stderr, tenantsUsage) }
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	var tenant string
+	switch verb {
+	case "list":
+		if fs.NArg() != 0 {
+			return fmt.Errorf("%w: tenants list takes no arguments", errUsage)
+		}
+	case "show", "delete":
+		if fs.NArg() != 1 {
+			return fmt.Errorf("%w: tenants %s takes one tenant ID", errUsage, verb)
+		}
+		tenant = fs.Arg(0)
+	default:
+		fmt.Fprint(stderr, tenantsUsage)
+		return fmt.Errorf("%w: unknown tenants command %q", errUsage, verb)
+	}
+	if verb == "delete" && !*yes {
+		return fmt.Errorf("deleting tenant %q destroys its database and data: add --yes to confirm", tenant)
+	}
+
+	fc, err := loadConfig(*path)
+	if err != nil {
+		return err
+	}
+	if fc.Auth.Password == "" && fc.Auth.SCRAMVerifier == "" {
+		fc.Auth.Password = "unused" // the admin side serves no clients
+	}
+	if err := fc.validate(); err != nil {
+		return fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	log, err := newLogger(stderr, fc.Log.Format, "warn")
+	if err != nil {
+		return err
+	}
+	a, err := openAdmin(ctx, fc, log)
+	if err != nil {
+		return err
+	}
+	defer a.close()
+
+	switch verb {
+	case "list":
+		return a.list(ctx, stdout, *after, *limit)
+	case "show":
+		return a.show(ctx, stdout, tenant)
+	}
+	return a.delete(ctx, stdout, tenant)
+}
+
+// admin is the catalog plus the provider, without a router.
+type admin struct {
+	cat   *resolver.Catalog
+	parts *upstreamParts
+	close func()
+}
+
+func openAdmin(ctx context.Context, fc fileConfig, log *slog.Logger) (*admin, error) {
+	key, err := resolver.ParseKey(fc.Catalog.Key)
+	if err != nil {
+		return nil, fmt.Errorf("catalog.key (%s): %w", envCatalogKey, err)
+	}
+	parts, err := buildProvider(ctx, fc, log, false)
+	if err != nil {
+		return nil, err
+	}
+	catDSN := fc.Catalog.DSN
+	if catDSN == "" {
+		catDSN = parts.catalogDSN
+	}
+	pool, err := openPool(ctx, "catalog.dsn", catDSN, 2)
+	if err != nil {
+		parts.close()
+		return nil, err
+	}
+	cat, err := resolver.OpenCatalog(ctx, pool, key)
+	if err != nil {
+		pool.Close()
+		parts.close()
+		return nil, err
+	}
+	return &admin{cat: cat, parts: parts, close: func() { pool.Close(); parts.close() }}, nil
+}
+
+func (a *admin) list(ctx context.Context, w io.Writer, after string, limit int) error {
+	entries, err := a.cat.List(ctx, after, limit)
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TENANT\tPROVIDER\tPROVIDER ID\tUPSTREAM\tDATABASE\tUSER\tSTATE\tCREATED")
+	for _, e := range entries {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s:%d\t%s\t%s\t%s\t%s\n", e.Tenant, e.Provider, e.ProviderID, e.Host, e.Port,
+			e.Database, e.User, e.State, e.CreatedAt.UTC().Format("2006-01-02 15:04:05"))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(entries) == limit && limit > 0 {
+		fmt.Fprintf(w, "(more: --after %s)\n", entries[len(entries)-1].Tenant)
+	}
+	return nil
+}
+
+func (a *admin) show(ctx context.Context, w io.Writer, tenant string) error {
+	ep, ok, err := a.cat.Lookup(ctx, tenant)
+	if err != nil {
+		return err
+	}
+	found := ok
+	if ok {
+		fmt.Fprintf(w, "tenant       %s\nupstream     %s\nprovider id  %s\n", tenant, ep.String(), ep.ProviderID)
+	} else {
+		fmt.Fprintf(w, "tenant %s: not in the catalog\n", tenant)
+	}
+	if np, isNeon := a.parts.prov.(*neon.Provider); isNeon {
+		t, ok, err := np.Lookup(ctx, tenant)
+		if err != nil {
+			return err
+		}
+		if ok {
+			found = true
+			fmt.Fprintf(w, "neon         %s: project %s, branch %s, endpoint %s (%s)\n", t.Name, t.ProjectID, t.BranchID, t.EndpointID, t.Host)
+		} else {
+			fmt.Fprintln(w, "neon         no branch or project by that name")
+		}
+	}
+	if !found {
+		return fmt.Errorf("tenant %q: %w", tenant, provision.ErrTenantNotFound)
+	}
+	return nil
+}
+
+// delete removes the database first and the catalog row second, so a crash
+// in between leaves a row whose next connect re-creates the tenant, never
+// a database nobody knows about.
+func (a *admin) delete(ctx context.Context, w io.Writer, tenant string) error {
+	perr := a.parts.prov.Delete(ctx, tenant)
+	if perr != nil && !errors.Is(perr, provision.ErrTenantNotFound) {
+		return fmt.Errorf("delete tenant %q at %s: %w", tenant, a.parts.prov.Name(), perr)
+	}
+	cerr := a.cat.Delete(ctx, tenant)
+	if cerr != nil && !errors.Is(cerr, provision.ErrTenantNotFound) {
+		return fmt.Errorf("delete tenant %q from the catalog: %w", tenant, cerr)
+	}
+	if perr != nil && cerr != nil {
+		return fmt.Errorf("tenant %q: %w", tenant, provision.ErrTenantNotFound)
+	}
+	fmt.Fprintf(w, "tenant %s deleted (provider %s: %s; catalog: %s)\n", tenant, a.parts.prov.Name(),
+		done(perr), done(cerr))
+	return nil
+}
+
+func done(err error) string {
+	if err != nil {
+		return "nothing there"
+	}
+	return "deleted"
+}
