@@ -28,7 +28,7 @@ type neonRouter struct {
 	logs *syncBuffer
 }
 
-func startNeonRouter(t *testing.T, projects int) *neonRouter {
+func startNeonRouter(t *testing.T, projects int, opts ...func(*proxy.UpstreamConfig)) *neonRouter {
 	t.Helper()
 	ctx := context.Background()
 	c := pgtest.Shared(t)
@@ -71,13 +71,17 @@ func startNeonRouter(t *testing.T, projects int) *neonRouter {
 	}
 	res := resolver.New(resolver.Config{}, cat, prov)
 	logs := &syncBuffer{}
+	up := proxy.UpstreamConfig{
+		TLS:           proxy.TLSVerifyFull,
+		RootCAs:       fake.CAPool(),
+		ForwardParams: []string{"client_encoding", "datestyle", "timezone", "standard_conforming_strings", "application_name"},
+	}
+	for _, o := range opts {
+		o(&up)
+	}
 	srv, err := proxy.New(proxy.Config{
-		Auth: proxy.Auth{Password: appSecret},
-		Upstream: proxy.UpstreamConfig{
-			TLS:           proxy.TLSVerifyFull,
-			RootCAs:       fake.CAPool(),
-			ForwardParams: []string{"client_encoding", "datestyle", "timezone", "standard_conforming_strings", "application_name"},
-		},
+		Auth:     proxy.Auth{Password: appSecret},
+		Upstream: up,
 		DialUpstream: fake.Dialer(),
 		Log:          slog.New(slog.NewTextHandler(logs, nil)),
 	}, res)
@@ -211,5 +215,59 @@ func TestNeonPoolerParams(t *testing.T) {
 	var tz string
 	if err := conn.QueryRow(ctx, "SHOW timezone").Scan(&tz); err != nil || tz != "Europe/Paris" {
 		t.Fatalf("timezone %q, %v", tz, err)
+	}
+}
+
+// TestNeonEndpointOption: without SNI, the endpoint ID travels in
+// options=endpoint=<id>, and the certificate is still verified.
+func TestNeonEndpointOption(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	r := startNeonRouter(t, 1, func(u *proxy.UpstreamConfig) { u.EndpointOption = true })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, r.dsn(newTenant("nosni")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var one int
+	if err := conn.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestNeonCancel: a cancel goes over TLS to the tenant's endpoint.
+func TestNeonCancel(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	r := startNeonRouter(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, r.dsn(newTenant("cancel")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := conn.Exec(ctx, "SELECT pg_sleep(30)")
+		done <- err
+	}()
+	// Cancel until it lands: the first may arrive before the query started.
+	t0 := time.Now()
+	for {
+		if err := conn.PgConn().CancelRequest(ctx); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-done:
+			if pgCode(err) != "57014" {
+				t.Fatalf("cancelled query: %v, want 57014", err)
+			}
+			if d := time.Since(t0); d > 10*time.Second {
+				t.Fatalf("cancel took %s", d)
+			}
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
 	}
 }
