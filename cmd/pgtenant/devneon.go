@@ -22,6 +22,9 @@ import (
 // every run too: routes to branches of an earlier run would lead nowhere.
 const neonFakeCatalog = "pgtenant_neonfake_catalog"
 
+// devBranchLimit is the fake's branches per project in dev.
+const devBranchLimit = 500
+
 // neonFake is the fake Neon API that `pgtenant dev --provider neon-fake`
 // runs in-process on the dev cluster, and the provider that talks to it.
 type neonFake struct {
@@ -47,7 +50,10 @@ func startNeonFake(ctx context.Context, cl *local.Cluster, templateSQL string, o
 		return nil, err
 	}
 	key := "napi_" + rand.Text()
-	srv, err := neontest.NewServer(ctx, neontest.Config{APIKey: key, Backend: backend, OpDelay: opDelay, Log: log})
+	srv, err := neontest.NewServer(ctx, neontest.Config{
+		APIKey: key, Backend: backend, OpDelay: opDelay, Log: log,
+		BranchLimit: devBranchLimit, // as a paid plan allows; the Free plan's 10 would stop at 9 tenants
+	})
 	if err != nil {
 		backend.Close()
 		return nil, err
@@ -95,8 +101,8 @@ func (f *neonFake) close() {
 }
 
 func (f *neonFake) banner(w io.Writer) {
-	fmt.Fprintf(w, "  neon-fake %s   (API key: %s; template project %s; branches up to 10 per project)\n",
-		f.srv.URL(), f.apiKey, f.project)
+	fmt.Fprintf(w, "  neon-fake %s   (API key: %s; template project %s, up to %d branches)\n",
+		f.srv.URL(), f.apiKey, f.project, devBranchLimit)
 }
 
 // resetDatabase drops (closing its sessions) and creates database db.
