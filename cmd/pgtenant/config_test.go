@@ -81,3 +81,34 @@ func TestValidate(t *testing.T) {
 		t.Fatalf("want both errors: %v", err)
 	}
 }
+
+// The README's Neon configurations must load and validate as written.
+func TestREADMENeonConfigs(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(envPassword, "x")
+	t.Setenv(envCatalogKey, "k")
+	t.Setenv(envCatalogDSN, "postgres://c@localhost/catalog")
+	t.Setenv(envNeonAPIKey, "napi_test")
+	t.Setenv(envAdminDSN, "")
+	blocks := 0
+	for _, part := range strings.Split(string(readme), "```yaml\n")[1:] {
+		block, _, _ := strings.Cut(part, "```")
+		if !strings.Contains(block, "kind: neon") {
+			continue
+		}
+		blocks++
+		fc, err := loadConfig(writeFile(t, block))
+		if err != nil {
+			t.Fatalf("README block %d: %v\n%s", blocks, err, block)
+		}
+		if err := fc.validate(); err != nil {
+			t.Fatalf("README block %d: %v\n%s", blocks, err, block)
+		}
+	}
+	if blocks != 2 {
+		t.Fatalf("found %d Neon config blocks in the README, want 2", blocks)
+	}
+}
