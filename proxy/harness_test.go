@@ -67,6 +67,7 @@ type router struct {
 	cat     *resolver.Catalog
 	res     *resolver.Resolver
 	logs    *syncBuffer
+	srv     *proxy.Server
 	stop    func()
 }
 
@@ -128,7 +129,7 @@ func startRouter(t *testing.T, db catalogDB, opts ...routerOpt) *router {
 	sctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(sctx, ln) }()
-	r := &router{addr: ln.Addr().String(), cluster: c, prov: prov, cat: cat, res: res, logs: logs}
+	r := &router{addr: ln.Addr().String(), cluster: c, prov: prov, cat: cat, res: res, logs: logs, srv: srv}
 	var once sync.Once
 	r.stop = func() {
 		once.Do(func() {

@@ -53,6 +53,10 @@ type Config struct {
 	DialUpstream func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Upstream says how to talk to upstreams (TLS, forwarded parameters).
 	Upstream UpstreamConfig
+	// DrainTimeout is how long Serve, once its ctx ends, lets live sessions
+	// finish on their own before ending them with 57P01. Zero ends them at
+	// once.
+	DrainTimeout time.Duration
 	// Log receives one line per finished session plus errors. Nil discards.
 	Log *slog.Logger
 }
@@ -93,7 +97,13 @@ type Server struct {
 
 	nextConn atomic.Uint64
 	conns    sync.WaitGroup
+	live     registry
+	draining atomic.Bool
 }
+
+// killGrace is how long Serve waits for killed sessions to send their
+// ErrorResponse before closing every connection.
+const killGrace = 2 * time.Second
 
 // New returns a Server that routes through r.
 func New(cfg Config, r Resolver) (*Server, error) {
@@ -128,17 +138,24 @@ func New(cfg Config, r Resolver) (*Server, error) {
 }
 
 // Serve accepts connections on ln and serves each in its own goroutine until
-// ctx ends. It then closes ln, closes every live session and returns once all
-// of them have finished. Serve refuses trust authentication on a listener
-// that is not loopback.
+// ctx ends. It then drains: Draining reports true, ln is closed, live
+// sessions get DrainTimeout to end on their own, then are ended with 57P01
+// (admin shutdown), and Serve returns once every connection has finished.
+// Serve refuses trust authentication on a listener that is not loopback.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if s.auth.trust && !isLoopback(ln.Addr()) {
 		_ = ln.Close()
 		return fmt.Errorf("proxy: trust authentication is only allowed on a loopback listener, not %s", ln.Addr())
 	}
-	stop := context.AfterFunc(ctx, func() { _ = ln.Close() })
+	stop := context.AfterFunc(ctx, func() {
+		s.draining.Store(true)
+		_ = ln.Close()
+	})
 	defer stop()
-	defer s.conns.Wait()
+	// Sessions outlive ctx by the drain; connCtx closes what is left after.
+	connCtx, hardStop := context.WithCancel(context.WithoutCancel(ctx))
+	defer hardStop()
+	defer s.drain(hardStop)
 
 	var backoff time.Duration
 	for {
@@ -161,7 +178,38 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			continue
 		}
 		backoff = 0
-		s.conns.Go(func() { _ = s.ServeConn(ctx, c) })
+		s.conns.Go(func() { _ = s.ServeConn(connCtx, c) })
+	}
+}
+
+// Draining reports whether the server is shutting down (for readiness).
+func (s *Server) Draining() bool { return s.draining.Load() }
+
+// drain waits for the connections to end, up to DrainTimeout, then ends the
+// live sessions with 57P01 and, after a short grace, closes everything.
+func (s *Server) drain(hardStop context.CancelFunc) {
+	s.draining.Store(true)
+	done := make(chan struct{})
+	go func() { s.conns.Wait(); close(done) }()
+	wait := func(d time.Duration) bool {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-done:
+			return true
+		case <-t.C:
+			return false
+		}
+	}
+	if s.cfg.DrainTimeout > 0 && wait(s.cfg.DrainTimeout) {
+		return
+	}
+	if n := s.CloseSessions("", codeAdminShutdown, "terminating connection due to administrator command"); n > 0 {
+		s.log.Info("drain: ending live sessions", "sessions", n)
+	}
+	if !wait(killGrace) {
+		hardStop()
+		<-done
 	}
 }
 
@@ -280,6 +328,12 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	stopUp := context.AfterFunc(ctx, func() { _ = up.Conn.Close() })
 	defer stopUp()
 	sess.routed, sess.via, sess.upPID = true, rt.Via, up.PID
+	ls := &liveSession{session: sess, remote: c.RemoteAddr().String(), start: time.Now(), upstream: up.Conn}
+	defer s.live.add(ls)()
+	if s.draining.Load() {
+		return s.fail(c, clientErr(codeCannotConnectNow, "the router is shutting down",
+			"Connect again: another router instance (or this one, restarted) will take the session.", nil))
+	}
 
 	key, release := s.cancels.register(cancelTarget{
 		addr:      rt.Addr(),
@@ -304,19 +358,37 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	}
 	_ = c.SetDeadline(time.Time{}) // from here on liveness is TCP keepalive's job
 
-	return relay(c, up.Conn, sess)
+	return relay(c, up.Conn, ls)
 }
 
-// relay pumps bytes both ways until one side ends, then closes both and
-// waits for the other pump. A clean end of either side returns nil.
-func relay(client, upstream net.Conn, sess *session) error {
+// relay pumps bytes both ways until one side ends (or the session is
+// killed), then closes both and waits for the other pump. A clean end of
+// either side returns nil.
+func relay(client, upstream net.Conn, ls *liveSession) error {
 	errc := make(chan error, 1)
-	go func() { errc <- pump(client, upstream, &sess.bytesOut) }()
-	err := pump(upstream, client, &sess.bytesIn)
+	go func() {
+		err := pumpToClient(client, upstream, ls)
+		if err == errKilled {
+			// Our ErrorResponse is on its way: half-close, and unblock the
+			// other pump without resetting the connection under it.
+			if tc, ok := client.(*net.TCPConn); ok {
+				_ = tc.CloseWrite()
+			}
+			_ = client.SetReadDeadline(time.Now())
+		} else {
+			_ = client.Close()
+		}
+		_ = upstream.Close()
+		errc <- err
+	}()
+	err := pump(upstream, client, &ls.bytesIn)
 	_ = client.Close()
 	_ = upstream.Close()
 	err2 := <-errc
-	if isQuietEOF(err) {
+	switch {
+	case err2 == errKilled:
+		return errKilled
+	case isQuietEOF(err):
 		err = nil
 	}
 	if err == nil && !isQuietEOF(err2) {

@@ -57,6 +57,7 @@ type fileConfig struct {
 	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
 	ConnectTimeout   time.Duration `yaml:"connect_timeout"`
 	MaxStartupPacket int           `yaml:"max_startup_packet"`
+	DrainTimeout     time.Duration `yaml:"drain_timeout"`
 
 	Log struct {
 		Format string `yaml:"format"`
@@ -118,6 +119,7 @@ func defaultConfig() fileConfig {
 	fc.HandshakeTimeout = 10 * time.Second
 	fc.ConnectTimeout = 60 * time.Second
 	fc.MaxStartupPacket = proxy.DefaultMaxStartupPacket
+	fc.DrainTimeout = 30 * time.Second
 	fc.Log.Format = "text"
 	fc.Log.Level = "info"
 	fc.Auth.Method = proxy.AuthSCRAM
@@ -250,6 +252,7 @@ func (fc *fileConfig) proxyConfig() (proxy.Config, error) {
 		HandshakeTimeout: fc.HandshakeTimeout,
 		ConnectTimeout:   fc.ConnectTimeout,
 		MaxStartupPacket: fc.MaxStartupPacket,
+		DrainTimeout:     fc.DrainTimeout,
 		InstanceID:       fc.InstanceID,
 	}
 	if fc.Tenant.Pattern != "" && fc.Tenant.Pattern != proxy.DefaultTenantPattern {

@@ -89,6 +89,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	fc := defaultConfig()
 	fc.Listen = *listen
+	fc.DrainTimeout = 0 // Ctrl-C in dev: end sessions (57P01) at once
 	fc.Log.Format, fc.Log.Level = *logFormat, *logLevel
 	fc.Auth.Password = *password
 	fc.Provider.Local.AdminDSN = cl.AdminDSN("postgres")
