@@ -80,8 +80,8 @@ func startNeonRouter(t *testing.T, projects int, opts ...func(*proxy.UpstreamCon
 		o(&up)
 	}
 	srv, err := proxy.New(proxy.Config{
-		Auth:     proxy.Auth{Password: appSecret},
-		Upstream: up,
+		Auth:         proxy.Auth{Password: appSecret},
+		Upstream:     up,
 		DialUpstream: fake.Dialer(),
 		Log:          slog.New(slog.NewTextHandler(logs, nil)),
 	}, res)
