@@ -25,6 +25,7 @@ deps:
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseStartup$$' -fuzztime 20s ./proxy
 	$(GO) test -run '^$$' -fuzz '^FuzzExtractTenant$$' -fuzztime 10s ./proxy
+	$(GO) test -run '^$$' -fuzz '^FuzzSplitTenantOption$$' -fuzztime 10s ./proxy
 
 ## bench: micro-benchmarks of the hot path.
 bench:

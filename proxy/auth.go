@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -136,16 +137,30 @@ func ParseSCRAMVerifier(v string) (scram.StoredCredentials, error) {
 	}, nil
 }
 
+// SASL mechanisms offered to clients.
+const (
+	mechSCRAM     = "SCRAM-SHA-256"
+	mechSCRAMPlus = "SCRAM-SHA-256-PLUS" // with tls-server-end-point channel binding; over TLS only
+)
+
 // authenticate runs the authentication exchange with the client and, on
-// success, sends AuthenticationOk. user is only used in messages.
+// success, sends AuthenticationOk. user is only used in messages. Over TLS,
+// SCRAM-SHA-256-PLUS is offered too, bound to the certificate the handshake
+// presented (libpq's channel_binding=require).
 func (a *authenticator) authenticate(c net.Conn, user string, maxMsg int) error {
 	if a.trust {
 		return writeMsgs(c, &pgproto3.AuthenticationOk{})
 	}
-	if err := writeMsgs(c, &pgproto3.AuthenticationSASL{AuthMechanisms: []string{"SCRAM-SHA-256"}}); err != nil {
+	cb := channelBinding(c)
+	mechs := []string{mechSCRAM}
+	conv := a.server.NewConversation()
+	if cb != nil {
+		mechs = []string{mechSCRAMPlus, mechSCRAM}
+		conv = a.server.NewConversationWithChannelBinding(scram.ChannelBinding{Type: scram.ChannelBindingTLSServerEndpoint, Data: cb})
+	}
+	if err := writeMsgs(c, &pgproto3.AuthenticationSASL{AuthMechanisms: mechs}); err != nil {
 		return err
 	}
-	conv := a.server.NewConversation()
 
 	body, err := readSASLMessage(c, maxMsg)
 	if err != nil {
@@ -155,10 +170,13 @@ func (a *authenticator) authenticate(c net.Conn, user string, maxMsg int) error 
 	if err := initial.Decode(body); err != nil {
 		return clientErr(codeProtocolViolation, "malformed SASLInitialResponse", "", err)
 	}
-	if initial.AuthMechanism != "SCRAM-SHA-256" {
+	if !slices.Contains(mechs, initial.AuthMechanism) {
 		return clientErr(codeProtocolViolation,
 			fmt.Sprintf("client selected an invalid SASL authentication mechanism %q", truncate(initial.AuthMechanism, 32)),
-			"The router offers SCRAM-SHA-256 only.", nil)
+			"The router offers "+strings.Join(mechs, " and ")+".", nil)
+	}
+	if err := checkGS2Flag(initial.AuthMechanism, initial.Data, cb != nil); err != nil {
+		return err
 	}
 	serverFirst, err := conv.Step(string(initial.Data))
 	if err != nil {
@@ -177,12 +195,37 @@ func (a *authenticator) authenticate(c net.Conn, user string, maxMsg int) error 
 		return clientErr(codeProtocolViolation, "malformed SASLResponse", "", err)
 	}
 	serverFinal, err := conv.Step(string(resp.Data))
+	if serverFinal == scram.ErrChannelBindingsDontMatch {
+		return clientErr(codeInvalidPassword, "SCRAM channel binding check failed",
+			"The TLS connection the client sees is not the router's: something between them terminates TLS.", err)
+	}
 	if err != nil || !conv.Valid() {
 		return clientErr(codeInvalidPassword,
 			fmt.Sprintf("password authentication failed for user %q", truncate(user, 64)),
 			"Use the router's app secret as the password (not a tenant database's password).", err)
 	}
 	return writeMsgs(c, &pgproto3.AuthenticationSASLFinal{Data: []byte(serverFinal)}, &pgproto3.AuthenticationOk{})
+}
+
+// checkGS2Flag applies the channel binding rules of RFC 5802 (as PostgreSQL
+// does) to the client-first-message's GS2 flag: "p=..." (binding in use)
+// exactly with the -PLUS mechanism, and "y" (the client could bind but
+// believes the server cannot) refused when -PLUS was offered, since then
+// someone removed it from the offer on the way.
+func checkGS2Flag(mech string, clientFirst []byte, offeredPlus bool) error {
+	flag, _, _ := strings.Cut(string(clientFirst), ",")
+	switch {
+	case mech == mechSCRAMPlus && !strings.HasPrefix(flag, "p="):
+		return clientErr(codeProtocolViolation, "malformed SCRAM message",
+			"The client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include channel binding data.", nil)
+	case mech == mechSCRAM && strings.HasPrefix(flag, "p="):
+		return clientErr(codeProtocolViolation, "malformed SCRAM message",
+			"The client selected SCRAM-SHA-256 without channel binding, but the SCRAM message includes channel binding data.", nil)
+	case flag == "y" && offeredPlus:
+		return clientErr(codeProtocolViolation, "SCRAM channel binding negotiation error",
+			"The client supports SCRAM channel binding but thinks the router does not; the router does.", nil)
+	}
+	return nil
 }
 
 // readSASLMessage reads one 'p' message body, capped at max bytes.

@@ -1,6 +1,7 @@
 // Package proxy is the client-facing half of pgtenant: it accepts Postgres
 // wire-protocol connections, answers the startup negotiation (SSLRequest,
-// GSSENCRequest, CancelRequest, StartupMessage 3.x), extracts and validates
+// GSSENCRequest, CancelRequest, StartupMessage 3.x; TLS is terminated when
+// configured, also PostgreSQL 17's direct TLS), extracts and validates
 // the tenant ID, authenticates the client itself (SCRAM-SHA-256), resolves
 // the tenant to an upstream through a Resolver, logs in upstream with the
 // tenant's own credentials (pgconn, then Hijack), relays the session
@@ -9,4 +10,12 @@
 //
 // Every failure a client can cause or meet reaches it as an ErrorResponse
 // with a SQLSTATE (see ClientError); the connection is then closed.
+//
+// The tenant may be named in the user name, the options parameter, the TLS
+// server name or the database name (TenantConfig.Carriers, carriers.go).
+// Limits (limits.go, changeable at runtime with SetLimits) cap handshakes,
+// authenticated connections (per router and per tenant, taken only after
+// authentication), throttle failed logins per (address, tenant) and end
+// idle sessions (idle.go); SetBlocked refuses tenants and ends their
+// sessions.
 package proxy

@@ -33,8 +33,21 @@ type Resolver interface {
 type Config struct {
 	// Auth is how clients authenticate to the router.
 	Auth Auth
-	// Tenant says how the tenant is named in the user name.
+	// Tenant says where the tenant is named (user name, options, SNI,
+	// database) and what a valid ID looks like.
 	Tenant TenantConfig
+	// Limits caps connections and throttles failed logins (limits.go);
+	// change them at runtime with SetLimits. The zero value limits nothing.
+	Limits Limits
+	// KeepAlive configures TCP keepalives toward clients and upstreams
+	// (limits.go). The zero value enables them with defaults.
+	KeepAlive KeepAlive
+	// Now is the clock of the auth backoff and the idle timeout. Nil means
+	// time.Now.
+	Now func() time.Time
+	// Blocked are tenants refused whatever SetBlocked says (from the
+	// configuration file); see SetBlocked.
+	Blocked []string
 	// HandshakeTimeout bounds the startup negotiation and client
 	// authentication. Zero or negative means 10s.
 	HandshakeTimeout time.Duration
@@ -49,16 +62,22 @@ type Config struct {
 	// issues, so that several instances can tell whose key it is.
 	InstanceID uint8
 	// DialUpstream dials upstream TCP connections (also for cancels). Nil
-	// means a net.Dialer with TCP keepalives.
+	// means a net.Dialer with TCP keepalives as KeepAlive says.
 	DialUpstream func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Upstream says how to talk to upstreams (TLS, forwarded parameters).
 	Upstream UpstreamConfig
+	// TLS is how clients' TLS is terminated (see tls.go). The zero value
+	// declines it.
+	TLS TLSConfig
 	// DrainTimeout is how long Serve, once its ctx ends, lets live sessions
 	// finish on their own before ending them with 57P01. Zero ends them at
 	// once.
 	DrainTimeout time.Duration
 	// Log receives one line per finished session plus errors. Nil discards.
 	Log *slog.Logger
+	// Metrics records connections, latencies and bytes (see metrics.go).
+	// Nil records nothing. Several Servers may share one.
+	Metrics *Metrics
 }
 
 func (c *Config) handshakeTimeout() time.Duration {
@@ -99,6 +118,8 @@ type Server struct {
 	conns    sync.WaitGroup
 	live     registry
 	draining atomic.Bool
+	tls      *tlsTerminator // nil: TLS disabled
+	lim      *limiter       // limits, block list, auth backoff (limits.go)
 }
 
 // killGrace is how long Serve waits for killed sessions to send their
@@ -114,13 +135,20 @@ func New(cfg Config, r Resolver) (*Server, error) {
 	if err := cfg.Upstream.validate(); err != nil {
 		return nil, err
 	}
+	if err := cfg.Tenant.Validate(); err != nil {
+		return nil, err
+	}
 	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	term, err := newTLSTerminator(cfg.TLS, log)
+	if err != nil {
+		return nil, err
+	}
 	dial := cfg.DialUpstream
 	if dial == nil {
-		dial = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+		dial = cfg.KeepAlive.Dialer().DialContext
 	}
 	base, err := pgconn.ParseConfig("sslmode=disable")
 	if err != nil {
@@ -134,6 +162,8 @@ func New(cfg Config, r Resolver) (*Server, error) {
 		log:          log,
 		dial:         dial,
 		upstreamBase: base,
+		tls:          term,
+		lim:          newLimiter(&cfg),
 	}, nil
 }
 
@@ -152,6 +182,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		_ = ln.Close()
 	})
 	defer stop()
+	defer s.startSweeper()() // idle timeout, old auth failures (idle.go)
 	// Sessions outlive ctx by the drain; connCtx closes what is left after.
 	connCtx, hardStop := context.WithCancel(context.WithoutCancel(ctx))
 	defer hardStop()
@@ -227,6 +258,9 @@ type session struct {
 	bytesIn   atomic.Int64 // client → upstream
 	bytesOut  atomic.Int64 // upstream → client
 	cancelReq bool
+	sni       string // TLS server name the client sent
+
+	killedBy *ClientError // why the router ended the routed session, if it did (metrics)
 }
 
 // ServeConn handles one client connection and always closes c. It blocks
@@ -240,7 +274,9 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 	start := time.Now()
 	log := s.log.With("conn", s.nextConn.Add(1), "remote", c.RemoteAddr().String())
 	var sess session
+	s.cfg.Metrics.connOpened()
 	err := s.serve(ctx, c, &sess, log)
+	s.cfg.Metrics.connClosed(s.outcome(ctx, &sess, err), &sess)
 
 	switch {
 	case sess.cancelReq:
@@ -259,6 +295,9 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 	if sess.routed {
 		attrs = append(attrs, "via", sess.via.String(), "upstream_pid", sess.upPID)
 	}
+	if sess.sni != "" {
+		attrs = append(attrs, "sni", sess.sni)
+	}
 	if err != nil && !(sess.routed && isQuietEOF(err)) && ctx.Err() == nil {
 		attrs = append(attrs, "err", err)
 		log.Warn("session failed", attrs...)
@@ -275,11 +314,20 @@ func isQuietEOF(err error) bool {
 }
 
 func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog.Logger) error {
-	_ = c.SetDeadline(time.Now().Add(s.cfg.handshakeTimeout()))
-	p, err := s.negotiate(c)
+	begin := time.Now()
+	doneHandshake, err := s.enterHandshake() // Limits.MaxHandshakes (limits.go)
 	if err != nil {
 		return s.fail(c, err)
 	}
+	defer doneHandshake()
+	s.cfg.KeepAlive.apply(c)
+	_ = c.SetDeadline(time.Now().Add(s.cfg.handshakeTimeout()))
+	c, p, err := s.negotiate(c) // c: TLS from here on if the client asked
+	if err != nil {
+		return s.fail(c, err)
+	}
+	sess.sni = p.sni
+	s.cfg.Metrics.handshakeDone(begin)
 	if p.kind == kindCancel {
 		sess.cancelReq = true
 		s.handleCancel(ctx, p, log)
@@ -289,13 +337,13 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	user := p.params["user"]
 	if user == "" {
 		return s.fail(c, clientErr(codeInvalidAuthSpec, "no PostgreSQL user name specified in startup packet",
-			"Put the tenant in the user name: postgres://<tenant>:<secret>@<router>:6432/<db>.", nil))
+			s.cfg.Tenant.noUserHint(), nil))
 	}
 	if _, ok := p.params["replication"]; ok && p.params["replication"] != "false" && p.params["replication"] != "0" {
 		return s.fail(c, clientErr(codeFeatureNotSupported, "replication connections are not supported by the pgtenant router",
 			"Connect to the tenant's database directly for replication.", nil))
 	}
-	tenant, err := s.cfg.Tenant.extract(user)
+	tenant, err := s.cfg.Tenant.fromStartup(&p) // carriers.go; drops the tenant option
 	if err != nil {
 		return s.fail(c, err)
 	}
@@ -312,9 +360,17 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 			return err
 		}
 	}
-	if err := s.auth.authenticate(c, user, s.cfg.maxStartupPacket()); err != nil {
+	authStart := time.Now()
+	if err := s.authenticateClient(c, user, tenant); err != nil { // with the auth backoff (limits.go)
 		return s.fail(c, err)
 	}
+	s.cfg.Metrics.authDone(authStart)
+	doneHandshake()
+	releaseSlot, err := s.admit(tenant) // block list, connection caps (limits.go)
+	if err != nil {
+		return s.fail(c, err)
+	}
+	defer releaseSlot()
 
 	// Authenticated: only now may anything be resolved or created.
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.connectTimeout())
@@ -333,6 +389,9 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	if s.draining.Load() {
 		return s.fail(c, clientErr(codeCannotConnectNow, "the router is shutting down",
 			"Connect again: another router instance (or this one, restarted) will take the session.", nil))
+	}
+	if s.isBlocked(tenant) { // blocked while we connected, after SetBlocked's sweep
+		return s.fail(c, blockedError(tenant))
 	}
 
 	key, release := s.cancels.register(cancelTarget{
@@ -358,7 +417,9 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	}
 	_ = c.SetDeadline(time.Time{}) // from here on liveness is TCP keepalive's job
 
-	return relay(c, up.Conn, ls)
+	err = relay(c, up.Conn, ls)
+	sess.killedBy = ls.killed.Load() // why the router ended it, if it did (metrics)
+	return err
 }
 
 // relay pumps bytes both ways until one side ends (or the session is
@@ -398,38 +459,47 @@ func relay(client, upstream net.Conn, ls *liveSession) error {
 }
 
 // negotiate reads startup-phase packets until a StartupMessage or a
-// CancelRequest, declining TLS and GSS encryption (each may be asked once).
-func (s *Server) negotiate(c net.Conn) (startupPacket, error) {
-	sslAsked, gssAsked := false, false
+// CancelRequest. It terminates TLS as s.cfg.TLS says (after an SSLRequest,
+// or at once for direct TLS) and declines GSS encryption; each may be asked
+// once. It returns the connection to go on with: c, or TLS over c (also
+// with an error, which must then be sent over it).
+func (s *Server) negotiate(c net.Conn) (net.Conn, startupPacket, error) {
+	c, r, err := s.tls.start(c)
+	if err != nil {
+		return c, startupPacket{}, err
+	}
+	_, sslAsked := c.(*tlsConn) // direct TLS
+	gssAsked := false
 	for {
-		body, err := readStartupPacket(c, s.cfg.maxStartupPacket())
+		body, err := readStartupPacket(r, s.cfg.maxStartupPacket())
 		if err != nil {
-			return startupPacket{}, err
+			return c, startupPacket{}, err
 		}
+		r = c // the byte start peeked at is consumed
 		p, err := parseStartup(body)
 		if err != nil {
-			return startupPacket{}, err
+			return c, startupPacket{}, err
 		}
 		switch p.kind {
 		case kindSSLRequest:
 			if sslAsked {
-				return startupPacket{}, clientErr(codeProtocolViolation, "SSLRequest sent twice", "", nil)
+				return c, startupPacket{}, clientErr(codeProtocolViolation, "SSLRequest sent twice", "", nil)
 			}
 			sslAsked = true
-			// TODO(core): TLS termination (issue: production surface).
-			if _, err := c.Write([]byte{'N'}); err != nil {
-				return startupPacket{}, err
+			if c, err = s.tls.answerSSLRequest(c); err != nil {
+				return c, startupPacket{}, err
 			}
+			r = c
 		case kindGSSENCRequest:
 			if gssAsked {
-				return startupPacket{}, clientErr(codeProtocolViolation, "GSSENCRequest sent twice", "", nil)
+				return c, startupPacket{}, clientErr(codeProtocolViolation, "GSSENCRequest sent twice", "", nil)
 			}
 			gssAsked = true
 			if _, err := c.Write([]byte{'N'}); err != nil {
-				return startupPacket{}, err
+				return c, startupPacket{}, err
 			}
 		default:
-			return p, nil
+			return c, p, s.tls.admit(c, &p)
 		}
 	}
 }
@@ -472,13 +542,16 @@ func lingerClose(c net.Conn) {
 func (s *Server) handleCancel(ctx context.Context, p startupPacket, log *slog.Logger) {
 	t, ok := s.cancels.lookup(p.pid, p.secret)
 	if !ok {
+		s.cfg.Metrics.cancelRequest("unknown")
 		log.Debug("cancel request with unknown key ignored", "pid", p.pid)
 		return
 	}
 	if err := t.send(ctx); err != nil {
+		s.cfg.Metrics.cancelRequest("failed")
 		log.Warn("cancel request not delivered", "pid", p.pid, "err", err)
 		return
 	}
+	s.cfg.Metrics.cancelRequest("forwarded")
 	log.Debug("cancel request forwarded", "pid", p.pid, "upstream", t.addr)
 }
 
@@ -492,12 +565,16 @@ func (s *Server) connectUpstream(ctx context.Context, tenant string, params map[
 		if attempt > 0 {
 			s.res.Invalidate(tenant)
 		}
+		resolveStart := time.Now()
 		rt, err := s.res.Resolve(ctx, tenant)
+		s.cfg.Metrics.resolved(resolveStart, rt, err)
 		if err != nil {
 			return nil, rt, resolveError(ctx, tenant, err)
 		}
+		dialStart := time.Now()
 		hj, err := s.dialUpstream(ctx, rt, s.cfg.Upstream.upstreamParams(params, rt.Host))
 		if err == nil {
+			s.cfg.Metrics.upstreamConnected(dialStart)
 			return hj, rt, nil
 		}
 		lastErr = upstreamError(tenant, rt, err)

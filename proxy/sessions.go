@@ -34,6 +34,8 @@ type liveSession struct {
 
 	killOnce sync.Once
 	killed   atomic.Pointer[ClientError]
+
+	idle idleState // for Limits.IdleTimeout (idle.go)
 }
 
 // kill asks the session to end with err; it returns at once.
@@ -115,11 +117,15 @@ type framer struct {
 	hdrN      int
 	remaining int64
 	broken    bool
+	ready     byte // status of a ReadyForQuery fed since the caller last cleared it
 }
 
 func (f *framer) feed(b []byte) {
 	for len(b) > 0 && !f.broken {
 		if f.remaining > 0 {
+			if f.remaining == 1 && f.hdr[0] == 'Z' {
+				f.ready = b[0] // ReadyForQuery's one-byte body: the transaction status
+			}
 			k := min(int64(len(b)), f.remaining)
 			f.remaining -= k
 			b = b[k:]
@@ -154,12 +160,16 @@ func pumpToClient(client io.Writer, upstream net.Conn, ls *liveSession) error {
 	for {
 		nr, rerr := upstream.Read(buf)
 		if nr > 0 {
+			f.feed(buf[:nr])
+			if f.ready != 0 { // before the write: the client cannot have answered yet
+				ls.noteReady(f.ready)
+				f.ready = 0
+			}
 			nw, werr := client.Write(buf[:nr])
 			ls.bytesOut.Add(int64(nw))
 			if werr != nil {
 				return werr
 			}
-			f.feed(buf[:nr])
 		}
 		if reason := ls.killed.Load(); reason != nil {
 			if f.atBoundary() {

@@ -36,6 +36,7 @@ type startupPacket struct {
 	major, minor uint16
 	params       map[string]string // ordinary parameters (user, database, options, GUCs)
 	protoOptions []string          // "_pq_." protocol options, reported back as unrecognized
+	sni          string            // TLS server name (SNI) the client sent, if any
 
 	// kindCancel
 	pid    uint32

@@ -14,9 +14,9 @@ const DefaultTenantPattern = `^[a-z0-9][a-z0-9_-]{0,47}$`
 
 var defaultTenantRE = regexp.MustCompile(DefaultTenantPattern)
 
-// TenantConfig says where the tenant ID is in the user name and what a valid
-// one looks like. The zero value takes the whole user name and validates it
-// against DefaultTenantPattern.
+// TenantConfig says where in a connection the tenant ID is named and what a
+// valid one looks like. The zero value takes the whole user name and
+// validates it against DefaultTenantPattern.
 type TenantConfig struct {
 	// Separator splits "role<sep>tenant" on its last occurrence; the tenant is
 	// what follows it. Empty means the whole user name is the tenant.
@@ -24,6 +24,18 @@ type TenantConfig struct {
 	// Pattern is what a tenant ID must match (anchor it). Nil means
 	// DefaultTenantPattern.
 	Pattern *regexp.Regexp
+	// Carriers are the places a client may name its tenant: CarrierUser,
+	// CarrierOptions, CarrierSNI, CarrierDatabase (see carriers.go). Nil
+	// means the user name only. When several enabled carriers name a tenant
+	// they must name the same one; when the tenant comes from another
+	// carrier the user name is only a label (still required, as by
+	// Postgres). Combine CarrierUser with others only with a Separator, so
+	// that a plain user name names no tenant.
+	Carriers []string
+	// SNISuffix is the suffix of TLS server names that carry a tenant
+	// (".db.example.com": tenant acme connects to acme.db.example.com).
+	// Required with CarrierSNI, and only then.
+	SNISuffix string
 }
 
 func (c *TenantConfig) pattern() *regexp.Regexp {

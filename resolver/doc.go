@@ -24,6 +24,9 @@
 // moved between rows, and OpenCatalog refuses a key that does not match the
 // one the catalog was first written with (ErrKeyMismatch).
 //
+// Config.MaxConcurrentCreates caps the creations running at once; fills of
+// missing tenants over it wait for a slot within their FillTimeout.
+//
 // Errors from Resolve wrap ErrProvision when the provider failed (the proxy
 // answers 57P03, "retry later"), ErrCatalog when the catalog could not be read
 // or written, and ErrUnknownTenant when provisioning is disabled and the

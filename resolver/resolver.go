@@ -94,6 +94,15 @@ type Config struct {
 	FillTimeout time.Duration
 	// Log receives an Info line per tenant created. Nil discards.
 	Log *slog.Logger
+	// Metrics records cache and provisioning counters (see metrics.go).
+	// Nil records nothing.
+	Metrics *Metrics
+	// MaxConcurrentCreates caps the tenant creations this Resolver runs at
+	// once (each holds a slot from the catalog check that finds the tenant
+	// missing until it is recorded). Fills over it wait, within their
+	// FillTimeout; clients give up at their own deadline. Zero or negative:
+	// no cap. Change it at runtime with SetMaxConcurrentCreates.
+	MaxConcurrentCreates int
 }
 
 func (c *Config) cacheSize() int {
@@ -161,6 +170,7 @@ type Resolver struct {
 	closing context.Context // done once Close is called; cancels fills
 	stop    context.CancelFunc
 	fills   sync.WaitGroup // running fill functions; Add only under mu while !closed
+	creates semaphore      // MaxConcurrentCreates (limit.go)
 
 	mu struct {
 		sync.Mutex
@@ -189,6 +199,7 @@ func New(cfg Config, store Store, p Provisioner) *Resolver {
 		r.log = slog.New(slog.DiscardHandler)
 	}
 	r.closing, r.stop = context.WithCancel(context.Background())
+	r.creates.resize(cfg.MaxConcurrentCreates)
 	cache, err := simplelru.NewLRU[string, entry](cfg.cacheSize(), nil)
 	if err != nil {
 		panic("resolver: " + err.Error()) // unreachable: cacheSize() is positive
@@ -207,6 +218,9 @@ func New(cfg Config, store Store, p Provisioner) *Resolver {
 // returned again for NegativeTTL. Safe for concurrent use.
 func (r *Resolver) Resolve(ctx context.Context, tenant string) (Route, error) {
 	e, hit, err := r.cached(tenant)
+	if err == nil {
+		r.cfg.Metrics.lookedUp(hit, e)
+	}
 	switch {
 	case err != nil:
 		return Route{}, err
@@ -323,8 +337,8 @@ func (r *Resolver) filler(ctx context.Context, tenant string) func() (any, error
 func (r *Resolver) remember(tenant string, epoch uint64, e entry) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.mu.epoch == epoch && !r.mu.closed {
-		r.mu.cache.Add(tenant, e)
+	if r.mu.epoch == epoch && !r.mu.closed && r.mu.cache.Add(tenant, e) {
+		r.cfg.Metrics.evicted()
 	}
 }
 
@@ -334,6 +348,7 @@ func (r *Resolver) fill(ctx context.Context, tenant string) (Route, error) {
 		ep, ok, err := r.store.Lookup(ctx, tenant)
 		switch {
 		case err != nil:
+			r.cfg.Metrics.catalogError()
 			return Route{}, fmt.Errorf("%w: tenant %q: %w", ErrCatalog, tenant, err)
 		case !ok:
 			return Route{}, fmt.Errorf("%w %q", ErrUnknownTenant, tenant)
@@ -344,7 +359,8 @@ func (r *Resolver) fill(ctx context.Context, tenant string) (Route, error) {
 	name := r.prov.Name()
 	var createErr error // set when the provider (not the store) failed
 	start := time.Now()
-	ep, created, err := r.store.Ensure(ctx, tenant, name, func(ctx context.Context) (provision.Endpoint, error) {
+	ep, created, err := r.ensure(ctx, tenant, name, func(ctx context.Context) (provision.Endpoint, error) {
+		pstart := time.Now()
 		ep, err := r.prov.Create(ctx, tenant)
 		switch {
 		case err != nil:
@@ -352,14 +368,19 @@ func (r *Resolver) fill(ctx context.Context, tenant string) (Route, error) {
 		case ep.Host == "" || ep.Port == 0:
 			createErr = fmt.Errorf("provider %s returned an endpoint without host or port", name)
 		default:
+			r.cfg.Metrics.provisioned(pstart, nil)
 			return ep, nil
 		}
+		r.cfg.Metrics.provisioned(pstart, createErr)
 		return provision.Endpoint{}, createErr // never hand a password along with an error
 	})
 	switch {
 	case err != nil && createErr != nil:
 		return Route{}, fmt.Errorf("%w: tenant %q: %w", ErrProvision, tenant, createErr)
+	case errors.Is(err, errCreateSlot):
+		return Route{}, fmt.Errorf("%w: tenant %q: %w", ErrProvision, tenant, err)
 	case err != nil:
+		r.cfg.Metrics.catalogError()
 		return Route{}, fmt.Errorf("%w: tenant %q: %w", ErrCatalog, tenant, err)
 	case !created:
 		return Route{Endpoint: ep, Via: ViaCatalog}, nil

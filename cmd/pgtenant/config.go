@@ -64,16 +64,52 @@ type fileConfig struct {
 		Level  string `yaml:"level"`
 	} `yaml:"log"`
 
+	Admin struct {
+		Listen         string        `yaml:"listen"`
+		Token          string        `yaml:"token"`
+		BlockedRefresh time.Duration `yaml:"blocked_refresh"`
+	} `yaml:"admin"`
+
 	Auth struct {
 		Method        string `yaml:"method"`
 		Password      string `yaml:"password"`
 		SCRAMVerifier string `yaml:"scram_verifier"`
 	} `yaml:"auth"`
 
+	TLS struct {
+		Mode     string `yaml:"mode"`
+		CertFile string `yaml:"cert_file"`
+		KeyFile  string `yaml:"key_file"`
+	} `yaml:"tls"`
+
 	Tenant struct {
-		Separator string `yaml:"separator"`
-		Pattern   string `yaml:"pattern"`
+		Separator string   `yaml:"separator"`
+		Pattern   string   `yaml:"pattern"`
+		Carriers  []string `yaml:"carriers"`
+		SNISuffix string   `yaml:"sni_suffix"`
 	} `yaml:"tenant"`
+
+	Limits struct {
+		MaxConnections          int           `yaml:"max_connections"`
+		MaxConnectionsPerTenant int           `yaml:"max_connections_per_tenant"`
+		MaxHandshakes           int           `yaml:"max_handshakes"`
+		MaxConcurrentCreates    int           `yaml:"max_concurrent_creates"`
+		IdleTimeout             time.Duration `yaml:"idle_timeout"`
+		AuthBackoff             struct {
+			Threshold int           `yaml:"threshold"`
+			Initial   time.Duration `yaml:"initial"`
+			Max       time.Duration `yaml:"max"`
+			Window    time.Duration `yaml:"window"`
+		} `yaml:"auth_backoff"`
+	} `yaml:"limits"`
+
+	KeepAlive struct {
+		Idle     time.Duration `yaml:"idle"`
+		Interval time.Duration `yaml:"interval"`
+		Count    int           `yaml:"count"`
+	} `yaml:"keepalive"`
+
+	BlockedTenants []string `yaml:"blocked_tenants"`
 
 	Cache struct {
 		Size        int           `yaml:"size"`
@@ -110,6 +146,10 @@ type fileConfig struct {
 			MaxConns    int32  `yaml:"max_conns"`
 		} `yaml:"local"`
 	} `yaml:"provider"`
+
+	// hup, when set (by serve), makes the router reload this
+	// configuration on SIGHUP. Not part of the file.
+	hup *reloader
 }
 
 // defaultConfig is what an empty file means.
@@ -122,8 +162,19 @@ func defaultConfig() fileConfig {
 	fc.DrainTimeout = 30 * time.Second
 	fc.Log.Format = "text"
 	fc.Log.Level = "info"
+	fc.Admin.BlockedRefresh = 10 * time.Second
 	fc.Auth.Method = proxy.AuthSCRAM
+	fc.TLS.Mode = proxy.TLSModeDisable
 	fc.Tenant.Pattern = proxy.DefaultTenantPattern
+	fc.Tenant.Carriers = []string{proxy.CarrierUser}
+	fc.Limits.MaxHandshakes = 1000
+	fc.Limits.AuthBackoff.Threshold = 3
+	fc.Limits.AuthBackoff.Initial = time.Second
+	fc.Limits.AuthBackoff.Max = time.Minute
+	fc.Limits.AuthBackoff.Window = 10 * time.Minute
+	fc.KeepAlive.Idle = 60 * time.Second
+	fc.KeepAlive.Interval = 10 * time.Second
+	fc.KeepAlive.Count = 6
 	fc.Cache.Size = 10000
 	fc.Cache.TTL = 5 * time.Minute
 	fc.Cache.NegativeTTL = time.Second
@@ -167,6 +218,9 @@ func loadConfig(path string) (fileConfig, error) {
 	if len(fc.Provider.Neon.Projects) == 0 {
 		fc.Provider.Neon.Projects = nil
 	}
+	if len(fc.BlockedTenants) == 0 {
+		fc.BlockedTenants = nil
+	}
 	fc.applyEnv(os.Getenv)
 	return fc, nil
 }
@@ -182,6 +236,7 @@ func (fc *fileConfig) applyEnv(getenv func(string) string) {
 	set(&fc.Catalog.DSN, envCatalogDSN)
 	set(&fc.Catalog.Key, envCatalogKey)
 	set(&fc.Provider.Neon.APIKey, envNeonAPIKey)
+	set(&fc.Admin.Token, envAdminToken)
 }
 
 // validate checks what can be checked without connecting anywhere.
@@ -207,11 +262,21 @@ func (fc *fileConfig) validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("auth.method: %q is not %s or %s", fc.Auth.Method, proxy.AuthSCRAM, proxy.AuthTrust))
 	}
+	switch fc.TLS.Mode {
+	case proxy.TLSModeDisable:
+	case proxy.TLSModeAllow, proxy.TLSModeRequired:
+		if fc.TLS.CertFile == "" || fc.TLS.KeyFile == "" {
+			errs = append(errs, fmt.Errorf("tls: mode %s needs tls.cert_file and tls.key_file", fc.TLS.Mode))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("tls.mode: %q is not %s, %s or %s", fc.TLS.Mode, proxy.TLSModeDisable, proxy.TLSModeAllow, proxy.TLSModeRequired))
+	}
 	if fc.Tenant.Pattern != "" {
 		if _, err := regexp.Compile(fc.Tenant.Pattern); err != nil {
 			errs = append(errs, fmt.Errorf("tenant.pattern: %w", err))
 		}
 	}
+	errs = append(errs, fc.validateLimits()...) // limits.go
 	switch fc.Provider.Kind {
 	case "local":
 		if fc.Provider.Local.AdminDSN == "" {
@@ -234,6 +299,9 @@ func (fc *fileConfig) validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("upstream.tls: %q is not %s, %s or %s", fc.Upstream.TLS, proxy.TLSDisable, proxy.TLSRequire, proxy.TLSVerifyFull))
 	}
+	if fc.Admin.BlockedRefresh < 0 {
+		errs = append(errs, fmt.Errorf("admin.blocked_refresh: %s is negative (0 turns the refresh off)", fc.Admin.BlockedRefresh))
+	}
 	if fc.Catalog.Key == "" {
 		errs = append(errs, fmt.Errorf("catalog.key: empty: set %s to a base64 32-byte key (pgtenant genkey prints one)", envCatalogKey))
 	}
@@ -248,12 +316,16 @@ func (fc *fileConfig) proxyConfig() (proxy.Config, error) {
 			Password: fc.Auth.Password,
 			Verifier: fc.Auth.SCRAMVerifier,
 		},
-		Tenant:           proxy.TenantConfig{Separator: fc.Tenant.Separator},
+		Tenant:           proxy.TenantConfig{Separator: fc.Tenant.Separator, Carriers: fc.Tenant.Carriers, SNISuffix: fc.Tenant.SNISuffix},
+		Limits:           fc.limits(),    // limits.go
+		KeepAlive:        fc.keepAlive(), // limits.go
+		Blocked:          fc.BlockedTenants,
 		HandshakeTimeout: fc.HandshakeTimeout,
 		ConnectTimeout:   fc.ConnectTimeout,
 		MaxStartupPacket: fc.MaxStartupPacket,
 		DrainTimeout:     fc.DrainTimeout,
 		InstanceID:       fc.InstanceID,
+		TLS:              proxy.TLSConfig{Mode: fc.TLS.Mode, CertFile: fc.TLS.CertFile, KeyFile: fc.TLS.KeyFile},
 	}
 	if fc.Tenant.Pattern != "" && fc.Tenant.Pattern != proxy.DefaultTenantPattern {
 		re, err := regexp.Compile(fc.Tenant.Pattern)

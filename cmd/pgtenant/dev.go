@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/pgtenant/pgtenant/provision/local"
+	"github.com/pgtenant/pgtenant/proxy"
 	"github.com/pgtenant/pgtenant/resolver"
 )
 
@@ -34,6 +35,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	pgPort := fs.Int("pg-port", 0, "port of the local Postgres (0: the one used last time, else a free one)")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	adminListen := fs.String("admin-listen", devAdminListen, "address of the admin HTTP listener (/metrics, /healthz, /readyz, /v1 API; token in <data-dir>/admin.token); \"\": off. If the default is taken, a free port is used")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, "Usage: pgtenant dev [flags]\n\nStarts a local Postgres (initdb on first run) and the router in front of it.\n\n")
 		fs.PrintDefaults()
@@ -63,6 +65,10 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return fmt.Errorf("cannot listen on %s (is another pgtenant running?): %w; pick another address with --listen", *listen, err)
 	} else {
 		_ = ln.Close()
+	}
+	adminAddr, err := devAdminAddr(*adminListen, fs.Changed("admin-listen")) // devadmin.go
+	if err != nil {
+		return err
 	}
 
 	fmt.Fprintf(stdout, "pgtenant dev: starting Postgres in %s ...\n", dir)
@@ -95,6 +101,15 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fc.Provider.Local.AdminDSN = cl.AdminDSN("postgres")
 	fc.Provider.Local.TemplateSQL = *templateSQL
 	fc.Catalog.Key = key
+	fc.Admin.Listen = adminAddr
+	if fc.Admin.Token, err = devAdminToken(filepath.Join(dir, "admin.token")); err != nil {
+		return err
+	}
+	// TLS with a local CA kept in dir; plaintext clients still work.
+	if fc.TLS.CertFile, fc.TLS.KeyFile, err = devTLS(dir, *listen); err != nil {
+		return err
+	}
+	fc.TLS.Mode = proxy.TLSModeAllow
 
 	var parts *upstreamParts
 	var fake *neonFake
@@ -126,7 +141,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}()
 
 	err = runRouter(rctx, fc, log, func(addr net.Addr) {
-		printDevBanner(stdout, cl, dir, addr.String(), *password, fake)
+		printDevBanner(stdout, cl, dir, addr.String(), *password, fake, adminAddr, fc.Admin.Token)
 	}, parts)
 	select {
 	case <-cl.Done():
@@ -141,11 +156,15 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	return err
 }
 
-func printDevBanner(w io.Writer, cl *local.Cluster, dir, addr, password string, fake *neonFake) {
+func printDevBanner(w io.Writer, cl *local.Cluster, dir, addr, password string, fake *neonFake, adminAddr, adminToken string) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\npgtenant dev is running.\n")
 	fmt.Fprintf(&b, "  router    %s   (app secret: %s)\n", addr, password)
 	fmt.Fprintf(&b, "  postgres  %s:%d   (data dir: %s; admin password in admin.password)\n", cl.Host(), cl.Port(), dir)
+	if adminAddr != "" {
+		fmt.Fprintf(&b, "  admin     http://%s   (/metrics, /readyz; /v1 API token: %s, kept in admin.token)\n", adminAddr, adminToken)
+		fmt.Fprintf(&b, "            e.g. %s=%s pgtenant tenants list --admin http://%s\n", envAdminToken, quote(adminToken), adminAddr)
+	}
 	what := "database"
 	if fake != nil {
 		fake.banner(&b)
@@ -153,6 +172,8 @@ func printDevBanner(w io.Writer, cl *local.Cluster, dir, addr, password string, 
 	}
 	fmt.Fprintf(&b, "\nConnect as a tenant; its %s is created on the first connect:\n\n", what)
 	fmt.Fprintf(&b, "  psql %s\n\n", quote(fmt.Sprintf("postgres://tenant_42:%s@%s/app", password, addr)))
+	fmt.Fprintf(&b, "Over TLS, checking the router's certificate against the dev CA (%s):\n\n", devCAPath(dir))
+	fmt.Fprintf(&b, "  psql %s\n\n", quote(fmt.Sprintf("postgres://tenant_42:%s@%s/app?sslmode=verify-full&sslrootcert=%s", password, addr, uriValue(devCAPath(dir)))))
 	fmt.Fprintf(&b, "Any tenant name of 1-48 lower-case letters, digits, '_' or '-' works. Ctrl-C stops everything.\n")
 	fmt.Fprint(w, b.String())
 }

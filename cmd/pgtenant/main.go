@@ -59,6 +59,7 @@ Usage:
   pgtenant serve  [flags]   run the router against an existing Postgres (--config FILE)
   pgtenant bench  [flags]   measure a router under fan-out (--dsn DSN [--compare DSN])
   pgtenant tenants <list|show|delete> [flags]   inspect or delete tenants (catalog + provider)
+  pgtenant tenants <verb> --admin URL            the same plus warm, evict, block, unblock, through a router's admin API
   pgtenant genkey           print a new catalog encryption key (for PGTENANT_CATALOG_KEY)
   pgtenant version          print the version
 

@@ -2,9 +2,11 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -21,6 +23,9 @@ import (
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
 var psqlLine = regexp.MustCompile(`psql '?(postgres://[^' ]+)'?`)
+
+// verifyFullLine is dev's psql line over TLS, checked against its CA.
+var verifyFullLine = regexp.MustCompile(`psql '?(postgres://[^' ]+sslmode=verify-full[^' ]*)'?`)
 
 // startRun runs `pgtenant args...` until the returned stop is called, and
 // returns the first match of re in its standard output.
@@ -147,9 +152,25 @@ func TestDev(t *testing.T) {
 		t.Errorf("no session line for the created tenant:\n%s", stderr.String())
 	}
 
-	m, stderr, stop = startRun(t, psqlLine, args...)
+	caPEM, err := os.ReadFile(filepath.Join(dir, "data", "ca.crt"))
+	if err != nil {
+		t.Fatalf("dev keeps no CA in its data dir: %v", err)
+	}
+
+	// After a restart, over TLS: the banner's verify-full line, whose CA
+	// is kept across restarts.
+	m, stderr, stop = startRun(t, verifyFullLine, args...)
 	if got := query(t, m[1], "SELECT body FROM notes"); got != "survives restarts" {
 		t.Fatalf("after restart: %q", got)
+	}
+	if psql, err := exec.LookPath("psql"); err == nil {
+		out, err := exec.Command(psql, "-X", "-A", "-t", "-c", "SELECT current_database()", m[1]).CombinedOutput()
+		if got := strings.TrimSpace(string(out)); err != nil || got != "t_tenant_42" {
+			t.Fatalf("psql %s: %q, %v", m[1], got, err)
+		}
+	}
+	if again, err := os.ReadFile(filepath.Join(dir, "data", "ca.crt")); err != nil || !bytes.Equal(again, caPEM) {
+		t.Errorf("dev made a new CA on restart (%v): clients trusting the old one would fail", err)
 	}
 	if err := stop(); err != nil {
 		t.Fatal(err)

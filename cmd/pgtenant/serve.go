@@ -29,29 +29,41 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	logFormat := fs.String("log-format", "", "log format, text or json (overrides log.format)")
 	logLevel := fs.String("log-level", "", "log level: debug, info, warn, error (overrides log.level)")
 	templateSQL := fs.String("template-sql", "", "SQL file run once in the template database when it is created (overrides provider.local.template_sql)")
+	adminListen := fs.String("admin-listen", "", "address of the admin HTTP listener: /metrics, /healthz, /readyz and the /v1 API (overrides admin.listen)")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: pgtenant serve --config FILE [flags]\n\nSecrets come from the environment: %s, %s, %s, %s.\n\n",
-			envPassword, envAdminDSN, envCatalogDSN, envCatalogKey)
+		fmt.Fprintf(stderr, "Usage: pgtenant serve --config FILE [flags]\n\nSecrets come from the environment: %s, %s, %s, %s, %s.\nSIGHUP reloads the configuration (see config.example.yaml for what it applies).\n\n",
+			envPassword, envAdminDSN, envCatalogDSN, envCatalogKey, envAdminToken)
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	fc, err := loadConfig(*path)
+	// load reads the file, the environment and the flags; SIGHUP calls it
+	// again (reload.go).
+	load := func() (fileConfig, error) {
+		fc, err := loadConfig(*path)
+		if err != nil {
+			return fc, err
+		}
+		override(fs, "listen", &fc.Listen, *listen)
+		override(fs, "log-format", &fc.Log.Format, *logFormat)
+		override(fs, "log-level", &fc.Log.Level, *logLevel)
+		override(fs, "template-sql", &fc.Provider.Local.TemplateSQL, *templateSQL)
+		override(fs, "admin-listen", &fc.Admin.Listen, *adminListen)
+		if err := fc.validate(); err != nil {
+			return fc, fmt.Errorf("invalid configuration:\n%w", err)
+		}
+		return fc, nil
+	}
+	fc, err := load()
 	if err != nil {
 		return err
 	}
-	override(fs, "listen", &fc.Listen, *listen)
-	override(fs, "log-format", &fc.Log.Format, *logFormat)
-	override(fs, "log-level", &fc.Log.Level, *logLevel)
-	override(fs, "template-sql", &fc.Provider.Local.TemplateSQL, *templateSQL)
-	if err := fc.validate(); err != nil {
-		return fmt.Errorf("invalid configuration:\n%w", err)
-	}
-	log, err := newLogger(stderr, fc.Log.Format, fc.Log.Level)
+	log, level, err := newLevelLogger(stderr, fc.Log.Format, fc.Log.Level)
 	if err != nil {
 		return err
 	}
+	fc.hup = &reloader{load: load, level: level}
 	return runRouter(ctx, fc, log, func(addr net.Addr) {
 		fmt.Fprintf(stdout, "pgtenant: routing tenants on %s\n", addr)
 	}, nil)
@@ -115,7 +127,7 @@ func buildProvider(ctx context.Context, fc fileConfig, log *slog.Logger, ensureT
 	}
 	parts := &upstreamParts{upstream: up, close: func() {}}
 	if o := fc.Upstream.DialOverride; o != "" {
-		d := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
+		d := fc.keepAlive().Dialer()
 		parts.dial = func(ctx context.Context, network, _ string) (net.Conn, error) { return d.DialContext(ctx, network, o) }
 	}
 
@@ -209,12 +221,16 @@ func runRouter(ctx context.Context, fc fileConfig, log *slog.Logger, ready func(
 		return err
 	}
 
+	reg := newRegistry() // surface.go
 	res := resolver.New(resolver.Config{
+		Metrics:     resolver.NewMetrics(reg),
 		CacheSize:   fc.Cache.Size,
 		TTL:         fc.Cache.TTL,
 		NegativeTTL: fc.Cache.NegativeTTL,
 		FillTimeout: fc.Cache.FillTimeout,
 		Log:         log,
+
+		MaxConcurrentCreates: fc.Limits.MaxConcurrentCreates,
 	}, cat, parts.prov)
 	defer res.Close()
 
@@ -223,6 +239,7 @@ func runRouter(ctx context.Context, fc fileConfig, log *slog.Logger, ready func(
 		return err
 	}
 	pcfg.Log = log
+	pcfg.Metrics = proxy.NewMetrics(reg)
 	pcfg.Upstream = parts.upstream
 	pcfg.DialUpstream = parts.dial
 	srv, err := proxy.New(pcfg, res)
@@ -233,6 +250,14 @@ func runRouter(ctx context.Context, fc fileConfig, log *slog.Logger, ready func(
 	if err != nil {
 		return err
 	}
+	// Block list, admin listener, SIGHUP (surface.go); stopped after Serve
+	// has drained, so /readyz says 503 throughout.
+	stopSurface, err := startSurface(ctx, fc, log, surfaceParts{reg: reg, cat: cat, ping: catPool, res: res, srv: srv, prov: parts.prov, pattern: pcfg.Tenant.Pattern})
+	if err != nil {
+		_ = ln.Close()
+		return err
+	}
+	defer stopSurface()
 	log.Info("router listening", "addr", ln.Addr().String(), "auth", pcfg.Auth.String(), "provider", parts.prov.Name())
 	ready(ln.Addr())
 	return srv.Serve(ctx, ln)

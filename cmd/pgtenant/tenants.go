@@ -1,11 +1,13 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"text/tabwriter"
 
 	"github.com/spf13/pflag"
@@ -16,13 +18,21 @@ import (
 )
 
 const tenantsUsage = `Usage: pgtenant tenants <list|show|delete> --config FILE [flags]
+       pgtenant tenants <list|show|warm|evict|block|unblock|delete> --admin URL [flags]
 
   list [--after TENANT] [--limit N]   tenants in the catalog, in ID order (no secrets)
   show TENANT                         the tenant's route and, for neon, its branch/project at Neon
+                                      (with --admin: also cached?, blocked?, live sessions on that router)
   delete TENANT --yes                 delete the tenant's database (branch/project) and its catalog row
+  warm TENANT                         --admin only: create the tenant now, ahead of its first connect
+  evict TENANT                        --admin only: forget the tenant's cached route on that router
+  block TENANT | unblock TENANT       --admin only: refuse (and end) the tenant's connections, or let them in again
 
-It uses the same configuration (file and environment) as 'pgtenant serve'.
-Routers that cached the tenant's route keep it until cache.ttl ends.
+Without --admin it uses the same configuration (file and environment) as
+'pgtenant serve' and works on the catalog and provider directly. With
+--admin URL it asks a running router's admin API instead; the token comes
+from --token or PGTENANT_ADMIN_TOKEN. Routers that cached the tenant's
+route keep it until cache.ttl ends.
 `
 
 // runTenants is the admin side of the catalog and provider.
@@ -41,6 +51,8 @@ func runTenants(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	after := fs.String("after", "", "list: start after this tenant ID")
 	limit := fs.Int("limit", 100, "list: at most this many tenants")
 	yes := fs.Bool("yes", false, "delete: confirm")
+	adminURL := fs.String("admin", "", "URL of a router's admin listener, e.g. http://127.0.0.1:9090 (instead of --config)")
+	token := fs.String("token", "", "admin API token (prefer "+envAdminToken+")")
 	fs.Usage = func() { fmt.Fprint(stderr, tenantsUsage) }
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
@@ -51,7 +63,7 @@ func runTenants(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if fs.NArg() != 0 {
 			return fmt.Errorf("%w: tenants list takes no arguments", errUsage)
 		}
-	case "show", "delete":
+	case "show", "delete", "warm", "evict", "block", "unblock":
 		if fs.NArg() != 1 {
 			return fmt.Errorf("%w: tenants %s takes one tenant ID", errUsage, verb)
 		}
@@ -62,6 +74,13 @@ func runTenants(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	if verb == "delete" && !*yes {
 		return fmt.Errorf("deleting tenant %q destroys its database and data: add --yes to confirm", tenant)
+	}
+	if *adminURL != "" { // tenants_api.go
+		return runTenantsAPI(ctx, stdout, apiClient{base: *adminURL, token: cmp.Or(*token, os.Getenv(envAdminToken))}, verb, tenant, *after, *limit)
+	}
+	switch verb {
+	case "warm", "evict", "block", "unblock":
+		return fmt.Errorf("%w: tenants %s acts on a running router: give its admin listener with --admin URL", errUsage, verb)
 	}
 
 	fc, err := loadConfig(*path)

@@ -419,8 +419,20 @@ func TestFaults(t *testing.T) {
 	if len(list.Branches) != 1 || list.Branches[0].Name != "lost" {
 		t.Errorf("dropped create: %+v", list.Branches)
 	}
-	if last := srv.Requests()[len(srv.Requests())-2]; last.Method != "POST" || last.Status != 0 {
-		t.Errorf("dropped request logged as %+v", last)
+	// The dropped request is logged when its handler returns, which may be
+	// after the client has already moved on: poll for it.
+	droppedLogged := func() bool {
+		for _, r := range srv.Requests() {
+			if r.Method == "POST" && r.Status == 0 && strings.HasSuffix(r.Path, "/branches") {
+				return true
+			}
+		}
+		return false
+	}
+	for deadline := time.Now().Add(10 * time.Second); !droppedLogged(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("dropped request not logged with status 0: %+v", srv.Requests())
+		}
 	}
 
 	// FailNextOperation: the op fails, the rest of its request is cancelled,

@@ -1,0 +1,227 @@
+package admin
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"regexp"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/pgtenant/pgtenant/provision"
+	"github.com/pgtenant/pgtenant/proxy"
+	"github.com/pgtenant/pgtenant/resolver"
+)
+
+// Pinger checks that the catalog database answers (for /readyz).
+// *pgxpool.Pool implements it.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
+
+// Catalog is the tenant catalog as the admin API reads and deletes it.
+// *resolver.Catalog implements it.
+type Catalog interface {
+	List(ctx context.Context, after string, limit int) ([]resolver.Entry, error)
+	Lookup(ctx context.Context, tenant string) (ep provision.Endpoint, ok bool, err error)
+	Delete(ctx context.Context, tenant string) error
+}
+
+// BlockStore is the block list shared by the router instances.
+// *resolver.Catalog implements it.
+type BlockStore interface {
+	Block(ctx context.Context, tenant string) error
+	Unblock(ctx context.Context, tenant string) error
+	BlockedList(ctx context.Context) ([]string, error)
+}
+
+// Resolver is this router's route cache. *resolver.Resolver implements it.
+type Resolver interface {
+	Resolve(ctx context.Context, tenant string) (resolver.Route, error)
+	Invalidate(tenant string)
+	Cached(tenant string) bool
+}
+
+// Router is this router's proxy. *proxy.Server implements it.
+type Router interface {
+	Sessions(tenant string) []proxy.SessionInfo
+	CloseSessions(tenant, code, msg string) int
+	Draining() bool
+	// SetBlocked replaces the block list: the blocked tenants' new
+	// connections are refused and their live sessions ended.
+	SetBlocked(tenants []string)
+	Blocked() []string
+}
+
+// Deprovisioner deletes tenants' databases. provision.Provider implements it.
+type Deprovisioner interface {
+	Name() string
+	Delete(ctx context.Context, tenant string) error
+}
+
+// Config configures a Handler. Catalog, Blocks, Ping, Resolver and Router
+// are required.
+type Config struct {
+	// Token is the bearer token of the /v1 API. Empty turns the API off
+	// (every /v1 request gets 401). It is never logged.
+	Token string
+	// Gatherer is what /metrics exposes. Nil: /metrics answers 404.
+	Gatherer prometheus.Gatherer
+	// Catalog, Blocks and Ping are the shared catalog.
+	Catalog Catalog
+	Blocks  BlockStore
+	Ping    Pinger
+	// Resolver and Router are this router instance's.
+	Resolver Resolver
+	Router   Router
+	// Provider deletes tenants' databases. Nil: DELETE answers 501.
+	Provider Deprovisioner
+	// TenantPattern is what a tenant ID must match, as in the proxy. Nil
+	// means proxy.DefaultTenantPattern.
+	TenantPattern *regexp.Regexp
+	// ReadyTimeout bounds the catalog ping of /readyz. Zero or negative
+	// means 2s.
+	ReadyTimeout time.Duration
+	// Log receives a line per admin action and readiness changes. Nil
+	// discards.
+	Log *slog.Logger
+}
+
+func (c *Config) readyTimeout() time.Duration {
+	if c.ReadyTimeout <= 0 {
+		return 2 * time.Second
+	}
+	return c.ReadyTimeout
+}
+
+var defaultTenantRE = regexp.MustCompile(proxy.DefaultTenantPattern)
+
+// Handler serves the admin endpoints (see the package doc). It is safe for
+// concurrent use.
+type Handler struct {
+	cfg       Config
+	log       *slog.Logger
+	pattern   *regexp.Regexp
+	tokenHash *[sha256.Size]byte // nil: the /v1 API is off
+	mux       *http.ServeMux
+	notReady  atomic.Pointer[string] // last readiness failure reported, for logging changes only
+}
+
+// New returns a Handler for cfg.
+func New(cfg Config) (*Handler, error) {
+	if cfg.Catalog == nil || cfg.Blocks == nil || cfg.Ping == nil || cfg.Resolver == nil || cfg.Router == nil {
+		return nil, errors.New("admin: Catalog, Blocks, Ping, Resolver and Router are required")
+	}
+	h := &Handler{cfg: cfg, log: cfg.Log, pattern: cfg.TenantPattern, mux: http.NewServeMux()}
+	if h.log == nil {
+		h.log = slog.New(slog.DiscardHandler)
+	}
+	if h.pattern == nil {
+		h.pattern = defaultTenantRE
+	}
+	if cfg.Token != "" {
+		sum := sha256.Sum256([]byte(cfg.Token))
+		h.tokenHash = &sum
+	}
+	if cfg.Gatherer != nil {
+		h.mux.Handle("/metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
+	}
+	h.mux.HandleFunc("/healthz", h.healthz)
+	h.mux.HandleFunc("/readyz", h.readyz)
+	api := http.NewServeMux()
+	api.HandleFunc("/v1/tenants", h.tenants)
+	api.HandleFunc("/v1/tenants/{id}", h.tenant)
+	api.HandleFunc("/v1/tenants/{id}/{action}", h.tenantAction)
+	api.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
+	})
+	h.mux.Handle("/v1/", h.authorize(api))
+	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path+" (see /metrics, /healthz, /readyz, /v1/tenants)")
+	})
+	return h, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+
+func (h *Handler) healthz(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// readyz is 503 while the proxy drains or the catalog does not answer a
+// ping within ReadyTimeout. Failures are logged when readiness changes,
+// not on every probe.
+func (h *Handler) readyz(w http.ResponseWriter, r *http.Request) {
+	reason := ""
+	var cause error
+	if h.cfg.Router.Draining() {
+		reason = "draining"
+	} else {
+		ctx, cancel := context.WithTimeout(r.Context(), h.cfg.readyTimeout())
+		cause = h.cfg.Ping.Ping(ctx)
+		cancel()
+		if cause != nil {
+			reason = "catalog unreachable"
+		}
+	}
+	if reason == "" {
+		if h.notReady.Swap(nil) != nil {
+			h.log.Info("ready again")
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+		return
+	}
+	if prev := h.notReady.Swap(&reason); prev == nil || *prev != reason {
+		if cause != nil {
+			h.log.Warn("not ready", "reason", reason, "err", cause)
+		} else {
+			h.log.Info("not ready", "reason", reason)
+		}
+	}
+	writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": reason})
+}
+
+// authorize lets requests through that carry the bearer token. The token
+// is compared in constant time (as hashes, so its length does not leak
+// either).
+func (h *Handler) authorize(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if h.tokenHash == nil {
+			writeError(w, http.StatusUnauthorized, "the admin API is off: no admin token is configured (admin.token, PGTENANT_ADMIN_TOKEN)")
+			return
+		}
+		auth := r.Header.Get("Authorization")
+		scheme, token, ok := strings.Cut(auth, " ")
+		sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
+		if !ok || !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare(sum[:], h.tokenHash[:]) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="pgtenant"`)
+			writeError(w, http.StatusUnauthorized, "missing or wrong bearer token (Authorization: Bearer <admin token>)")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg})
+}
+
+var _ Router = (*proxy.Server)(nil)

@@ -1,0 +1,24 @@
+// Package admin is the router's HTTP admin surface: the handlers behind the
+// admin listener (cmd/pgtenant wires them to the real catalog, resolver,
+// provider and proxy).
+//
+// Unauthenticated, for probes and scrapers:
+//
+//	GET /metrics   Prometheus metrics of the registry it is given
+//	GET /healthz   200 while the process is alive
+//	GET /readyz    200 when the catalog answers a ping and the proxy is not draining; 503 otherwise
+//
+// Under /v1/, guarded by "Authorization: Bearer <token>" (401 otherwise; no
+// token configured: /v1 is off), JSON in and out, errors as {"error": "..."}:
+//
+//	GET    /v1/tenants?after=&limit=          catalog rows, paged, without secrets
+//	GET    /v1/tenants/{id}                   route (no password), cached here?, blocked?, live sessions here
+//	POST   /v1/tenants/{id}/warm              resolve now: creates the tenant ahead of its first connect
+//	POST   /v1/tenants/{id}/evict             forget the cached route on this router
+//	POST   /v1/tenants/{id}/block             persist in the block list, apply here, end live sessions here
+//	POST   /v1/tenants/{id}/unblock           remove from the block list, apply here
+//	DELETE /v1/tenants/{id}?confirm={id}      end live sessions, delete at the provider, then in the catalog
+//
+// The block list lives in the shared catalog; other router instances apply
+// it when they refresh it (RefreshBlocked, called periodically by cmd).
+package admin

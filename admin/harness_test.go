@@ -1,0 +1,223 @@
+package admin_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pgtenant/pgtenant/admin"
+	"github.com/pgtenant/pgtenant/internal/pgtest"
+	"github.com/pgtenant/pgtenant/provision"
+	"github.com/pgtenant/pgtenant/provision/local"
+	"github.com/pgtenant/pgtenant/proxy"
+	"github.com/pgtenant/pgtenant/resolver"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+const (
+	appSecret  = "app-s3cret-for-admin-tests"
+	adminToken = "t0ken-for-admin-tests"
+)
+
+// countingProvider is the real local provider, counting Create calls.
+type countingProvider struct {
+	*local.Provider
+	mu      sync.Mutex
+	creates int
+}
+
+func (p *countingProvider) Create(ctx context.Context, tenant string) (provision.Endpoint, error) {
+	p.mu.Lock()
+	p.creates++
+	p.mu.Unlock()
+	return p.Provider.Create(ctx, tenant)
+}
+
+func (p *countingProvider) Creates() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.creates
+}
+
+// env is a real router (proxy, resolver, catalog, local provider on the
+// shared test cluster) with the admin handler in front of it.
+type env struct {
+	cluster *local.Cluster
+	addr    string // the proxy
+	api     *httptest.Server
+	cat     *resolver.Catalog
+	catPool *pgxpool.Pool
+	res     *resolver.Resolver
+	srv     *proxy.Server
+	prov    *countingProvider
+	reg     *prometheus.Registry
+	stop    func() // stops the proxy (drain) and waits for it
+	cancel  context.CancelFunc
+}
+
+type envOpt func(*proxy.Config, *admin.Config)
+
+func startEnv(t *testing.T, opts ...envOpt) *env {
+	t.Helper()
+	c := pgtest.Shared(t)
+	ctx := context.Background()
+	adminPool, err := pgxpool.New(ctx, c.AdminDSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(adminPool.Close)
+	catPool, err := pgxpool.New(ctx, c.AdminDSN(pgtest.CreateDB(t, c)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(catPool.Close)
+	key, _ := resolver.ParseKey(resolver.NewKey())
+	cat, err := resolver.OpenCatalog(ctx, catPool, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prov := &countingProvider{Provider: local.New(local.Config{Prefix: "adm_"}, adminPool)}
+	if _, err := prov.EnsureTemplate(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	res := resolver.New(resolver.Config{Metrics: resolver.NewMetrics(reg)}, cat, prov)
+	t.Cleanup(res.Close)
+	pcfg := proxy.Config{Auth: proxy.Auth{Password: appSecret}, Metrics: proxy.NewMetrics(reg)}
+	acfg := admin.Config{
+		Token: adminToken, Gatherer: reg, Catalog: cat, Blocks: cat, Ping: catPool,
+		Resolver: res, Provider: prov,
+	}
+	for _, o := range opts {
+		o(&pcfg, &acfg)
+	}
+	srv, err := proxy.New(pcfg, res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acfg.Router = srv
+	h, err := admin.New(acfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	api := httptest.NewServer(h)
+	t.Cleanup(api.Close)
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(sctx, ln) }()
+	var once sync.Once
+	e := &env{cluster: c, addr: ln.Addr().String(), api: api, cat: cat, catPool: catPool, res: res, srv: srv, prov: prov, reg: reg, cancel: cancel}
+	e.stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+		})
+	}
+	t.Cleanup(e.stop)
+	return e
+}
+
+func (e *env) dsn(tenant string) string {
+	return "postgres://" + tenant + ":" + appSecret + "@" + e.addr + "/app?sslmode=disable"
+}
+
+func (e *env) connect(t *testing.T, tenant string) (*pgx.Conn, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, e.dsn(tenant))
+	if err == nil {
+		t.Cleanup(func() { _ = conn.Close(context.Background()) })
+	}
+	return conn, err
+}
+
+// call sends an API request with token ("" for none) and returns the
+// status and the raw body, checking that the answer is JSON.
+func (e *env) call(t *testing.T, method, path, token string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, e.api.URL+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := e.api.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if path != "/metrics" && !json.Valid(b) {
+		t.Errorf("%s %s: body is not JSON: %q", method, path, b)
+	}
+	return resp.StatusCode, string(b)
+}
+
+// do is call with the admin token, decoding a 2xx body into out.
+func (e *env) do(t *testing.T, method, path string, wantStatus int, out any) string {
+	t.Helper()
+	status, body := e.call(t, method, path, adminToken)
+	if status != wantStatus {
+		t.Fatalf("%s %s: %d %s, want %d", method, path, status, body, wantStatus)
+	}
+	if out != nil {
+		if err := json.Unmarshal([]byte(body), out); err != nil {
+			t.Fatalf("%s %s: %v in %s", method, path, err, body)
+		}
+	}
+	return body
+}
+
+func newTenant(prefix string) string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return prefix + "-" + hex.EncodeToString(b)
+}
+
+func pgCode(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code
+	}
+	return ""
+}
+
+func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+func assertNoSecret(t *testing.T, body string, secrets ...string) {
+	t.Helper()
+	for _, s := range secrets {
+		if s != "" && strings.Contains(body, s) {
+			t.Errorf("answer contains a secret (%q...)", s[:min(4, len(s))])
+		}
+	}
+}

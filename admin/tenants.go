@@ -1,0 +1,369 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/pgtenant/pgtenant/provision"
+	"github.com/pgtenant/pgtenant/resolver"
+)
+
+// Limits of GET /v1/tenants.
+const (
+	defaultListLimit = 100
+	maxListLimit     = 1000
+)
+
+// codeAdminShutdown is the SQLSTATE live sessions are ended with when their
+// tenant is blocked or deleted, as Postgres' pg_terminate_backend does.
+const codeAdminShutdown = "57P01"
+
+// Tenant is a catalog row as the API shows it: no password.
+type Tenant struct {
+	Tenant     string    `json:"tenant"`
+	Provider   string    `json:"provider"`
+	ProviderID string    `json:"provider_id"`
+	Host       string    `json:"host"`
+	Port       uint16    `json:"port"`
+	Database   string    `json:"database"`
+	User       string    `json:"user"`
+	State      string    `json:"state"`
+	Blocked    bool      `json:"blocked"`
+	CreatedAt  time.Time `json:"created_at"`
+	UpdatedAt  time.Time `json:"updated_at"`
+}
+
+// TenantList is the answer of GET /v1/tenants. Next, when not empty, is the
+// after= of the next page.
+type TenantList struct {
+	Tenants []Tenant `json:"tenants"`
+	Next    string   `json:"next,omitempty"`
+}
+
+// Route is a tenant's upstream without its password.
+type Route struct {
+	Host       string `json:"host"`
+	Port       uint16 `json:"port"`
+	Database   string `json:"database"`
+	User       string `json:"user"`
+	ProviderID string `json:"provider_id"`
+}
+
+func routeOf(ep provision.Endpoint) *Route {
+	return &Route{Host: ep.Host, Port: ep.Port, Database: ep.Database, User: ep.User, ProviderID: ep.ProviderID}
+}
+
+// Session is a live routed session on this router.
+type Session struct {
+	Remote      string    `json:"remote"`
+	Start       time.Time `json:"start"`
+	Via         string    `json:"via"`
+	UpstreamPID uint32    `json:"upstream_pid"`
+	BytesIn     int64     `json:"bytes_in"`
+	BytesOut    int64     `json:"bytes_out"`
+}
+
+// TenantStatus is the answer of GET /v1/tenants/{id}.
+type TenantStatus struct {
+	Tenant    string    `json:"tenant"`
+	InCatalog bool      `json:"in_catalog"`
+	Route     *Route    `json:"route,omitempty"`
+	Blocked   bool      `json:"blocked"`
+	Cached    bool      `json:"cached"`
+	Sessions  []Session `json:"sessions"`
+}
+
+// ActionResult is the answer of the POST and DELETE endpoints; fields that
+// do not apply to the action are left out.
+type ActionResult struct {
+	Tenant         string  `json:"tenant"`
+	Via            string  `json:"via,omitempty"`     // warm: cache, catalog or created
+	Route          *Route  `json:"route,omitempty"`   // warm
+	Seconds        float64 `json:"seconds,omitempty"` // warm: how long the resolve took
+	Evicted        *bool   `json:"evicted,omitempty"` // evict: whether a route was cached
+	Blocked        *bool   `json:"blocked,omitempty"` // block, unblock
+	SessionsClosed *int    `json:"sessions_closed,omitempty"`
+	Provider       string  `json:"provider,omitempty"` // delete: "deleted" or "not found"
+	Catalog        string  `json:"catalog,omitempty"`  // delete: "deleted" or "not found"
+}
+
+// tenantID returns the validated {id} of r, or writes a 400 and returns "".
+func (h *Handler) tenantID(w http.ResponseWriter, r *http.Request) string {
+	id := r.PathValue("id")
+	if !h.pattern.MatchString(id) {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("invalid tenant ID %q: want an ID matching %s", truncate(id, 64), h.pattern))
+		return ""
+	}
+	return id
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+func methodNotAllowed(w http.ResponseWriter, r *http.Request, allow string) {
+	w.Header().Set("Allow", allow)
+	writeError(w, http.StatusMethodNotAllowed, r.Method+" "+r.URL.Path+": allowed: "+allow)
+}
+
+// tenants serves GET /v1/tenants?after=&limit=.
+func (h *Handler) tenants(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		methodNotAllowed(w, r, http.MethodGet)
+		return
+	}
+	q := r.URL.Query()
+	after := q.Get("after")
+	if len(after) > 256 {
+		writeError(w, http.StatusBadRequest, "after: too long")
+		return
+	}
+	limit := defaultListLimit
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > maxListLimit {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("limit: want 1..%d, not %q", maxListLimit, truncate(s, 16)))
+			return
+		}
+		limit = n
+	}
+	entries, err := h.cfg.Catalog.List(r.Context(), after, limit)
+	if err != nil {
+		h.internalError(w, "list tenants", err)
+		return
+	}
+	blocked := setOf(h.cfg.Router.Blocked())
+	out := TenantList{Tenants: make([]Tenant, 0, len(entries))}
+	for _, e := range entries {
+		out.Tenants = append(out.Tenants, Tenant{
+			Tenant: e.Tenant, Provider: e.Provider, ProviderID: e.ProviderID, Host: e.Host, Port: e.Port,
+			Database: e.Database, User: e.User, State: e.State, Blocked: blocked[e.Tenant],
+			CreatedAt: e.CreatedAt, UpdatedAt: e.UpdatedAt,
+		})
+	}
+	if len(entries) == limit {
+		out.Next = entries[len(entries)-1].Tenant
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// tenant serves GET and DELETE /v1/tenants/{id}.
+func (h *Handler) tenant(w http.ResponseWriter, r *http.Request) {
+	switch r.Method {
+	case http.MethodGet:
+	case http.MethodDelete:
+		h.deleteTenant(w, r)
+		return
+	default:
+		methodNotAllowed(w, r, "GET, DELETE")
+		return
+	}
+	id := h.tenantID(w, r)
+	if id == "" {
+		return
+	}
+	ep, ok, err := h.cfg.Catalog.Lookup(r.Context(), id)
+	if err != nil {
+		h.internalError(w, "look up tenant", err)
+		return
+	}
+	st := TenantStatus{
+		Tenant:    id,
+		InCatalog: ok,
+		Blocked:   slices.Contains(h.cfg.Router.Blocked(), id),
+		Cached:    h.cfg.Resolver.Cached(id),
+		Sessions:  []Session{},
+	}
+	if ok {
+		st.Route = routeOf(ep)
+	}
+	for _, s := range h.cfg.Router.Sessions(id) {
+		st.Sessions = append(st.Sessions, Session{
+			Remote: s.Remote, Start: s.Start, Via: s.Via.String(), UpstreamPID: s.UpstreamPID,
+			BytesIn: s.BytesIn, BytesOut: s.BytesOut,
+		})
+	}
+	if !st.InCatalog && !st.Blocked && !st.Cached && len(st.Sessions) == 0 {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("tenant %q not found", id))
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+// tenantAction serves POST /v1/tenants/{id}/{warm,evict,block,unblock}.
+func (h *Handler) tenantAction(w http.ResponseWriter, r *http.Request) {
+	action := r.PathValue("action")
+	switch action {
+	case "warm", "evict", "block", "unblock":
+	default:
+		writeError(w, http.StatusNotFound, "no such action: "+truncate(action, 32)+" (warm, evict, block, unblock)")
+		return
+	}
+	if r.Method != http.MethodPost {
+		methodNotAllowed(w, r, http.MethodPost)
+		return
+	}
+	id := h.tenantID(w, r)
+	if id == "" {
+		return
+	}
+	log := h.log.With("tenant", id, "remote", r.RemoteAddr)
+	ctx := r.Context()
+	switch action {
+	case "warm":
+		if slices.Contains(h.cfg.Router.Blocked(), id) {
+			writeError(w, http.StatusConflict, fmt.Sprintf("tenant %q is blocked: unblock it first", id))
+			return
+		}
+		start := time.Now()
+		rt, err := h.cfg.Resolver.Resolve(ctx, id)
+		if err != nil {
+			status := http.StatusServiceUnavailable
+			if errors.Is(err, resolver.ErrUnknownTenant) {
+				status = http.StatusNotFound
+			}
+			log.Warn("admin: warm failed", "err", err)
+			writeError(w, status, fmt.Sprintf("warm tenant %q: %v", id, err))
+			return
+		}
+		took := time.Since(start)
+		log.Info("admin: tenant warmed", "via", rt.Via.String(), "took", took)
+		writeJSON(w, http.StatusOK, ActionResult{Tenant: id, Via: rt.Via.String(), Route: routeOf(rt.Endpoint), Seconds: took.Seconds()})
+
+	case "evict":
+		was := h.cfg.Resolver.Cached(id)
+		h.cfg.Resolver.Invalidate(id)
+		log.Info("admin: route evicted", "was_cached", was)
+		writeJSON(w, http.StatusOK, ActionResult{Tenant: id, Evicted: &was})
+
+	case "block":
+		if err := h.cfg.Blocks.Block(ctx, id); err != nil {
+			h.internalError(w, "block tenant", err)
+			return
+		}
+		if _, err := RefreshBlocked(ctx, h.cfg.Blocks, h.cfg.Router); err != nil {
+			h.internalError(w, "apply the block list", err)
+			return
+		}
+		closed := len(h.cfg.Router.Sessions(id)) // being ended by SetBlocked
+		log.Info("admin: tenant blocked", "sessions_closed", closed)
+		yes := true
+		writeJSON(w, http.StatusOK, ActionResult{Tenant: id, Blocked: &yes, SessionsClosed: &closed})
+
+	case "unblock":
+		if err := h.cfg.Blocks.Unblock(ctx, id); err != nil {
+			h.internalError(w, "unblock tenant", err)
+			return
+		}
+		if _, err := RefreshBlocked(ctx, h.cfg.Blocks, h.cfg.Router); err != nil {
+			h.internalError(w, "apply the block list", err)
+			return
+		}
+		if slices.Contains(h.cfg.Router.Blocked(), id) {
+			writeError(w, http.StatusConflict, fmt.Sprintf("tenant %q is still blocked: this router's configuration blocks it too (blocked_tenants)", id))
+			return
+		}
+		log.Info("admin: tenant unblocked")
+		no := false
+		writeJSON(w, http.StatusOK, ActionResult{Tenant: id, Blocked: &no})
+	}
+}
+
+// deleteTenant serves DELETE /v1/tenants/{id}?confirm={id}: it ends the
+// tenant's live sessions on this router, deletes its database at the
+// provider, then its catalog row (the order of `pgtenant tenants delete`:
+// a failure in between leaves a row whose next connect re-creates the
+// tenant, never a database nobody knows about). Other routers keep a cached
+// route until cache.ttl ends; block the tenant first to keep clients out
+// meanwhile.
+func (h *Handler) deleteTenant(w http.ResponseWriter, r *http.Request) {
+	id := h.tenantID(w, r)
+	if id == "" {
+		return
+	}
+	if r.URL.Query().Get("confirm") != id {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("deleting tenant %q destroys its database and data: repeat with ?confirm=%s", id, id))
+		return
+	}
+	if h.cfg.Provider == nil {
+		writeError(w, http.StatusNotImplemented, "this router has no provider to delete tenants with")
+		return
+	}
+	ctx := r.Context()
+	closed := h.cfg.Router.CloseSessions(id, codeAdminShutdown, fmt.Sprintf("terminating connection: tenant %q is being deleted", id))
+	h.cfg.Resolver.Invalidate(id)
+	perr := h.cfg.Provider.Delete(ctx, id)
+	if perr != nil && !errors.Is(perr, provision.ErrTenantNotFound) {
+		h.internalError(w, "delete tenant at "+h.cfg.Provider.Name(), perr)
+		return
+	}
+	cerr := h.cfg.Catalog.Delete(ctx, id)
+	if cerr != nil && !errors.Is(cerr, provision.ErrTenantNotFound) {
+		h.internalError(w, "delete tenant from the catalog", cerr)
+		return
+	}
+	h.cfg.Resolver.Invalidate(id) // a fill that ran meanwhile may have cached the old route
+	if perr != nil && cerr != nil {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("tenant %q not found (provider %s, catalog)", id, h.cfg.Provider.Name()))
+		return
+	}
+	res := ActionResult{Tenant: id, Provider: status(perr), Catalog: status(cerr), SessionsClosed: &closed}
+	h.log.Info("admin: tenant deleted", "tenant", id, "remote", r.RemoteAddr,
+		"provider", res.Provider, "catalog", res.Catalog, "sessions_closed", closed)
+	writeJSON(w, http.StatusOK, res)
+}
+
+func status(err error) string {
+	if err != nil {
+		return "not found"
+	}
+	return "deleted"
+}
+
+// internalError answers 500 with what failed. The cause is included: the
+// API is authenticated, and the errors of the catalog and providers carry
+// no secrets.
+func (h *Handler) internalError(w http.ResponseWriter, what string, err error) {
+	h.log.Warn("admin: "+what+" failed", "err", err)
+	writeError(w, http.StatusInternalServerError, what+": "+err.Error())
+}
+
+// RefreshBlocked reads the block list from store and applies it to router,
+// which refuses the blocked tenants' new connections and ends their live
+// sessions (see Router.SetBlocked). It returns how many live sessions of
+// blocked tenants it found on this router (being ended). cmd calls it at
+// start, periodically (so that a block made through another instance
+// reaches this one) and on SIGHUP; the block and unblock endpoints call it
+// at once. Safe for concurrent use.
+func RefreshBlocked(ctx context.Context, store BlockStore, router Router) (ending int, err error) {
+	list, err := store.BlockedList(ctx)
+	if err != nil {
+		return 0, err
+	}
+	// Count before SetBlocked: the sessions it ends leave the registry at
+	// once.
+	blocked := setOf(list)
+	for _, s := range router.Sessions("") {
+		if blocked[s.Tenant] {
+			ending++
+		}
+	}
+	router.SetBlocked(list)
+	return ending, nil
+}
+
+func setOf(list []string) map[string]bool {
+	m := make(map[string]bool, len(list))
+	for _, s := range list {
+		m[s] = true
+	}
+	return m
+}

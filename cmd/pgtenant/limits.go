@@ -1,0 +1,75 @@
+package main
+
+import (
+	"fmt"
+	"regexp"
+
+	"github.com/pgtenant/pgtenant/proxy"
+)
+
+// validateLimits checks tenant.carriers, tenant.sni_suffix, limits,
+// keepalive and blocked_tenants.
+func (fc *fileConfig) validateLimits() []error {
+	var errs []error
+	tc := proxy.TenantConfig{Carriers: fc.Tenant.Carriers, SNISuffix: fc.Tenant.SNISuffix}
+	if err := tc.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("tenant.carriers / tenant.sni_suffix: %w", err))
+	}
+	l := &fc.Limits
+	for name, v := range map[string]int{
+		"limits.max_connections":            l.MaxConnections,
+		"limits.max_connections_per_tenant": l.MaxConnectionsPerTenant,
+		"limits.max_handshakes":             l.MaxHandshakes,
+		"limits.max_concurrent_creates":     l.MaxConcurrentCreates,
+		"limits.auth_backoff.threshold":     l.AuthBackoff.Threshold,
+		"keepalive.count":                   fc.KeepAlive.Count,
+	} {
+		if v < 0 {
+			errs = append(errs, fmt.Errorf("%s: %d is negative (0: no cap / off)", name, v))
+		}
+	}
+	b := l.AuthBackoff
+	if l.IdleTimeout < 0 || b.Initial < 0 || b.Max < 0 || b.Window < 0 || fc.KeepAlive.Idle < 0 || fc.KeepAlive.Interval < 0 {
+		errs = append(errs, fmt.Errorf("limits / keepalive: durations must not be negative"))
+	}
+	if b.Threshold > 0 && (b.Initial == 0 || b.Max < b.Initial || b.Window == 0) {
+		errs = append(errs, fmt.Errorf("limits.auth_backoff: with a threshold, initial and window must be set and max must be at least initial (%s, %s)", b.Initial, b.Max))
+	}
+	if fc.KeepAlive.Idle > 0 && (fc.KeepAlive.Interval == 0 || fc.KeepAlive.Count == 0) {
+		errs = append(errs, fmt.Errorf("keepalive: interval and count must be set when idle is"))
+	}
+	if re, err := regexp.Compile(fc.Tenant.Pattern); err == nil && fc.Tenant.Pattern != "" {
+		for _, t := range fc.BlockedTenants {
+			if !re.MatchString(t) {
+				errs = append(errs, fmt.Errorf("blocked_tenants: %q is not a valid tenant ID (tenant.pattern)", t))
+			}
+		}
+	}
+	return errs
+}
+
+// limits maps limits to the proxy's (Server.SetLimits on reload).
+func (fc *fileConfig) limits() proxy.Limits {
+	l := fc.Limits
+	return proxy.Limits{
+		MaxConnections:          l.MaxConnections,
+		MaxConnectionsPerTenant: l.MaxConnectionsPerTenant,
+		MaxHandshakes:           l.MaxHandshakes,
+		IdleTimeout:             l.IdleTimeout,
+		AuthBackoff: proxy.AuthBackoff{
+			Threshold: l.AuthBackoff.Threshold,
+			Initial:   l.AuthBackoff.Initial,
+			Max:       l.AuthBackoff.Max,
+			Window:    l.AuthBackoff.Window,
+		},
+	}
+}
+
+// keepAlive maps keepalive to the proxy's; idle 0 turns keepalives off.
+func (fc *fileConfig) keepAlive() proxy.KeepAlive {
+	k := proxy.KeepAlive{Idle: fc.KeepAlive.Idle, Interval: fc.KeepAlive.Interval, Count: fc.KeepAlive.Count}
+	if k.Idle == 0 {
+		k.Idle = -1
+	}
+	return k
+}
