@@ -82,8 +82,9 @@ func TestValidate(t *testing.T) {
 	}
 }
 
-// The README's Neon configurations must load and validate as written.
-func TestREADMENeonConfigs(t *testing.T) {
+// The README's Neon and production configurations must load and validate as
+// written.
+func TestREADMEConfigs(t *testing.T) {
 	readme, err := os.ReadFile("../../README.md")
 	if err != nil {
 		t.Fatal(err)
@@ -92,11 +93,11 @@ func TestREADMENeonConfigs(t *testing.T) {
 	t.Setenv(envCatalogKey, "k")
 	t.Setenv(envCatalogDSN, "postgres://c@localhost/catalog")
 	t.Setenv(envNeonAPIKey, "napi_test")
-	t.Setenv(envAdminDSN, "")
+	t.Setenv(envAdminDSN, "postgres://admin@localhost/postgres")
 	blocks := 0
 	for _, part := range strings.Split(string(readme), "```yaml\n")[1:] {
 		block, _, _ := strings.Cut(part, "```")
-		if !strings.Contains(block, "kind: neon") {
+		if !strings.Contains(block, "kind: neon") && !strings.HasPrefix(block, "# production") {
 			continue
 		}
 		blocks++
@@ -108,7 +109,7 @@ func TestREADMENeonConfigs(t *testing.T) {
 			t.Fatalf("README block %d: %v\n%s", blocks, err, block)
 		}
 	}
-	if blocks != 2 {
-		t.Fatalf("found %d Neon config blocks in the README, want 2", blocks)
+	if blocks != 3 {
+		t.Fatalf("found %d config blocks (2 Neon, 1 production) in the README, want 3", blocks)
 	}
 }
