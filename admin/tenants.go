@@ -249,11 +249,12 @@ func (h *Handler) tenantAction(w http.ResponseWriter, r *http.Request) {
 			h.internalError(w, "block tenant", err)
 			return
 		}
+		// Count first: the sessions SetBlocked ends leave the registry at once.
+		closed := len(h.cfg.Router.Sessions(id))
 		if _, err := RefreshBlocked(ctx, h.cfg.Blocks, h.cfg.Router); err != nil {
 			h.internalError(w, "apply the block list", err)
 			return
 		}
-		closed := len(h.cfg.Router.Sessions(id)) // being ended by SetBlocked
 		log.Info("admin: tenant blocked", "sessions_closed", closed)
 		yes := true
 		writeJSON(w, http.StatusOK, ActionResult{Tenant: id, Blocked: &yes, SessionsClosed: &closed})

@@ -98,16 +98,5 @@ func (l *limiter) reserve(route string, now time.Time) time.Time {
 
 // wait blocks until a request to route may be sent, or ctx ends.
 func (l *limiter) wait(ctx context.Context, route string) error {
-	d := time.Until(l.reserve(route, time.Now()))
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
+	return sleep(ctx, time.Until(l.reserve(route, time.Now())))
 }
