@@ -80,4 +80,23 @@
 // from when the query was due: in a closed loop when the client sent it, in
 // an open loop (rate > 0) its scheduled arrival, so queueing behind slow
 // queries is included. In storm, open-loop latency thus includes connecting.
+//
+// # HTML report
+//
+// WriteHTML writes a report as one self-contained HTML page (inline CSS and
+// SVG, no script, nothing fetched) with, per scenario, its parameters, the
+// figures of WriteTable with their ratios to the first target, and plots,
+// each target in the same colour throughout:
+//
+//   - latency CDFs of connects and queries (cold: and of first queries):
+//     latency on a log scale, fraction of the values up to it from 0 to 1
+//   - open connections over time, and (steady, scale, storm) queries per
+//     second, each target's rounds laid end to end
+//
+// The plots are drawn from Result fields that the JSON report leaves out:
+// ConnectCDF, QueryCDF and TTFQCDF (at most about 400 points each, taken
+// from the histograms) and Timeline (a Sample of the open connections and
+// the counts when a round starts, every 100ms or, in rounds shorter than
+// 10s, more often, and when it ends, before its connections are closed).
+// A report decoded from JSON therefore renders without plots.
 package bench

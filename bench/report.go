@@ -87,6 +87,18 @@ type Result struct {
 	// or "network" for failures without one, or "timeout" when
 	// ConnectTimeout or QueryTimeout ran out. Never nil.
 	Errors map[string]int64 `json:"errors"`
+
+	// ConnectCDF, QueryCDF and (Cold only) TTFQCDF are the distributions
+	// of the latencies above, as compact lists of points (see CDFPoint);
+	// nil where nothing was recorded.
+	ConnectCDF []CDFPoint `json:"-"`
+	QueryCDF   []CDFPoint `json:"-"`
+	TTFQCDF    []CDFPoint `json:"-"`
+	// Timeline follows the open connections and the counts over the
+	// target's rounds (see Sample): every 100ms, more often in rounds
+	// shorter than 10s. WriteHTML draws these fields; they are not part of
+	// the JSON report.
+	Timeline []Sample `json:"-"`
 }
 
 // TTFQ is the time to first query of Cold's new tenants: from starting to
@@ -234,6 +246,40 @@ func (s *ScenarioReport) writeTable(b *strings.Builder) {
 	for _, r := range s.Results {
 		rows[0] = append(rows[0], r.Target)
 	}
+	for _, tr := range s.tableRows() {
+		row := []string{tr.label}
+		if tr.errClass {
+			row[0] = "  " + tr.label
+		}
+		for ri, v := range tr.values {
+			switch {
+			case !tr.has[ri]:
+				row = append(row, "-")
+			case tr.errClass:
+				row = append(row, strconv.FormatFloat(v.v, 'f', 0, 64))
+			default:
+				row = append(row, formatFigure(v, ri, s.Results[ri].Ratio))
+			}
+		}
+		rows = append(rows, row)
+	}
+	writeColumns(b, rows)
+}
+
+// tableRow is one row of a scenario's table (WriteTable, WriteHTML): a
+// figure of every result, or the count of one error class.
+type tableRow struct {
+	label    string
+	key      string   // the figure's JSON key; the class for an error row
+	errClass bool     // the row counts errors of class key, after errors_total
+	values   []figure // one per result
+	has      []bool   // false where the result lacks the figure's group
+}
+
+// tableRows returns the rows of s's table: the figures in table order,
+// leaving out those that are zero for every result, then one row per error
+// class.
+func (s *ScenarioReport) tableRows() []tableRow {
 	// Rows follow the order of a result with every optional group; each
 	// result has the figures of the groups it has.
 	full := Result{TTFQ: &TTFQ{}, Process: &Process{}}
@@ -245,6 +291,7 @@ func (s *ScenarioReport) writeTable(b *strings.Builder) {
 			values[i][f.key] = f
 		}
 	}
+	var rows []tableRow
 	always := map[string]bool{"connects": true, "queries": true, "errors_total": true}
 	for _, f := range order {
 		show := always[f.key]
@@ -255,13 +302,10 @@ func (s *ScenarioReport) writeTable(b *strings.Builder) {
 		if !show {
 			continue
 		}
-		row := []string{f.label}
-		for ri, vs := range values {
-			if v, ok := vs[f.key]; ok {
-				row = append(row, formatFigure(v, ri, s.Results[ri].Ratio))
-			} else {
-				row = append(row, "-")
-			}
+		row := tableRow{label: f.label, key: f.key}
+		for _, vs := range values {
+			v, ok := vs[f.key]
+			row.values, row.has = append(row.values, v), append(row.has, ok)
 		}
 		rows = append(rows, row)
 	}
@@ -272,13 +316,14 @@ func (s *ScenarioReport) writeTable(b *strings.Builder) {
 		}
 	}
 	for _, c := range slices.Sorted(maps.Keys(codes)) {
-		row := []string{"  " + c}
+		row := tableRow{label: c, key: c, errClass: true}
 		for _, r := range s.Results {
-			row = append(row, strconv.FormatInt(r.Errors[c], 10))
+			row.values = append(row.values, figure{key: c, label: c, v: float64(r.Errors[c]), integer: true})
+			row.has = append(row.has, true)
 		}
 		rows = append(rows, row)
 	}
-	writeColumns(b, rows)
+	return rows
 }
 
 func (s *ScenarioReport) describe() string {

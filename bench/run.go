@@ -75,7 +75,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 					break rounds
 				}
 				r.enter(st, t.label, round, rounds, accs[ti])
+				smp := r.startSampler(accs[ti], round, sampleEvery(r.cfg.duration()/time.Duration(rounds)))
 				r.runRound(ctx, st, round, rounds, t, accs[ti])
+				smp.stop()
 				accs[ti].rounds++
 			}
 		}
@@ -235,6 +237,7 @@ func (r *runner) steady(ctx context.Context, t *target, tenants int, a *acc, win
 	}
 	wg.Wait()
 	a.elapsed += time.Since(start)
+	a.smp.end() // the timeline ends with the connections still held
 	after, okAfter := r.proc(t)
 	if okBefore && okAfter {
 		a.proc.note(before, after, held)
@@ -358,6 +361,7 @@ func (r *runner) idle(ctx context.Context, t *target, tenants int, a *acc, windo
 		})
 	}
 	_ = g.Wait()
+	a.smp.end() // the timeline ends with the connections still held
 }
 
 // cold connects to k new tenants, Concurrency at a time, and records each
@@ -624,6 +628,13 @@ type acc struct {
 	held    int64
 	rounds  int
 	proc    procAcc
+
+	// smp samples the current round into timeline (see sampler), which
+	// runs tlEnd long so far; timeline is written by the sampler's
+	// goroutine during a round.
+	smp      *sampler
+	timeline []Sample
+	tlEnd    time.Duration
 }
 
 func newAcc() *acc { return &acc{errs: map[string]int64{}} }
@@ -683,7 +694,9 @@ func (a *acc) result(label string, sc Scenario) Result {
 			res.ConnectionsPerSec = float64(res.Connects) / secs
 		}
 	}
+	res.Timeline, res.ConnectCDF, res.QueryCDF = a.timeline, a.connect.cdf(), a.query.cdf()
 	if sc == Cold {
+		res.TTFQCDF = a.ttfq.cdf()
 		res.TTFQ = &TTFQ{
 			Count: a.ttfq.Count(),
 			P50Ms: ms(a.ttfq.Quantile(0.50)),

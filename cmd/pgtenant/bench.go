@@ -17,6 +17,7 @@ import (
 )
 
 const benchUsage = `Usage: pgtenant bench [flags] --dsn DSN [--compare DSN ...]
+       pgtenant bench --self [flags]
 
 Measures a Postgres connection router under fan-out: N tenants x M connections
 (steady), a connection per query (storm), idle connections held (idle), growing
@@ -35,9 +36,17 @@ Examples:
   pgtenant bench --dsn 'postgres://{tenant}:pgtenant-dev@127.0.0.1:6432/app' --new-conn-per-query
   pgtenant bench --dsn 'postgres://{tenant}:pgtenant-dev@127.0.0.1:6432/app' --scenario cold --new-tenants 50
 
+--self needs no setup: it starts a throwaway Postgres, PgBouncer in session
+and transaction mode (if installed) and the router (pgtenant serve, as child
+processes), and compares direct, pgbouncer-session, pgbouncer-transaction,
+router and router-pgbouncer on the same tenant databases, with SCRAM logins
+everywhere and the routers' and PgBouncers' memory measured; all of it is
+removed when the run ends.
+
 The table goes to standard output, a live progress line to standard error when
 it is a terminal. --json writes the report in the shape documented in
-'go doc github.com/pgtenant/pgtenant/bench'.
+'go doc github.com/pgtenant/pgtenant/bench'; --report writes it as an HTML page
+with plots.
 
 Flags:
 `
@@ -66,6 +75,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	noWarmup := fs.Bool("no-warmup", false, "skip connecting once to each tenant before measuring (which keeps creating tenants out of the figures)")
 	pids := fs.StringArray("pid", nil, "[LABEL=]PID of the process serving a target (the router): its RSS and threads are read before and after each round; PID alone applies to every target (repeatable)")
 	jsonPath := fs.String("json", "", "also write the report as JSON to this file")
+	htmlPath := fs.String("report", "", "also write the report as a self-contained HTML page with plots (latency CDFs, connections and throughput over time) to this file, e.g. bench.html")
+	self := fs.Bool("self", false, "start Postgres, PgBouncer and the router in a temporary directory and compare them (no --dsn, --compare, --label or --pid: it sets them)")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, benchUsage)
 		fs.PrintDefaults()
@@ -74,12 +85,21 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	switch {
+	case *self:
+		for _, f := range []string{"dsn", "compare", "label", "pid"} {
+			if fs.Changed(f) {
+				return fmt.Errorf("%w: --self sets the targets itself; --%s does not apply", errUsage, f)
+			}
+		}
+		if fs.NArg() > 0 {
+			return fmt.Errorf("%w: unexpected arguments %q with --self", errUsage, fs.Args())
+		}
 	case fs.NArg() == 1 && *dsn == "":
 		*dsn = fs.Arg(0)
 	case fs.NArg() > 0:
 		return fmt.Errorf("%w: unexpected arguments %q; give targets with --dsn and --compare", errUsage, fs.Args())
 	}
-	if *dsn == "" {
+	if *dsn == "" && !*self {
 		fs.Usage()
 		return fmt.Errorf("%w: --dsn is required", errUsage)
 	}
@@ -103,10 +123,18 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	var err error
-	if cfg.Targets, err = benchTargets(append([]string{*dsn}, *compare...), *labels, *pids); err != nil {
+	if cfg.Scenarios, err = benchScenarios(*scenarioNames, fs.Changed("scenario"), *storm, *newTenants); err != nil {
 		return err
 	}
-	if cfg.Scenarios, err = benchScenarios(*scenarioNames, fs.Changed("scenario"), *storm, *newTenants); err != nil {
+	runFn := bench.Run
+	if *self { // benchself.go
+		env, err := startSelf(ctx, cfg, stderr)
+		if err != nil {
+			return err
+		}
+		defer env.close()
+		cfg.Targets, runFn = env.targets, env.run
+	} else if cfg.Targets, err = benchTargets(append([]string{*dsn}, *compare...), *labels, *pids); err != nil {
 		return err
 	}
 	if err := cfg.Validate(); err != nil {
@@ -120,7 +148,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if live {
 		cfg.Progress = func(p bench.Progress) { fmt.Fprint(stderr, "\r\x1b[K"+progressLine(p)) }
 	}
-	rep, runErr := bench.Run(ctx, cfg)
+	rep, runErr := runFn(ctx, cfg)
 	if live {
 		fmt.Fprint(stderr, "\r\x1b[K")
 	}
@@ -132,6 +160,11 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if *jsonPath != "" {
 		if err := writeReportJSON(*jsonPath, rep); err != nil {
+			return err
+		}
+	}
+	if *htmlPath != "" {
+		if err := writeReportHTML(*htmlPath, rep); err != nil {
 			return err
 		}
 	}
@@ -282,4 +315,13 @@ func writeReportJSON(path string, rep *bench.Report) (err error) {
 	}
 	defer func() { err = errors.Join(err, f.Close()) }()
 	return rep.WriteJSON(f)
+}
+
+func writeReportHTML(path string, rep *bench.Report) (err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, f.Close()) }()
+	return bench.WriteHTML(f, rep)
 }

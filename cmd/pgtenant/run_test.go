@@ -20,7 +20,12 @@ import (
 	"github.com/pgtenant/pgtenant/resolver"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(asPgtenantEnv) == "1" {
+		main() // a child started by TestBenchSelf: be pgtenant, not the tests; exits
+	}
+	pgtest.Main(m)
+}
 
 var psqlLine = regexp.MustCompile(`psql '?(postgres://[^' ]+)'?`)
 
