@@ -2,12 +2,100 @@ package proxy
 
 import (
 	"io"
+	"net"
+	"os"
+	"sync"
 	"sync/atomic"
+	"syscall"
 )
 
 // pumpBufSize is the read size of one direction. Postgres messages are mostly
 // small; 16 KiB holds a typical batch of DataRows in one read.
 const pumpBufSize = 16 << 10
+
+// bufPool holds the pumps' read buffers. A pump on a plain TCP socket takes
+// one only while data is ready to read and gives it back after writing it
+// on, so an idle session holds no buffer at all: with many held, mostly idle
+// connections, that is most of a session's memory.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, pumpBufSize); return &b }}
+
+// lazyReader reads a connection into pooled buffers (see bufPool). On
+// anything but a *net.TCPConn (a TLS connection buffers internally anyway)
+// it falls back to an owned buffer and Read.
+type lazyReader struct {
+	conn net.Conn
+	raw  syscall.RawConn
+	own  []byte
+
+	// State of one raw read, kept here so that the callback is a method
+	// value made once, not a closure allocated per read.
+	fn   func(fd uintptr) bool
+	bp   *[]byte
+	n    int
+	serr error
+}
+
+func newLazyReader(c net.Conn) *lazyReader {
+	r := &lazyReader{conn: c}
+	if tc, ok := c.(*net.TCPConn); ok {
+		if raw, err := tc.SyscallConn(); err == nil {
+			r.raw = raw
+			r.fn = r.readFD
+			return r
+		}
+	}
+	r.own = make([]byte, pumpBufSize)
+	return r
+}
+
+// readFD is the raw read: it borrows a buffer only when the socket has data
+// (a would-block read returns it at once and waits for readiness).
+func (r *lazyReader) readFD(fd uintptr) bool {
+	r.bp = bufPool.Get().(*[]byte)
+	for {
+		r.n, r.serr = syscall.Read(int(fd), *r.bp)
+		if r.serr != syscall.EINTR {
+			break
+		}
+	}
+	if r.serr == syscall.EAGAIN {
+		bufPool.Put(r.bp)
+		r.bp = nil
+		return false
+	}
+	return true
+}
+
+// read returns the next bytes from the connection. They stay valid until
+// the next call to read or done.
+func (r *lazyReader) read() ([]byte, error) {
+	if r.raw == nil {
+		n, err := r.conn.Read(r.own)
+		return r.own[:n], err
+	}
+	r.done()
+	if err := r.raw.Read(r.fn); err != nil { // deadline or closed
+		r.done()
+		return nil, err
+	}
+	switch {
+	case r.serr != nil:
+		r.done()
+		return nil, os.NewSyscallError("read", r.serr)
+	case r.n <= 0:
+		r.done()
+		return nil, io.EOF
+	}
+	return (*r.bp)[:r.n], nil
+}
+
+// done gives the current buffer back to the pool.
+func (r *lazyReader) done() {
+	if r.bp != nil {
+		bufPool.Put(r.bp)
+		r.bp = nil
+	}
+}
 
 // pump copies src to dst until either fails, adding the bytes read to n.
 // It deliberately does not use io.Copy: between two *net.TCPConn that
@@ -16,14 +104,17 @@ const pumpBufSize = 16 << 10
 //
 // n counts bytes before they are written: the upstream may answer them (and
 // the idle tracker compare n with its ReadyForQuery) before Write returns.
-func pump(dst io.Writer, src io.Reader, n *atomic.Int64) error {
-	buf := make([]byte, pumpBufSize)
+func pump(dst io.Writer, src net.Conn, n *atomic.Int64) error {
+	r := newLazyReader(src)
+	defer r.done()
 	for {
-		nr, rerr := src.Read(buf)
-		if nr > 0 {
-			n.Add(int64(nr))
-			if nw, werr := dst.Write(buf[:nr]); werr != nil {
-				n.Add(int64(nw - nr))
+		b, rerr := r.read()
+		if len(b) > 0 {
+			n.Add(int64(len(b)))
+			nw, werr := dst.Write(b)
+			r.done()
+			if werr != nil {
+				n.Add(int64(nw - len(b)))
 				return werr
 			}
 		}

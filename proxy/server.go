@@ -615,7 +615,14 @@ func (s *Server) dialUpstream(ctx context.Context, rt resolver.Route, params map
 		_ = pc.Conn().Close()
 		return nil, err
 	}
-	return pc.Hijack()
+	hj, err := pc.Hijack()
+	if err != nil {
+		return nil, err
+	}
+	// The session keeps hj for its lifetime: drop what it no longer needs,
+	// above all the Frontend's read and write buffers.
+	hj.Frontend, hj.Config, hj.CustomData = nil, nil, nil
+	return hj, nil
 }
 
 // retryableUpstream reports whether a failed upstream login may succeed with

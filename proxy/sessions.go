@@ -154,18 +154,20 @@ var errKilled = errors.New("session closed by the router")
 // killed: it completes the message in flight (for at most a second), sends
 // the kill reason as an ErrorResponse and returns errKilled.
 func pumpToClient(client io.Writer, upstream net.Conn, ls *liveSession) error {
-	buf := make([]byte, pumpBufSize)
+	r := newLazyReader(upstream)
+	defer r.done()
 	var f framer
 	var extended bool
 	for {
-		nr, rerr := upstream.Read(buf)
-		if nr > 0 {
-			f.feed(buf[:nr])
+		b, rerr := r.read()
+		if len(b) > 0 {
+			f.feed(b)
 			if f.ready != 0 { // before the write: the client cannot have answered yet
 				ls.noteReady(f.ready)
 				f.ready = 0
 			}
-			nw, werr := client.Write(buf[:nr])
+			nw, werr := client.Write(b)
+			r.done()
 			ls.bytesOut.Add(int64(nw))
 			if werr != nil {
 				return werr
