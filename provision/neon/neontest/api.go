@@ -496,6 +496,20 @@ func (s *Server) branchLocked(p *project, id string) (*branch, *APIError) {
 	return b, nil
 }
 
+// pathBranchLocked returns the project and branch named by r's path.
+// The caller holds s.mu.
+func (s *Server) pathBranchLocked(r *http.Request) (*project, *branch, *APIError) {
+	p, e := s.projectLocked(r.PathValue("project_id"))
+	if e != nil {
+		return nil, nil, e
+	}
+	b, e := s.branchLocked(p, r.PathValue("branch_id"))
+	if e != nil {
+		return nil, nil, e
+	}
+	return p, b, nil
+}
+
 // read runs f under s.mu and answers its value with 200, or its error.
 func (s *Server) read(w http.ResponseWriter, r *http.Request, f func() (any, *APIError)) {
 	s.mu.Lock()
@@ -881,11 +895,7 @@ func (s *Server) hCountBranches(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) hGetBranch(w http.ResponseWriter, r *http.Request) {
 	s.read(w, r, func() (any, *APIError) {
-		p, e := s.projectLocked(r.PathValue("project_id"))
-		if e != nil {
-			return nil, e
-		}
-		b, e := s.branchLocked(p, r.PathValue("branch_id"))
+		_, b, e := s.pathBranchLocked(r)
 		if e != nil {
 			return nil, e
 		}
@@ -974,11 +984,7 @@ func wireOps(ops []*operation) []Operation {
 
 func (s *Server) hBranchEndpoints(w http.ResponseWriter, r *http.Request) {
 	s.read(w, r, func() (any, *APIError) {
-		p, e := s.projectLocked(r.PathValue("project_id"))
-		if e != nil {
-			return nil, e
-		}
-		b, e := s.branchLocked(p, r.PathValue("branch_id"))
+		_, b, e := s.pathBranchLocked(r)
 		if e != nil {
 			return nil, e
 		}
@@ -1040,11 +1046,7 @@ func (s *Server) roleLocked(r *http.Request) (*project, *branch, *role, *APIErro
 
 func (s *Server) hListRoles(w http.ResponseWriter, r *http.Request) {
 	s.read(w, r, func() (any, *APIError) {
-		p, e := s.projectLocked(r.PathValue("project_id"))
-		if e != nil {
-			return nil, e
-		}
-		b, e := s.branchLocked(p, r.PathValue("branch_id"))
+		_, b, e := s.pathBranchLocked(r)
 		if e != nil {
 			return nil, e
 		}
@@ -1121,11 +1123,7 @@ func (s *Server) hResetPassword(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) hListDatabases(w http.ResponseWriter, r *http.Request) {
 	s.read(w, r, func() (any, *APIError) {
-		p, e := s.projectLocked(r.PathValue("project_id"))
-		if e != nil {
-			return nil, e
-		}
-		b, e := s.branchLocked(p, r.PathValue("branch_id"))
+		_, b, e := s.pathBranchLocked(r)
 		if e != nil {
 			return nil, e
 		}
@@ -1139,11 +1137,7 @@ func (s *Server) hListDatabases(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) hGetDatabase(w http.ResponseWriter, r *http.Request) {
 	s.read(w, r, func() (any, *APIError) {
-		p, e := s.projectLocked(r.PathValue("project_id"))
-		if e != nil {
-			return nil, e
-		}
-		b, e := s.branchLocked(p, r.PathValue("branch_id"))
+		_, b, e := s.pathBranchLocked(r)
 		if e != nil {
 			return nil, e
 		}
