@@ -22,7 +22,18 @@ if [ ${#pkgs[@]} -eq 0 ]; then
   exit 0
 fi
 
+# PgBouncer alone is optional outside CI (only `bench --self` uses it): when
+# it cannot be installed here, say so and go on.
+cannot_install() {
+  if [ "${pkgs[*]}" = "pgbouncer" ] && [ "${CI:-}" != "true" ]; then
+    echo "install-deps: pgbouncer not installed ($1); bench --self will skip its PgBouncer targets" >&2
+    exit 0
+  fi
+}
+
 SUDO=""
+if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null; then cannot_install "not root and no sudo"; fi
+if ! command -v apt-get >/dev/null; then cannot_install "no apt-get"; fi
 if [ "$(id -u)" -ne 0 ]; then
   if command -v sudo >/dev/null; then SUDO="sudo"; else
     echo "install-deps: ${pkgs[*]} missing and this is not root (and there is no sudo):" >&2
