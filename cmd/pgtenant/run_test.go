@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -264,5 +265,26 @@ func TestServeRefusesBadConfig(t *testing.T) {
 	err := run(context.Background(), []string{"serve"}, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), envPassword) {
 		t.Fatalf("serve without secrets: %v", err)
+	}
+}
+
+// A catalog opened with another key fails at start, saying what to do.
+func TestServeWrongCatalogKey(t *testing.T) {
+	c := pgtest.Shared(t)
+	db := pgtest.CreateDB(t, c)
+	t.Setenv(envPassword, "serve-secret")
+	t.Setenv(envAdminDSN, c.AdminDSN("postgres"))
+	t.Setenv(envCatalogDSN, c.AdminDSN(db))
+	cfg := writeFile(t, "listen: 127.0.0.1:0\nprovider:\n  local:\n    prefix: k_\n")
+
+	t.Setenv(envCatalogKey, resolver.NewKey())
+	_, _, stop := startRun(t, regexp.MustCompile(`routing tenants on (\S+)`), "serve", "--config", cfg)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(envCatalogKey, resolver.NewKey())
+	err := run(context.Background(), []string{"serve", "--config", cfg}, io.Discard, io.Discard)
+	if !errors.Is(err, resolver.ErrKeyMismatch) || !strings.Contains(err.Error(), envCatalogKey) {
+		t.Fatalf("serve with another key: %v", err)
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -216,7 +217,7 @@ func runRouter(ctx context.Context, fc fileConfig, log *slog.Logger, ready func(
 		return err
 	}
 	defer catPool.Close()
-	cat, err := resolver.OpenCatalog(ctx, catPool, key)
+	cat, err := openCatalog(ctx, catPool, key)
 	if err != nil {
 		return err
 	}
@@ -261,6 +262,17 @@ func runRouter(ctx context.Context, fc fileConfig, log *slog.Logger, ready func(
 	log.Info("router listening", "addr", ln.Addr().String(), "auth", pcfg.Auth.String(), "provider", parts.prov.Name())
 	ready(ln.Addr())
 	return srv.Serve(ctx, ln)
+}
+
+// openCatalog opens the catalog and says what to do when the key is not
+// the one the catalog was written with.
+func openCatalog(ctx context.Context, pool *pgxpool.Pool, key []byte) (*resolver.Catalog, error) {
+	cat, err := resolver.OpenCatalog(ctx, pool, key)
+	if errors.Is(err, resolver.ErrKeyMismatch) {
+		return nil, fmt.Errorf("%w at %s: set %s to the key it was created with, or point catalog.dsn (%s) at another database",
+			err, hostOf(pool.Config()), envCatalogKey, envCatalogDSN)
+	}
+	return cat, err
 }
 
 // openPool connects a pool and checks that it can reach the server, so that

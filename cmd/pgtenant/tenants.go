@@ -137,7 +137,7 @@ func openAdmin(ctx context.Context, fc fileConfig, log *slog.Logger) (*admin, er
 		parts.close()
 		return nil, err
 	}
-	cat, err := resolver.OpenCatalog(ctx, pool, key)
+	cat, err := openCatalog(ctx, pool, key)
 	if err != nil {
 		pool.Close()
 		parts.close()
