@@ -8,6 +8,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"regexp"
 	"strings"
 	"sync/atomic"
@@ -144,6 +145,15 @@ func New(cfg Config) (*Handler, error) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})
 	h.mux.Handle("/v1/", h.authorize(api))
+	// Profiles (issue: profile before optimising), behind the same token:
+	// they reveal code paths and can cost CPU.
+	prof := http.NewServeMux()
+	prof.HandleFunc("/debug/pprof/", pprof.Index)
+	prof.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	prof.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	prof.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	prof.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	h.mux.Handle("/debug/pprof/", h.authorize(prof))
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path+" (see /metrics, /healthz, /readyz, /v1/tenants)")
 	})

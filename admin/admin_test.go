@@ -103,6 +103,21 @@ func TestAPIAuth(t *testing.T) {
 		}
 	}
 	e.do(t, "GET", "/v1/tenants", 200, nil)
+	// Profiles need the token too.
+	for token, want := range map[string]int{"": 401, adminToken: 200} {
+		req, _ := http.NewRequest("GET", e.api.URL+"/debug/pprof/goroutine?debug=1", nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := e.api.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("pprof with token set=%v: %d, want %d", token != "", resp.StatusCode, want)
+		}
+	}
 	// Unknown API paths are 404, but only once authenticated.
 	if status, _ := e.call(t, "GET", "/v1/nothing", ""); status != 401 {
 		t.Errorf("unknown API path without a token: %d, want 401", status)
