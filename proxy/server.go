@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -645,7 +646,7 @@ func retryableUpstream(err error) bool {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		switch {
-		case pgErr.Code[:2] == "28", pgErr.Code == "3D000":
+		case strings.HasPrefix(pgErr.Code, "28"), pgErr.Code == "3D000":
 			return true // stale credentials or database
 		}
 		return false
@@ -656,14 +657,19 @@ func retryableUpstream(err error) bool {
 func upstreamError(tenant string, rt resolver.Route, err error) error {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
-		if pgErr.Code[:2] == "28" {
+		if strings.HasPrefix(pgErr.Code, "28") {
 			return clientErr(codeCannotConnect,
 				fmt.Sprintf("the database of tenant %q refused the router's login", tenant),
 				"The router's stored credentials for this tenant are out of date; ask an operator to re-provision the tenant.", err)
 		}
 		// The upstream's own refusal (too many connections, shutting down, ...)
-		// is meaningful to the client as it is.
-		return &ClientError{Code: pgErr.Code, Msg: "upstream: " + pgErr.Message, Hint: pgErr.Hint, Err: err}
+		// is meaningful to the client as it is. Some proxies (Neon's) send
+		// no SQLSTATE at all: the client still gets one.
+		code := pgErr.Code
+		if len(code) != 5 {
+			code = codeCannotConnect
+		}
+		return &ClientError{Code: code, Msg: "upstream: " + pgErr.Message, Hint: pgErr.Hint, Err: err}
 	}
 	return clientErr(codeConnectionFailure,
 		fmt.Sprintf("cannot connect to the database of tenant %q at %s", tenant, rt.Addr()),

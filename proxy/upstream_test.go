@@ -1,8 +1,13 @@
 package proxy
 
 import (
+	"errors"
 	"maps"
 	"testing"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgtenant/pgtenant/resolver"
 )
 
 func TestUpstreamParams(t *testing.T) {
@@ -49,5 +54,34 @@ func TestUpstreamTLSConfig(t *testing.T) {
 	}
 	if err := (&UpstreamConfig{EndpointOption: true}).validate(); err == nil {
 		t.Fatal("endpoint option without TLS accepted")
+	}
+}
+
+// Upstream errors map to client errors without panicking, whatever the
+// upstream put in its SQLSTATE field (Neon's proxy may send none).
+func TestUpstreamErrorCodes(t *testing.T) {
+	tests := []struct {
+		code      string
+		retryable bool
+		want      string
+	}{
+		{"28P01", true, codeCannotConnect},
+		{"3D000", true, "3D000"},
+		{"53300", false, "53300"},
+		{"", false, codeCannotConnect},
+		{"2", false, codeCannotConnect},
+	}
+	for _, tt := range tests {
+		err := &pgconn.PgError{Code: tt.code, Message: "no"}
+		if got := retryableUpstream(err); got != tt.retryable {
+			t.Errorf("code %q: retryable = %v", tt.code, got)
+		}
+		var ce *ClientError
+		if !errors.As(upstreamError("acme", resolver.Route{}, err), &ce) || ce.Code != tt.want {
+			t.Errorf("code %q: client gets %+v, want %s", tt.code, ce, tt.want)
+		}
+	}
+	if !retryableUpstream(errors.New("connection refused")) {
+		t.Error("a network error is not retried")
 	}
 }
