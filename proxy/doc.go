@@ -4,7 +4,8 @@
 // configured, also PostgreSQL 17's direct TLS), extracts and validates
 // the tenant ID, authenticates the client itself (SCRAM-SHA-256), resolves
 // the tenant to an upstream through a Resolver, logs in upstream with the
-// tenant's own credentials (pgconn, then Hijack), relays the session
+// tenant's own credentials (login.go: its own startup exchange, so the SCRAM
+// keys derived for a role are reused by its later logins), relays the session
 // parameters, hands the client its own cancel key and then pumps bytes both
 // ways until either side hangs up.
 //

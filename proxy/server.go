@@ -111,9 +111,7 @@ type Server struct {
 	cancels *cancelRegistry
 	log     *slog.Logger
 	dial    func(ctx context.Context, network, addr string) (net.Conn, error)
-	// upstreamBase is parsed once: pgconn configs must come from ParseConfig,
-	// and parsing per connection would re-read the environment each time.
-	upstreamBase *pgconn.Config
+	scram   *scramClients // upstream SCRAM clients, caching derived keys (login.go)
 
 	nextConn atomic.Uint64
 	conns    sync.WaitGroup
@@ -151,20 +149,16 @@ func New(cfg Config, r Resolver) (*Server, error) {
 	if dial == nil {
 		dial = cfg.KeepAlive.Dialer().DialContext
 	}
-	base, err := pgconn.ParseConfig("sslmode=disable")
-	if err != nil {
-		return nil, fmt.Errorf("proxy: upstream base config: %w", err)
-	}
 	return &Server{
-		cfg:          cfg,
-		res:          r,
-		auth:         auth,
-		cancels:      newCancelRegistry(cfg.InstanceID),
-		log:          log,
-		dial:         dial,
-		upstreamBase: base,
-		tls:          term,
-		lim:          newLimiter(&cfg),
+		cfg:     cfg,
+		res:     r,
+		auth:    auth,
+		cancels: newCancelRegistry(cfg.InstanceID),
+		log:     log,
+		dial:    dial,
+		scram:   newSCRAMClients(upstreamSCRAMCacheSize),
+		tls:     term,
+		lim:     newLimiter(&cfg),
 	}, nil
 }
 
@@ -587,7 +581,7 @@ func (s *Server) connectUpstream(ctx context.Context, tenant string, params map[
 			return nil, rt, resolveError(ctx, tenant, err)
 		}
 		dialStart := time.Now()
-		hj, err := s.dialUpstream(ctx, rt, s.cfg.Upstream.upstreamParams(params, rt.Host))
+		hj, err := s.login(ctx, rt, s.cfg.Upstream.upstreamParams(params, rt.Host))
 		if err == nil {
 			s.cfg.Metrics.upstreamConnected(dialStart)
 			return hj, rt, nil
@@ -598,46 +592,6 @@ func (s *Server) connectUpstream(ctx context.Context, tenant string, params map[
 		}
 	}
 	return nil, resolver.Route{}, lastErr
-}
-
-func (s *Server) dialUpstream(ctx context.Context, rt resolver.Route, params map[string]string) (*pgconn.HijackedConn, error) {
-	cfg := s.upstreamBase.Copy()
-	cfg.Host = rt.Host
-	cfg.Port = rt.Port
-	cfg.Database = rt.Database
-	cfg.User = rt.User
-	cfg.Password = rt.Password
-	cfg.TLSConfig = s.cfg.Upstream.tlsConfig(rt.Host)
-	cfg.Fallbacks = nil
-	cfg.ValidateConnect = nil
-	cfg.AfterConnect = nil
-	cfg.ConnectTimeout = 0 // ctx bounds it
-	cfg.RuntimeParams = params
-	cfg.DialFunc = s.dial
-	if s.cfg.DialUpstream != nil {
-		// The dialer decides where a host name leads (a dial override for
-		// a fake): pgconn must not resolve it first.
-		cfg.LookupFunc = func(_ context.Context, host string) ([]string, error) { return []string{host}, nil }
-	}
-	pc, err := pgconn.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return nil, err
-	}
-	// pgconn may still have a background read in flight (it starts one when
-	// a write is slow, as under a connection storm) or buffered bytes; either
-	// would steal the upstream's first reply from the pump.
-	if err := pc.SyncConn(ctx); err != nil {
-		_ = pc.Conn().Close()
-		return nil, err
-	}
-	hj, err := pc.Hijack()
-	if err != nil {
-		return nil, err
-	}
-	// The session keeps hj for its lifetime: drop what it no longer needs,
-	// above all the Frontend's read and write buffers.
-	hj.Frontend, hj.Config, hj.CustomData = nil, nil, nil
-	return hj, nil
 }
 
 // retryableUpstream reports whether a failed upstream login may succeed with
