@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -183,6 +184,28 @@ func TestDev(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "via=catalog") {
 		t.Errorf("restarted dev did not route from the catalog:\n%s", stderr.String())
+	}
+
+	// Someone else took the recorded port: Postgres moves to another one
+	// after a while, and the stored route must follow it.
+	port, err := os.ReadFile(filepath.Join(dir, "data", "port"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp4", "127.0.0.1:"+strings.TrimSpace(string(port)))
+	if err != nil {
+		t.Fatalf("take the recorded port: %v", err)
+	}
+	defer ln.Close()
+	m, stderr, stop = startRun(t, psqlLine, args...)
+	if got := query(t, m[1], "SELECT body FROM notes"); got != "survives restarts" {
+		t.Fatalf("after moving port: %q", got)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(stderr.String(), `stored routes updated" from=`+strings.TrimSpace(string(port))) || !strings.Contains(stderr.String(), "routes=1") {
+		t.Errorf("dev did not say it updated the stored route:\n%s", stderr.String())
 	}
 }
 

@@ -947,11 +947,11 @@ func firstPort(dir string, want int, log *slog.Logger) (port uint16, explicit bo
 		switch {
 		case err != nil || n == 0:
 			log.Warn("ignoring unreadable port file", "path", path)
-		case portFree(uint16(n)):
+		case waitPortFree(uint16(n), recordedPortWait):
 			return uint16(n), false, nil
 		default:
-			// Routes stored with the old host:port will need updating; still
-			// better than refusing to start.
+			// Routes stored with the old host:port need updating (pgtenant
+			// dev does that); still better than refusing to start.
 			log.Warn("recorded port is in use, picking another", "port", n)
 		}
 	}
@@ -970,6 +970,24 @@ func randomPort() (uint16, error) {
 		}
 	}
 	return 0, fmt.Errorf("local: no free port in [%d, %d] on %s after 100 tries", minRandomPort, maxRandomPort, localhost)
+}
+
+// recordedPortWait is how long a restart waits for its recorded port: the
+// usual holder is this directory's previous postmaster, still exiting.
+const recordedPortWait = 10 * time.Second
+
+// waitPortFree polls until p is free or wait has passed.
+func waitPortFree(p uint16, wait time.Duration) bool {
+	deadline := time.Now().Add(wait)
+	for {
+		if portFree(p) {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 func portFree(p uint16) bool {
