@@ -1,9 +1,11 @@
 package bench
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 )
@@ -34,7 +36,10 @@ const (
 	// Cold connects to NewTenants tenants that do not exist yet, each once,
 	// and measures the time from starting to connect to the first query's
 	// result (which includes creating the tenant's database behind a
-	// router). Duration does not apply.
+	// router). A target with a Target.Cold hook is timed on the hook
+	// instead. Up to Concurrency new tenants are in flight at once, or as
+	// many as a round has if fewer (NewTenants / Rounds). Duration does
+	// not apply.
 	Cold Scenario = "cold"
 )
 
@@ -65,12 +70,25 @@ type Target struct {
 	// "postgres://{tenant}:secret@127.0.0.1:6432/app"; a DSN without one is
 	// used as is for every tenant (for example Postgres itself, the
 	// baseline). It usually holds a password: it never appears in errors or
-	// reports.
+	// reports. It may be empty for a target with a Cold hook, which then
+	// runs in the Cold scenario only.
 	DSN string
 	// PID is the process serving the target (the router), whose VmRSS and
 	// thread count are read from /proc/PID/status before and after each
 	// round. Zero means not measured.
 	PID int
+	// Cold, when set, replaces connecting and querying in the Cold
+	// scenario: for each new tenant Run calls Cold with a tenant ID no run
+	// has used, and records the time until it returns as that tenant's time
+	// to first query, or counts its error by class (SQLSTATE, "network" or
+	// "timeout") like a failed connect. It lets a baseline that is not a
+	// router, such as a bare CREATE DATABASE on the server, stand next to
+	// the routers in the same rounds; the bench package itself stays
+	// unaware of what it does. Run calls it from up to Concurrency
+	// goroutines at once, each call under ConnectTimeout (behind a router,
+	// creating a tenant happens within its connect); it must return when
+	// ctx ends. Such a target reports no connects or queries in Cold.
+	Cold func(ctx context.Context, tenant string) error
 }
 
 // String returns the label and the DSN with its password masked, so a
@@ -313,8 +331,12 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("target label %q used twice", l))
 		}
 		seen[l] = true
-		if strings.TrimSpace(t.DSN) == "" {
+		switch {
+		case strings.TrimSpace(t.DSN) != "":
+		case t.Cold == nil:
 			errs = append(errs, fmt.Errorf("target %s: empty DSN", l))
+		case slices.ContainsFunc(c.scenarios(), func(sc Scenario) bool { return sc != Cold }):
+			errs = append(errs, fmt.Errorf("target %s: no DSN, only a Cold hook: it can run the cold scenario only", l))
 		}
 		if t.PID < 0 {
 			errs = append(errs, fmt.Errorf("target %s: negative PID %d", l, t.PID))

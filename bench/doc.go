@@ -19,7 +19,9 @@
 //   - storm: a fresh connection for every query
 //   - idle: connections held without traffic, then probed once
 //   - scale: steady at 1, 2, 4, ... Tenants tenants
-//   - cold: the first connect of NewTenants tenants that do not exist yet
+//   - cold: the first connect of NewTenants tenants that do not exist yet;
+//     a target may do its own work per new tenant instead (Target.Cold),
+//     e.g. a bare CREATE DATABASE as the baseline routers are held to
 //
 // Every scenario runs against each target in turn, in rounds (A B A B ...),
 // because on a shared, noisy machine only side-by-side ratios mean
@@ -60,6 +62,7 @@
 //	          "ttfq_count": 5,          // cold only: new tenants that answered a first query,
 //	          "ttfq_p50_ms": 210.0, "ttfq_p90_ms": 260.1, "ttfq_p99_ms": 270.3, "ttfq_max_ms": 270.3,
 //	                                    //   and the time from starting to connect to that answer
+//	                                    //   (a target with a Cold hook: its calls, and their time)
 //	          "rss_before_kb": 20480,   // only for a target with a PID: VmRSS before the first round,
 //	          "rss_after_kb": 24576,    //   at the end of the last round (connections still open),
 //	          "rss_delta_kb": 4096,     //   mean growth per round,

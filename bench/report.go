@@ -102,8 +102,9 @@ type Result struct {
 }
 
 // TTFQ is the time to first query of Cold's new tenants: from starting to
-// connect to the first query's result. Count is the number of new tenants
-// that got that far.
+// connect to the first query's result (for a target with a Target.Cold
+// hook, the time the hook took). Count is the number of new tenants that
+// got that far.
 type TTFQ struct {
 	Count int64   `json:"ttfq_count"`
 	P50Ms float64 `json:"ttfq_p50_ms"`

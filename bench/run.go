@@ -114,7 +114,8 @@ type target struct {
 	dsn   string
 	pid   int
 	templ bool
-	cfgs  []*pgconn.Config // per tenant if templ, else just one
+	cfgs  []*pgconn.Config                               // per tenant if templ, else just one; none without a DSN
+	cold  func(ctx context.Context, tenant string) error // Target.Cold
 }
 
 // config returns the connection config of tenant i.
@@ -141,10 +142,13 @@ func newRunner(cfg Config) (*runner, error) {
 	r := &runner{cfg: cfg, runID: hex.EncodeToString(b), start: time.Now()}
 	n := cfg.tenants()
 	for i, tc := range cfg.Targets {
-		t := &target{label: cfg.label(i), dsn: tc.DSN, pid: tc.PID, templ: tc.Templated()}
+		t := &target{label: cfg.label(i), dsn: tc.DSN, pid: tc.PID, templ: tc.Templated(), cold: tc.Cold}
 		count := 1
-		if t.templ {
+		switch {
+		case t.templ:
 			count = n
+		case strings.TrimSpace(t.dsn) == "":
+			count = 0 // a Cold hook only (Validate)
 		}
 		for j := range count {
 			cc, err := t.parse(r.tenantID(j))
@@ -365,7 +369,7 @@ func (r *runner) idle(ctx context.Context, t *target, tenants int, a *acc, windo
 }
 
 // cold connects to k new tenants, Concurrency at a time, and records each
-// one's time to first query.
+// one's time to first query; a target with a Cold hook calls it instead.
 func (r *runner) cold(ctx context.Context, t *target, k int, a *acc) {
 	before, okBefore := r.proc(t)
 	r.setPhase("connect")
@@ -374,6 +378,11 @@ func (r *runner) cold(ctx context.Context, t *target, k int, a *acc) {
 	for range k {
 		if ctx.Err() != nil {
 			break
+		}
+		if t.cold != nil {
+			tenant := r.newTenantID()
+			g.Go(func() error { r.coldHook(ctx, t, tenant, a); return nil })
+			continue
 		}
 		cc := t.cfgs[0]
 		if t.templ {
@@ -402,6 +411,19 @@ func (r *runner) cold(ctx context.Context, t *target, k int, a *acc) {
 	if okBefore && okAfter {
 		a.proc.note(before, after, 0)
 	}
+}
+
+// coldHook runs t's Cold hook for tenant under ConnectTimeout and records
+// its time as the tenant's time to first query, or counts its failure.
+func (r *runner) coldHook(ctx context.Context, t *target, tenant string, a *acc) {
+	cctx, cancel := context.WithTimeout(ctx, r.cfg.connectTimeout())
+	defer cancel()
+	t0 := time.Now()
+	if err := t.cold(cctx, tenant); err != nil {
+		r.fail(ctx, a, err)
+		return
+	}
+	a.ttfq.Record(time.Since(t0))
 }
 
 // warmup connects once to every tenant of every templated target, so that

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/pgtenant/pgtenant/bench"
 	"github.com/pgtenant/pgtenant/internal/pgtest"
 )
@@ -384,6 +386,7 @@ func TestConfigValidate(t *testing.T) {
 		{"unknown scenario", bench.Config{Targets: []bench.Target{ok}, Scenarios: []bench.Scenario{"burst"}}, "unknown scenario"},
 		{"negative tenants", bench.Config{Targets: []bench.Target{ok}, Tenants: -1}, "tenants must not be negative"},
 		{"negative rate", bench.Config{Targets: []bench.Target{ok}, Rate: -5}, "rate"},
+		{"cold hook outside cold", bench.Config{Targets: []bench.Target{{Label: "h", Cold: func(context.Context, string) error { return nil }}}}, "cold scenario only"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -424,5 +427,96 @@ func TestBadPID(t *testing.T) {
 	_, err := bench.Run(context.Background(), bench.Config{Targets: []bench.Target{{DSN: "postgres://u@127.0.0.1/db", PID: 1 << 30}}})
 	if err == nil || !strings.Contains(err.Error(), "PID") {
 		t.Fatalf("Run with a PID that does not exist = %v", err)
+	}
+}
+
+// barrierHook is a Target.Cold hook that holds every call until n calls
+// are in flight at once, so a run whose Cold is less concurrent than n
+// stalls (and times out) instead of passing. It fails its first call with
+// failCode, if set.
+type barrierHook struct {
+	n        int
+	failCode string
+	all      chan struct{} // closed when n calls are in flight
+
+	mu      sync.Mutex
+	tenants []string // guarded by mu; every call's, in order
+}
+
+func newBarrierHook(n int, failCode string) *barrierHook {
+	return &barrierHook{n: n, failCode: failCode, all: make(chan struct{})}
+}
+
+func (h *barrierHook) cold(ctx context.Context, tenant string) error {
+	h.mu.Lock()
+	h.tenants = append(h.tenants, tenant)
+	first := len(h.tenants) == 1
+	if len(h.tenants) == h.n { // no call returns before this one: n in flight
+		close(h.all)
+	}
+	h.mu.Unlock()
+	select {
+	case <-h.all:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if first && h.failCode != "" {
+		return &pgconn.PgError{Code: h.failCode}
+	}
+	return nil
+}
+
+// TestColdHook runs Cold against two targets that have only a Cold hook:
+// each new tenant gets one call with an ID of its own, Concurrency calls
+// run at once, the hook's time is the time to first query (with ratios to
+// the first target), and its failures are counted by class.
+func TestColdHook(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	const k = 8
+	base, other := newBarrierHook(k, ""), newBarrierHook(k, "53300")
+	rep := runBench(t, bench.Config{
+		Targets: []bench.Target{
+			{Label: "create-database", Cold: base.cold},
+			{Label: "router", Cold: other.cold},
+		},
+		Scenarios:   []bench.Scenario{bench.Cold},
+		NewTenants:  k,
+		Concurrency: k,
+		Rounds:      1,
+	})
+	s := scenario(t, rep, 0, bench.Cold)
+	if s.Tenants != k || s.Rounds != 1 || len(s.Results) != 2 || s.Results[0].Target != "create-database" {
+		t.Fatalf("cold: %+v", s)
+	}
+	seen := map[string]bool{}
+	for _, h := range []*barrierHook{base, other} {
+		for _, tn := range h.tenants {
+			if seen[tn] || !strings.HasPrefix(tn, "bench_new_") {
+				t.Errorf("tenant %q: reused or misnamed", tn)
+			}
+			seen[tn] = true
+		}
+	}
+	if len(seen) != 2*k {
+		t.Errorf("hooks saw %d tenants, want %d", len(seen), 2*k)
+	}
+	b, o := result(t, s, "create-database"), result(t, s, "router")
+	for _, r := range []bench.Result{b, o} {
+		checkSane(t, r)
+		if r.Connects != 0 || r.Queries != 0 || r.TTFQ == nil || r.TTFQ.P50Ms <= 0 || r.ElapsedMs <= 0 {
+			t.Errorf("%s: %d connects, %d queries, ttfq %+v, elapsed %v", r.Target, r.Connects, r.Queries, r.TTFQ, r.ElapsedMs)
+		}
+	}
+	if b.TTFQ.Count != k || b.ErrorsTotal != 0 {
+		t.Errorf("create-database: %d first queries, errors %v; want %d, none", b.TTFQ.Count, b.Errors, k)
+	}
+	if o.TTFQ.Count != k-1 || o.Errors["53300"] != 1 || o.ErrorsTotal != 1 {
+		t.Errorf("router: %d first queries, errors %v; want %d and one 53300", o.TTFQ.Count, o.Errors, k-1)
+	}
+	if got, want := o.Ratio["ttfq_count"], float64(k-1)/k; got != want {
+		t.Errorf("router ttfq_count ratio %v, want %v", got, want)
+	}
+	if got, want := o.Ratio["ttfq_p50_ms"], o.TTFQ.P50Ms/b.TTFQ.P50Ms; got != want {
+		t.Errorf("router ttfq_p50_ms ratio %v, want %v", got, want)
 	}
 }

@@ -41,7 +41,14 @@ and transaction mode (if installed) and the router (pgtenant serve, as child
 processes), and compares direct, pgbouncer-session, pgbouncer-transaction,
 router and router-pgbouncer on the same tenant databases, with SCRAM logins
 everywhere and the routers' and PgBouncers' memory measured; all of it is
-removed when the run ends.
+removed when the run ends. --self-targets picks some of them, and only what
+those need is started, e.g. for ~10,000 idle connections through the router
+to PgBouncer:
+  pgtenant bench --self --self-targets pgbouncer-transaction,router-pgbouncer \
+      --scenario idle --tenants 980 --conns-per-tenant 10 --duration 60s --rounds 1
+Cold compares the routers with create-database, a bare CREATE DATABASE ...
+TEMPLATE per new tenant on the same cluster, which is the baseline:
+  pgtenant bench --self --scenario cold --new-tenants 100 --concurrency 100 --rounds 1
 
 The table goes to standard output, a live progress line to standard error when
 it is a terminal. --json writes the report in the shape documented in
@@ -77,6 +84,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	jsonPath := fs.String("json", "", "also write the report as JSON to this file")
 	htmlPath := fs.String("report", "", "also write the report as a self-contained HTML page with plots (latency CDFs, connections and throughput over time) to this file, e.g. bench.html")
 	self := fs.Bool("self", false, "start Postgres, PgBouncer and the router in a temporary directory and compare them (no --dsn, --compare, --label or --pid: it sets them)")
+	selfTargetNames := fs.StringSlice("self-targets", nil, "with --self: the targets to start and compare, comma-separated, from "+
+		strings.Join(selfTargets, ", ")+" (default all); they run in that order, the first chosen as the baseline, and cold adds "+selfCreateDatabase+" as its baseline")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, benchUsage)
 		fs.PrintDefaults()
@@ -94,6 +103,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if fs.NArg() > 0 {
 			return fmt.Errorf("%w: unexpected arguments %q with --self", errUsage, fs.Args())
 		}
+	case fs.Changed("self-targets"):
+		return fmt.Errorf("%w: --self-targets applies only with --self", errUsage)
 	case fs.NArg() == 1 && *dsn == "":
 		*dsn = fs.Arg(0)
 	case fs.NArg() > 0:
@@ -126,24 +137,34 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if cfg.Scenarios, err = benchScenarios(*scenarioNames, fs.Changed("scenario"), *storm, *newTenants); err != nil {
 		return err
 	}
-	runFn := bench.Run
+	runFn, against := bench.Run, joinLabels
 	if *self { // benchself.go
-		env, err := startSelf(ctx, cfg, stderr)
+		var chosen []string // nil: the default
+		if fs.Changed("self-targets") {
+			if chosen, err = parseSelfTargets(*selfTargetNames, cfg.Scenarios); err != nil {
+				return err
+			}
+		}
+		env, err := startSelf(ctx, cfg, chosen, stderr)
 		if err != nil {
 			return err
 		}
 		defer env.close()
 		cfg.Targets, runFn = env.targets, env.run
+		against = func([]bench.Target) string { return env.against(cfg.Scenarios) }
 	} else if cfg.Targets, err = benchTargets(append([]string{*dsn}, *compare...), *labels, *pids); err != nil {
 		return err
 	}
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	if !*self { // startSelf says these before starting anything
+		checkFileLimit(stderr, cfg.MaxOpenConns())
+		noteColdConcurrency(stderr, cfg)
+	}
 
-	checkFileLimit(stderr, cfg.MaxOpenConns())
 	fmt.Fprintf(stderr, "pgtenant bench: %s against %s; %d round(s) of %v per scenario and target\n",
-		joinScenarios(cfg.Scenarios), joinLabels(cfg.Targets), cfg.Rounds, cfg.Duration/time.Duration(cfg.Rounds))
+		joinScenarios(cfg.Scenarios), against(cfg.Targets), cfg.Rounds, cfg.Duration/time.Duration(cfg.Rounds))
 	live := isTerminal(stderr)
 	if live {
 		cfg.Progress = func(p bench.Progress) { fmt.Fprint(stderr, "\r\x1b[K"+progressLine(p)) }
@@ -255,8 +276,8 @@ func benchScenarios(names []string, given, storm bool, newTenants int) ([]bench.
 }
 
 // checkFileLimit raises the open-file limit and says what it is, warning
-// when it is lower than the run needs.
-func checkFileLimit(w io.Writer, conns int) {
+// when it is lower than the run needs. It returns the limits it left.
+func checkFileLimit(w io.Writer, conns int) bench.FileLimit {
 	fl, err := bench.RaiseFileLimit()
 	switch {
 	case err != nil:
@@ -271,6 +292,32 @@ func checkFileLimit(w io.Writer, conns int) {
 			"connections beyond that fail as network errors. Raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) or lower --tenants/--conns-per-tenant\n",
 			conns, fl.Soft)
 	}
+	return fl
+}
+
+// noteColdConcurrency says when Cold cannot have --concurrency first
+// connects in flight at once: it spreads its new tenants over the rounds,
+// and a round with fewer new tenants than that has only as many in flight.
+func noteColdConcurrency(w io.Writer, cfg bench.Config) {
+	if !slices.Contains(cfg.Scenarios, bench.Cold) {
+		return
+	}
+	n := cfg.NewTenants
+	if n <= 0 {
+		n = max(cfg.Tenants, 1)
+	}
+	rounds := max(1, min(max(cfg.Rounds, 1), n)) // as bench.Run does
+	k := max(cfg.Concurrency, 1)
+	if n >= k*rounds {
+		return
+	}
+	per := strconv.Itoa(n / rounds)
+	if n%rounds != 0 {
+		per += "-" + strconv.Itoa(n/rounds+1)
+	}
+	fmt.Fprintf(w, "pgtenant bench: note: cold spreads %d new tenants per target over %d round(s), %s a round, so fewer than --concurrency %d "+
+		"first connects are in flight at once; for %d at once in every round give --new-tenants %d (or fewer --rounds)\n",
+		n, rounds, per, k, k, k*rounds)
 }
 
 func progressLine(p bench.Progress) string {

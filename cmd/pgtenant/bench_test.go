@@ -85,7 +85,8 @@ func TestBenchHelpDocumentsEveryFlag(t *testing.T) {
 	for _, flag := range []string{
 		"--dsn", "--compare", "--label", "--tenants", "--conns-per-tenant", "--tenant-prefix", "--query",
 		"--duration", "--ramp", "--rounds", "--new-conn-per-query", "--new-tenants", "--rate", "--scenario",
-		"--concurrency", "--connect-timeout", "--query-timeout", "--no-warmup", "--pid", "--json",
+		"--concurrency", "--connect-timeout", "--query-timeout", "--no-warmup", "--pid", "--json", "--report",
+		"--self", "--self-targets",
 	} {
 		if !strings.Contains(help, flag+" ") && !strings.Contains(help, flag+"[") {
 			t.Errorf("help does not document %s:\n%s", flag, help)
@@ -111,6 +112,7 @@ func TestBenchFlagErrors(t *testing.T) {
 		{"negative rate", []string{"--dsn", "x", "--rate", "-1"}, "rate must not be negative"},
 		{"stray argument", []string{"--dsn", "x", "y"}, "unexpected arguments"},
 		{"duplicate labels", []string{"--dsn", "x", "--compare", "y", "--label", "a", "--label", "a"}, "used twice"},
+		{"self-targets without self", []string{"--dsn", "x", "--self-targets", "router"}, "--self-targets applies only with --self"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -180,5 +182,33 @@ func TestProgressLine(t *testing.T) {
 	want := "scale (8 tenants) round 2/3 router: run  open 80  connects 160  queries 12345  errors 1  [1m2s]"
 	if got != want {
 		t.Errorf("progress line\n got %q\nwant %q", got, want)
+	}
+}
+
+func TestNoteColdConcurrency(t *testing.T) {
+	cold := []bench.Scenario{bench.Cold, bench.Steady}
+	tests := []struct {
+		name string
+		cfg  bench.Config
+		want string // empty: no note
+	}{
+		{"enough per round", bench.Config{Scenarios: cold, NewTenants: 20, Rounds: 2, Concurrency: 10}, ""},
+		{"half a round", bench.Config{Scenarios: cold, NewTenants: 10, Rounds: 2, Concurrency: 10},
+			"cold spreads 10 new tenants per target over 2 round(s), 5 a round, so fewer than --concurrency 10 first connects are in flight at once; " +
+				"for 10 at once in every round give --new-tenants 20"},
+		{"uneven rounds", bench.Config{Scenarios: cold, NewTenants: 7, Rounds: 2, Concurrency: 4}, "3-4 a round"},
+		{"uneven but enough", bench.Config{Scenarios: cold, NewTenants: 5, Rounds: 2, Concurrency: 2}, ""},
+		{"no more rounds than tenants", bench.Config{Scenarios: cold, NewTenants: 2, Rounds: 3, Concurrency: 2}, "over 2 round(s), 1 a round"},
+		{"new tenants default to tenants", bench.Config{Scenarios: cold, Tenants: 4, Rounds: 1, Concurrency: 8}, "4 new tenants"},
+		{"no cold", bench.Config{Scenarios: []bench.Scenario{bench.Steady}, Rounds: 3, Concurrency: 100}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var b strings.Builder
+			noteColdConcurrency(&b, tt.cfg)
+			if got := b.String(); (tt.want == "") != (got == "") || !strings.Contains(got, tt.want) {
+				t.Errorf("note %q, want %q", got, tt.want)
+			}
+		})
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -28,51 +29,23 @@ var selfDirLine = regexp.MustCompile(`in (/\S*pgtenant-bench-self-\d+)`)
 
 // TestBenchSelf runs `pgtenant bench --self` briefly: Postgres, the two
 // PgBouncers and the two routers come up, every target answers without an
-// error, Cold goes to the routers only, and everything is gone afterwards.
+// error, Cold goes to create-database and the routers only, and everything
+// is gone afterwards.
 func TestBenchSelf(t *testing.T) {
 	pgtest.CheckGoroutines(t)
-	_, haveBouncer := bench.HavePgBouncer()
+	haveBouncer := checkPgBouncer(t)
 	if !haveBouncer {
-		if ci, _ := strconv.ParseBool(os.Getenv("CI")); ci {
-			t.Fatal("pgbouncer is not installed; CI installs it (scripts/install-deps.sh)")
-		}
 		t.Log("pgbouncer is not installed: checking the three targets without it")
 	}
-	t.Setenv(asPgtenantEnv, "1")
-	jsonPath := filepath.Join(t.TempDir(), "report.json")
-	var stdout, stderr syncBuf
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	err := run(ctx, []string{
-		"bench", "--self", "--tenants", "2", "--conns-per-tenant", "2", "--duration", "1s", "--rounds", "1",
-		"--new-tenants", "1", "--json", jsonPath,
-	}, &stdout, &stderr)
-	if err != nil {
-		if ci, _ := strconv.ParseBool(os.Getenv("CI")); errors.Is(err, local.ErrNoPostgres) && !ci {
-			t.Skipf("no PostgreSQL: %v", err)
-		}
-		t.Fatalf("bench --self: %v\nstderr:\n%s", err, stderr.String())
-	}
-	logs := stderr.String()
-	if strings.Contains(logs, "warning:") {
-		t.Errorf("stderr has warnings:\n%s", logs)
-	}
+	rep, logs := runSelf(t, "--tenants", "2", "--conns-per-tenant", "2", "--duration", "1s", "--rounds", "1", "--new-tenants", "1")
 
 	want := []string{selfDirect, selfBouncerSession, selfBouncerTx, selfRouter, selfRouterBouncer}
-	wantRouters := []string{selfRouter, selfRouterBouncer}
+	wantCold := []string{selfCreateDatabase, selfRouter, selfRouterBouncer}
 	if !haveBouncer {
-		want, wantRouters = []string{selfDirect, selfRouter}, []string{selfRouter}
+		want, wantCold = []string{selfDirect, selfRouter}, []string{selfCreateDatabase, selfRouter}
 		if !strings.Contains(logs, "pgbouncer is not installed") {
 			t.Errorf("no note about the missing pgbouncer:\n%s", logs)
 		}
-	}
-	b, err := os.ReadFile(jsonPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rep bench.Report
-	if err := json.Unmarshal(b, &rep); err != nil {
-		t.Fatalf("report JSON: %v", err)
 	}
 	if len(rep.Scenarios) != 2 || rep.Scenarios[0].Name != bench.Cold || rep.Scenarios[1].Name != bench.Steady || rep.Partial {
 		t.Fatalf("scenarios %+v, want cold then steady", rep.Scenarios)
@@ -80,11 +53,14 @@ func TestBenchSelf(t *testing.T) {
 	for _, s := range rep.Scenarios {
 		labels := want
 		if s.Name == bench.Cold {
-			labels = wantRouters
+			labels = wantCold
 		}
 		var got []string
 		for _, r := range s.Results {
 			got = append(got, r.Target)
+			if r.Target == selfCreateDatabase {
+				continue // TestBenchSelfCold
+			}
 			if r.ErrorsTotal != 0 || r.Connects == 0 || r.Queries == 0 || len(r.Ratio) == 0 {
 				t.Errorf("%s/%s: %d connects, %d queries, errors %v, ratio %v", s.Name, r.Target, r.Connects, r.Queries, r.Errors, r.Ratio)
 			}
@@ -100,9 +76,147 @@ func TestBenchSelf(t *testing.T) {
 			t.Errorf("%s targets %q, want %q", s.Name, got, labels)
 		}
 	}
+	checkSelfGone(t, logs)
+}
 
-	// Nothing left: no directory, no process started from it (Postgres,
-	// PgBouncer and the routers all name a file in it on their command line).
+// TestBenchSelfCold runs cold alone: create-database comes first, creates
+// a database per new tenant without an error, and the routers' figures are
+// ratios to its own.
+func TestBenchSelfCold(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	routers := []string{selfRouter}
+	if checkPgBouncer(t) {
+		routers = append(routers, selfRouterBouncer)
+	}
+	rep, logs := runSelf(t, "--scenario", "cold", "--new-tenants", "2", "--concurrency", "2", "--rounds", "1",
+		"--self-targets", strings.Join(routers, ","))
+	if strings.Contains(logs, "note: cold spreads") {
+		t.Errorf("2 new tenants at concurrency 2 in 1 round noted as less concurrent:\n%s", logs)
+	}
+	if want := "cold against " + selfCreateDatabase + " vs " + strings.Join(routers, " vs "); !strings.Contains(logs, want) {
+		t.Errorf("stderr does not say %q:\n%s", want, logs)
+	}
+	if len(rep.Scenarios) != 1 || rep.Scenarios[0].Name != bench.Cold {
+		t.Fatalf("scenarios %+v, want cold", rep.Scenarios)
+	}
+	s := rep.Scenarios[0]
+	var got []string
+	for _, r := range s.Results {
+		got = append(got, r.Target)
+	}
+	if want := append([]string{selfCreateDatabase}, routers...); strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("cold targets %q, want %q", got, want)
+	}
+	base := s.Results[0]
+	if base.TTFQ == nil || base.TTFQ.Count != 2 || base.TTFQ.P50Ms <= 0 || base.TTFQ.MaxMs < base.TTFQ.P50Ms ||
+		base.ElapsedMs <= 0 || base.ErrorsTotal != 0 || base.Connects != 0 || base.Process != nil {
+		t.Errorf("%s: %+v, ttfq %+v", base.Target, base, base.TTFQ)
+	}
+	if base.Ratio["ttfq_p50_ms"] != 1 {
+		t.Errorf("%s: ratio %v, want 1 for its own figures", base.Target, base.Ratio)
+	}
+	for _, r := range s.Results[1:] {
+		if r.TTFQ == nil || r.TTFQ.Count != 2 || r.ErrorsTotal != 0 {
+			t.Fatalf("%s: ttfq %+v, errors %v; want 2 new tenants, no error", r.Target, r.TTFQ, r.Errors)
+		}
+		for key, want := range map[string]float64{
+			"ttfq_count":  1,
+			"ttfq_p50_ms": r.TTFQ.P50Ms / base.TTFQ.P50Ms,
+			"ttfq_max_ms": r.TTFQ.MaxMs / base.TTFQ.MaxMs,
+			"elapsed_ms":  r.ElapsedMs / base.ElapsedMs,
+		} {
+			if got, ok := r.Ratio[key]; !ok || got != want {
+				t.Errorf("%s: ratio[%s] = %v (%v), want %v", r.Target, key, got, ok, want)
+			}
+		}
+		// Connects are the routers' own: create-database has none to be a ratio to.
+		if _, ok := r.Ratio["connects"]; ok {
+			t.Errorf("%s: a connects ratio to a target without connects", r.Target)
+		}
+	}
+	checkSelfGone(t, logs)
+}
+
+// TestBenchSelfChosenTargets runs idle against two targets that need
+// neither router nor the session PgBouncer: only the transaction PgBouncer
+// comes up, and the router that creates the tenants is stopped before the
+// run.
+func TestBenchSelfChosenTargets(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	if !checkPgBouncer(t) {
+		t.Skip("pgbouncer is not installed")
+	}
+	rep, logs := runSelf(t, "--scenario", "idle", "--tenants", "2", "--conns-per-tenant", "2", "--duration", "200ms", "--rounds", "1",
+		"--self-targets", selfBouncerTx+","+selfDirect) // run in selfTargets order whatever the order given
+	for _, want := range []string{"transaction pooling on", "stopping router: no router is among the targets", "idle against direct vs pgbouncer-transaction;"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, logs)
+		}
+	}
+	for _, unwanted := range []string{"session pooling", selfRouterBouncer} {
+		if strings.Contains(logs, unwanted) {
+			t.Errorf("stderr mentions %q, which was not chosen:\n%s", unwanted, logs)
+		}
+	}
+	if len(rep.Scenarios) != 1 || len(rep.Scenarios[0].Results) != 2 {
+		t.Fatalf("report %+v, want idle against two targets", rep)
+	}
+	for i, r := range rep.Scenarios[0].Results {
+		if want := []string{selfDirect, selfBouncerTx}[i]; r.Target != want || r.HeldConns != 4 || r.Queries != 4 || r.ErrorsTotal != 0 {
+			t.Errorf("result %d: %s held %d, %d queries, errors %v; want %s, 4, 4, none", i, r.Target, r.HeldConns, r.Queries, r.Errors, want)
+		}
+	}
+	checkSelfGone(t, logs)
+}
+
+// checkPgBouncer reports whether pgbouncer is installed; under CI it must be.
+func checkPgBouncer(t *testing.T) bool {
+	t.Helper()
+	_, ok := bench.HavePgBouncer()
+	if ci, _ := strconv.ParseBool(os.Getenv("CI")); !ok && ci {
+		t.Fatal("pgbouncer is not installed; CI installs it (scripts/install-deps.sh)")
+	}
+	return ok
+}
+
+// runSelf runs `pgtenant bench --self args...` and returns its JSON report
+// and its standard error, which must have no warning. It skips t when no
+// PostgreSQL is installed, except under CI.
+func runSelf(t *testing.T, args ...string) (bench.Report, string) {
+	t.Helper()
+	t.Setenv(asPgtenantEnv, "1")
+	jsonPath := filepath.Join(t.TempDir(), "report.json")
+	var stdout, stderr syncBuf
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	err := run(ctx, append([]string{"bench", "--self", "--json", jsonPath}, args...), &stdout, &stderr)
+	if err != nil {
+		if ci, _ := strconv.ParseBool(os.Getenv("CI")); errors.Is(err, local.ErrNoPostgres) && !ci {
+			t.Skipf("no PostgreSQL: %v", err)
+		}
+		t.Fatalf("bench --self: %v\nstderr:\n%s", err, stderr.String())
+	}
+	logs := stderr.String()
+	if strings.Contains(logs, "warning:") {
+		t.Errorf("stderr has warnings:\n%s", logs)
+	}
+	b, err := os.ReadFile(jsonPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep bench.Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatalf("report JSON: %v", err)
+	}
+	t.Logf("\n%s", stdout.String())
+	return rep, logs
+}
+
+// checkSelfGone checks that nothing of the --self run whose standard error
+// is logs is left: no directory, no process started from it (Postgres,
+// PgBouncer and the routers all name a file in it on their command line).
+func checkSelfGone(t *testing.T, logs string) {
+	t.Helper()
 	m := selfDirLine.FindStringSubmatch(logs)
 	if m == nil {
 		t.Fatalf("stderr does not name the directory:\n%s", logs)
@@ -129,6 +243,8 @@ func TestBenchSelfFlagErrors(t *testing.T) {
 		{"pid", []string{"--pid", "12"}, "--pid does not apply"},
 		{"stray argument", []string{"x"}, "unexpected arguments"},
 		{"invalid config", []string{"--rate", "-1"}, "rate must not be negative"},
+		{"unknown target", []string{"--self-targets", "direct,bouncer"}, `unknown target "bouncer"`},
+		{"cold without a router", []string{"--self-targets", "direct", "--new-tenants", "3"}, "choose router or router-pgbouncer too"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -181,5 +297,141 @@ func TestReadyWriter(t *testing.T) {
 	}
 	if len(w.addr) != 0 {
 		t.Error("a second address was passed on")
+	}
+}
+
+func TestParseSelfTargets(t *testing.T) {
+	steady, cold := []bench.Scenario{bench.Steady}, []bench.Scenario{bench.Cold, bench.Idle}
+	tests := []struct {
+		name  string
+		names []string
+		scs   []bench.Scenario
+		want  string // the targets, or the error's text
+	}{
+		{"run order, not the order given", []string{"router-pgbouncer", " pgbouncer-transaction"}, steady, "pgbouncer-transaction router-pgbouncer"},
+		{"all", []string{"router", "direct", "pgbouncer-session", "router-pgbouncer", "pgbouncer-transaction"}, steady,
+			"direct pgbouncer-session pgbouncer-transaction router router-pgbouncer"},
+		{"duplicates dropped", []string{"direct", "direct"}, steady, "direct"},
+		{"cold with a router", []string{"router-pgbouncer"}, cold, "router-pgbouncer"},
+		{"unknown", []string{"direct", "pgbouncer"}, steady,
+			`unknown target "pgbouncer" (valid: direct, pgbouncer-session, pgbouncer-transaction, router, router-pgbouncer)`},
+		{"empty name", []string{"direct", ""}, steady, `unknown target ""`},
+		{"none", []string{}, steady, "no target given"},
+		{"the cold baseline", []string{"create-database", "router"}, cold, "create-database is not chosen: it is cold's baseline"},
+		{"cold without a router", []string{"direct", "pgbouncer-transaction"}, cold, "choose router or router-pgbouncer too"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseSelfTargets(tt.names, tt.scs)
+			if err != nil {
+				if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), tt.want) {
+					t.Fatalf("parseSelfTargets(%q) = %v, want %q (a usage error)", tt.names, err, tt.want)
+				}
+				return
+			}
+			if strings.Join(got, " ") != tt.want {
+				t.Errorf("parseSelfTargets(%q) = %q, want %q", tt.names, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestSelfMaxConnections(t *testing.T) {
+	all := selfTargets
+	pooled := []string{selfBouncerTx, selfRouterBouncer}
+	idle := func(tenants, conns int) bench.Config {
+		return bench.Config{Scenarios: []bench.Scenario{bench.Idle}, Tenants: tenants, ConnsPerTenant: conns, Concurrency: 64}
+	}
+	tests := []struct {
+		name      string
+		cfg       bench.Config
+		targets   []string
+		max, need int
+	}{
+		// 64 + 980 auth_query + 2 pools x (980 databases + 64 probing) +
+		// one router's two pools of 64: far below one per connection.
+		{"9,800 idle through transaction pools", idle(980, 10), pooled, 3260, 3260},
+		// 2 x 9,800 (direct, router) + 9,800 + 980 (session) + ...: capped.
+		{"9,800 idle through everything", idle(980, 10), all, selfMaxConnectionsCap, 33768},
+		// Steady (no scenario) keeps a transaction pool as busy as its
+		// clients: 64 + 10 auth_query + 2 x C + one router's pools.
+		{"steady through transaction pools", bench.Config{Tenants: 10, ConnsPerTenant: 10, Concurrency: 64}, pooled, 402, 402},
+		// 64 + 2 x 1 + 1 + 1 + 1 (session) + 1 + 1 (tx) + 2 routers x 2 x 100
+		// + cold: 3 x 100 concurrent, 2 x 100 new databases behind PgBouncer.
+		{"cold at concurrency 100", bench.Config{Scenarios: []bench.Scenario{bench.Cold}, NewTenants: 100, Concurrency: 100}, all, 971, 971},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			gotMax, gotNeed := selfMaxConnections(tt.cfg, tt.targets)
+			if gotMax != tt.max || gotNeed != tt.need {
+				t.Errorf("selfMaxConnections = %d (need %d), want %d (need %d)", gotMax, gotNeed, tt.max, tt.need)
+			}
+			// Fewer targets never need more.
+			for _, l := range tt.targets {
+				fewer := slices.DeleteFunc(slices.Clone(tt.targets), func(x string) bool { return x == l })
+				if _, n := selfMaxConnections(tt.cfg, fewer); n > gotNeed {
+					t.Errorf("without %s: need %d > %d", l, n, gotNeed)
+				}
+			}
+		})
+	}
+}
+
+func TestSelfFileWarnings(t *testing.T) {
+	idle := func(tenants, conns int) bench.Config {
+		return bench.Config{Scenarios: []bench.Scenario{bench.Idle}, Tenants: tenants, ConnsPerTenant: conns, Concurrency: 64}
+	}
+	pooled := []string{selfBouncerTx, selfRouterBouncer}
+	tests := []struct {
+		name    string
+		cfg     bench.Config
+		targets []string
+		limit   uint64
+		want    []string // one substring per warning, in order
+	}{
+		{"9,800 through the router fit in 20000", idle(980, 10), pooled, 20000, nil},
+		// 2 x 10,000 + 64 + 2 pools x 64 = 20192 > 20000.
+		{"10,000 through the router do not", idle(1000, 10), pooled, 20000, []string{
+			"router-pgbouncer (pgtenant serve) may need 20192 open files (2 per connection for 1000 x 10 connections, plus 192 of its own) " +
+				"but the open-file limit is 20000: connections beyond about 9904 will fail. Lower --tenants x --conns-per-tenant to 9904 or less",
+		}},
+		{"every process over a small limit", idle(100, 10), selfTargets, 1500, []string{
+			"router (pgtenant serve)", "router-pgbouncer (pgtenant serve)", "PgBouncer in session mode",
+		}},
+		{"unknown limit", idle(1000, 100), selfTargets, 0, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := selfFileWarnings(tt.cfg, tt.targets, tt.limit)
+			if len(got) != len(tt.want) {
+				t.Fatalf("warnings %q, want %d", got, len(tt.want))
+			}
+			for i, w := range tt.want {
+				if !strings.Contains(got[i], w) || !strings.Contains(got[i], "ulimit -Hn") {
+					t.Errorf("warning %d: %q, want %q and what to change", i, got[i], w)
+				}
+			}
+		})
+	}
+}
+
+// TestSelfRouterConfig checks that the routers' configuration loads (no
+// unknown key) with pools that let Cold's creations all run at once.
+func TestSelfRouterConfig(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "router.yaml")
+	cfg := bench.Config{Scenarios: []bench.Scenario{bench.Cold}, NewTenants: 100, Concurrency: 100}
+	if err := os.WriteFile(path, []byte(selfRouterConfig(cfg, nil)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fc, err := loadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fc.Catalog.MaxConns != 100 || fc.Provider.Local.MaxConns != 100 || fc.Limits.MaxConcurrentCreates != 0 || fc.Limits.MaxHandshakes < 100 {
+		t.Errorf("catalog pool %d, admin pool %d, max concurrent creates %d, max handshakes %d; want 100, 100, 0 (no cap), >= 100",
+			fc.Catalog.MaxConns, fc.Provider.Local.MaxConns, fc.Limits.MaxConcurrentCreates, fc.Limits.MaxHandshakes)
+	}
+	if fc.Provider.Local.Template != local.DefaultTemplate {
+		t.Errorf("template %q: create-database clones %q", fc.Provider.Local.Template, local.DefaultTemplate)
 	}
 }
