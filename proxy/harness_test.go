@@ -76,14 +76,14 @@ type routerOpt func(*proxy.Config)
 // catalogDB lets a test restart a router on the same catalog.
 type catalogDB struct{ name string }
 
-func newCatalogDB(t *testing.T) catalogDB {
+func newCatalogDB(t testing.TB) catalogDB {
 	return catalogDB{name: pgtest.CreateDB(t, pgtest.Shared(t))}
 }
 
 var catalogKey = resolver.NewKey()
 
 // startRouter starts a router on 127.0.0.1:0 and stops it in t.Cleanup.
-func startRouter(t *testing.T, db catalogDB, opts ...routerOpt) *router {
+func startRouter(t testing.TB, db catalogDB, opts ...routerOpt) *router {
 	t.Helper()
 	c := pgtest.Shared(t)
 	ctx := context.Background()

@@ -386,14 +386,18 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	var up *pgconn.HijackedConn
 	var rt resolver.Route
 	err = onFreshStack(func() (err error) { up, rt, err = s.connectUpstream(cctx, tenant, p.params); return err })
+	cancel() // now: its timer and its place among ctx's children would last the session
 	if err != nil {
 		return s.fail(c, err)
 	}
-	defer up.Conn.Close()
-	stopUp := context.AfterFunc(ctx, func() { _ = up.Conn.Close() })
+	// Held sessions are most of the router's memory: nothing below keeps
+	// up (its parameter map) alive past the greeting, only the connection.
+	upConn := up.Conn
+	defer upConn.Close()
+	stopUp := context.AfterFunc(ctx, func() { _ = upConn.Close() })
 	defer stopUp()
 	sess.routed, sess.via, sess.upPID = true, rt.Via, up.PID
-	ls := &liveSession{session: sess, remote: c.RemoteAddr().String(), start: time.Now(), upstream: up.Conn}
+	ls := &liveSession{session: sess, remote: c.RemoteAddr().String(), start: time.Now(), upstream: upConn}
 	defer s.live.add(ls)()
 	if s.draining.Load() {
 		return s.fail(c, clientErr(codeCannotConnectNow, "the router is shutting down",
@@ -426,7 +430,7 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	}
 	_ = c.SetDeadline(time.Time{}) // from here on liveness is TCP keepalive's job
 
-	err = relay(c, up.Conn, ls)
+	err = relay(c, upConn, ls)
 	sess.killedBy = ls.killed.Load() // why the router ended it, if it did (metrics)
 	return err
 }
