@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/md5" //nolint:gosec // Postgres' md5 password method, for upstreams still configured with it
 	"encoding/binary"
@@ -8,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"sync"
 	"time"
 
@@ -98,10 +101,16 @@ func (s *Server) login(ctx context.Context, rt resolver.Route, params map[string
 		return nil, err
 	}
 
+	// The upstream sends its greeting (a dozen ParameterStatus messages and
+	// more) in one or two segments: buffered, it costs a read or two, not
+	// two per message.
+	br := loginReaders.Get().(*bufio.Reader)
+	br.Reset(conn)
+	defer func() { br.Reset(nil); loginReaders.Put(br) }()
 	hj := &pgconn.HijackedConn{TLSConfig: tlsCfg, ParameterStatuses: make(map[string]string, 16)}
 	var conv *scram.ClientConversation
 	for {
-		typ, body, err := readBackendMessage(conn)
+		typ, body, err := readBackendMessage(br)
 		if err != nil {
 			return nil, err
 		}
@@ -186,6 +195,12 @@ func (s *Server) login(ctx context.Context, rt resolver.Route, params map[string
 				return nil, ctx.Err()
 			}
 			hj.Conn, ok = conn, true
+			if n := br.Buffered(); n > 0 {
+				// The upstream already said more (a notice, say): it
+				// belongs to the client, ahead of what the socket holds.
+				rest, _ := br.Peek(n)
+				hj.Conn = &prefixedConn{Conn: conn, prefix: bytes.Clone(rest)}
+			}
 			return hj, nil
 		case 'E':
 			var m pgproto3.ErrorResponse
@@ -203,6 +218,24 @@ func (s *Server) login(ctx context.Context, rt resolver.Route, params map[string
 	}
 }
 
+// loginReaders are the buffered readers of upstream logins in progress.
+var loginReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+
+// prefixedConn is a connection whose first reads return prefix.
+type prefixedConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixedConn) Read(p []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
 func writeFrontend(w io.Writer, m pgproto3.FrontendMessage) error {
 	buf, err := m.Encode(nil)
 	if err != nil {
@@ -212,8 +245,7 @@ func writeFrontend(w io.Writer, m pgproto3.FrontendMessage) error {
 	return err
 }
 
-// readBackendMessage reads one message exactly (no read-ahead: what follows
-// ReadyForQuery belongs to the pump).
+// readBackendMessage reads one message from r.
 func readBackendMessage(r io.Reader) (byte, []byte, error) {
 	var hdr [5]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
