@@ -86,6 +86,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	self := fs.Bool("self", false, "start Postgres, PgBouncer and the router in a temporary directory and compare them (no --dsn, --compare, --label or --pid: it sets them)")
 	selfTargetNames := fs.StringSlice("self-targets", nil, "with --self: the targets to start and compare, comma-separated, from "+
 		strings.Join(selfTargets, ", ")+" (default all); they run in that order, the first chosen as the baseline, and cold adds "+selfCreateDatabase+" as its baseline")
+	selfSpares := fs.Int("self-spares", 0, "with --self: spare databases the routers keep cloned ahead of demand (provider.local.spares); cold then measures a new tenant taking one")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, benchUsage)
 		fs.PrintDefaults()
@@ -105,6 +106,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 	case fs.Changed("self-targets"):
 		return fmt.Errorf("%w: --self-targets applies only with --self", errUsage)
+	case fs.Changed("self-spares"):
+		return fmt.Errorf("%w: --self-spares applies only with --self", errUsage)
 	case fs.NArg() == 1 && *dsn == "":
 		*dsn = fs.Arg(0)
 	case fs.NArg() > 0:
@@ -145,7 +148,10 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 				return err
 			}
 		}
-		env, err := startSelf(ctx, cfg, chosen, stderr)
+		if *selfSpares < 0 {
+			return fmt.Errorf("%w: --self-spares %d: want 0 or more", errUsage, *selfSpares)
+		}
+		env, err := startSelf(ctx, cfg, chosen, *selfSpares, stderr)
 		if err != nil {
 			return err
 		}

@@ -145,7 +145,7 @@ func parseSelfTargets(names []string, scs []bench.Scenario) ([]string, error) {
 // when nil every target, less PgBouncer's if pgbouncer is not installed.
 // Progress notes go to stderr. On error everything it started is stopped
 // again.
-func startSelf(ctx context.Context, cfg bench.Config, chosen []string, stderr io.Writer) (_ *selfBench, err error) {
+func startSelf(ctx context.Context, cfg bench.Config, chosen []string, spares int, stderr io.Writer) (_ *selfBench, err error) {
 	// Check the flags before starting anything.
 	probe := cfg
 	probe.Targets = []bench.Target{{Label: selfRouter, DSN: "postgres://{tenant}@127.0.0.1/app"}}
@@ -258,13 +258,13 @@ func startSelf(ctx context.Context, cfg bench.Config, chosen []string, stderr io
 	// Tenants are created through a router: the plain one if no router is
 	// chosen, stopped again once it has done that.
 	if has(selfRouter) || !has(selfRouterBouncer) {
-		if router, err = s.startRouter(ctx, exe, selfRouter, selfRouterConfig(cfg, nil), env); err != nil {
+		if router, err = s.startRouter(ctx, exe, selfRouter, selfRouterConfig(cfg, nil, spares), env); err != nil {
 			return nil, err
 		}
 		s.notef("router (pgtenant serve) %s on %s (pid %d)", selfRouter, router.addr, router.pid())
 	}
 	if has(selfRouterBouncer) {
-		if routerBouncer, err = s.startRouter(ctx, exe, selfRouterBouncer, selfRouterConfig(cfg, tx), env); err != nil {
+		if routerBouncer, err = s.startRouter(ctx, exe, selfRouterBouncer, selfRouterConfig(cfg, tx, spares), env); err != nil {
 			return nil, err
 		}
 		s.notef("router (pgtenant serve) %s on %s (pid %d, upstream through PgBouncer %s)",
@@ -281,6 +281,11 @@ func startSelf(ctx context.Context, cfg bench.Config, chosen []string, stderr io
 	grant := has(selfDirect) || has(selfBouncerSession) || has(selfBouncerTx)
 	if err := s.createTenants(ctx, cfg, creatorLabel, routerDSN(creator.addr), admin, grant); err != nil {
 		return nil, err
+	}
+	if spares > 0 {
+		if err := s.waitSpares(ctx, admin, spares); err != nil {
+			return nil, err
+		}
 	}
 	if router != nil && !has(selfRouter) {
 		s.notef("stopping %s: no router is among the targets, it only created the tenants", selfRouter)
@@ -500,7 +505,7 @@ func (s *selfBench) startBouncer(ctx context.Context, cfg bench.Config, mode str
 // selfRouterConfig is the router's configuration file. Secrets are not in
 // it but in the environment (selfRouterEnv). via, when set, is the
 // PgBouncer the router reaches Postgres through.
-func selfRouterConfig(cfg bench.Config, via *bench.PgBouncer) string {
+func selfRouterConfig(cfg bench.Config, via *bench.PgBouncer, spares int) string {
 	c := max(cfg.Tenants, 1) * max(cfg.ConnsPerTenant, 1)
 	var b strings.Builder
 	b.WriteString("# Written by pgtenant bench --self. Secrets come from the environment.\n")
@@ -514,7 +519,7 @@ func selfRouterConfig(cfg bench.Config, via *bench.PgBouncer) string {
 	// Concurrency of them at once, and the pools below let them all run.
 	b.WriteString("  max_concurrent_creates: 0\n")
 	fmt.Fprintf(&b, "catalog:\n  max_conns: %d\n", selfPoolConns(cfg))
-	fmt.Fprintf(&b, "provider:\n  local:\n    max_conns: %d\n", selfPoolConns(cfg))
+	fmt.Fprintf(&b, "provider:\n  local:\n    max_conns: %d\n    spares: %d\n", selfPoolConns(cfg), spares)
 	if via != nil {
 		fmt.Fprintf(&b, "upstream:\n  dial_override: %s\n", via.Addr())
 		// PgBouncer refuses startup parameters it does not track.
@@ -866,4 +871,29 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b) // never fails
 	return hex.EncodeToString(b)
+}
+
+// waitSpares waits until the routers have n spare databases ready, so that
+// cold measures a router in its steady state with spares.
+func (s *selfBench) waitSpares(ctx context.Context, admin *pgx.Conn, n int) error {
+	t0 := time.Now()
+	wctx, cancel := context.WithTimeout(ctx, selfStartTimeout)
+	defer cancel()
+	for {
+		var ready int
+		err := admin.QueryRow(wctx, `SELECT count(*) FROM pg_catalog.pg_database d
+			WHERE pg_catalog.shobj_description(d.oid, 'pg_database') = $1`, local.SpareMark(local.DefaultTemplate)).Scan(&ready)
+		switch {
+		case err != nil:
+			return fmt.Errorf("count the routers' spare databases: %w", err)
+		case ready >= n:
+			s.notef("%d spare databases ready after %v", ready, time.Since(t0).Round(time.Millisecond))
+			return nil
+		}
+		select {
+		case <-wctx.Done():
+			return fmt.Errorf("the routers made %d of %d spare databases in %v", ready, n, selfStartTimeout)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }

@@ -420,7 +420,7 @@ func TestSelfFileWarnings(t *testing.T) {
 func TestSelfRouterConfig(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "router.yaml")
 	cfg := bench.Config{Scenarios: []bench.Scenario{bench.Cold}, NewTenants: 100, Concurrency: 100}
-	if err := os.WriteFile(path, []byte(selfRouterConfig(cfg, nil)), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte(selfRouterConfig(cfg, nil, 2)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	fc, err := loadConfig(path)
@@ -430,6 +430,9 @@ func TestSelfRouterConfig(t *testing.T) {
 	if fc.Catalog.MaxConns != 100 || fc.Provider.Local.MaxConns != 100 || fc.Limits.MaxConcurrentCreates != 0 || fc.Limits.MaxHandshakes < 100 {
 		t.Errorf("catalog pool %d, admin pool %d, max concurrent creates %d, max handshakes %d; want 100, 100, 0 (no cap), >= 100",
 			fc.Catalog.MaxConns, fc.Provider.Local.MaxConns, fc.Limits.MaxConcurrentCreates, fc.Limits.MaxHandshakes)
+	}
+	if fc.Provider.Local.Spares != 2 {
+		t.Errorf("spares %d, want --self-spares' 2", fc.Provider.Local.Spares)
 	}
 	if fc.Provider.Local.Template != local.DefaultTemplate {
 		t.Errorf("template %q: create-database clones %q", fc.Provider.Local.Template, local.DefaultTemplate)

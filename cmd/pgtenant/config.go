@@ -142,6 +142,7 @@ type fileConfig struct {
 			Template    string `yaml:"template"`
 			Prefix      string `yaml:"prefix"`
 			Strategy    string `yaml:"strategy"`
+			Spares      int    `yaml:"spares"`
 			TemplateSQL string `yaml:"template_sql"`
 			MaxConns    int32  `yaml:"max_conns"`
 		} `yaml:"local"`

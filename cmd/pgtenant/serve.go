@@ -165,6 +165,7 @@ func buildProvider(ctx context.Context, fc fileConfig, log *slog.Logger, ensureT
 		Template: lc.Template,
 		Prefix:   lc.Prefix,
 		Strategy: lc.Strategy,
+		Spares:   lc.Spares,
 	}, admin)
 	parts.prov, parts.catalogDSN, parts.close = prov, lc.AdminDSN, admin.Close
 	if !ensureTemplate {
@@ -190,6 +191,13 @@ func buildProvider(ctx context.Context, fc fileConfig, log *slog.Logger, ensureT
 	case setupSQL != "":
 		log.Info("template database exists; template SQL not applied again (it runs once, when the template is created)",
 			"template", lc.Template, "template_sql", lc.TemplateSQL)
+	}
+	if lc.Spares > 0 {
+		// Spare databases are kept ready while the router runs.
+		sctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); prov.RunSpares(sctx, log) }()
+		parts.close = func() { cancel(); <-done; admin.Close() }
 	}
 	return parts, nil
 }

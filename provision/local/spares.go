@@ -1,0 +1,185 @@
+package local
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Spares: databases cloned ahead of demand. A spare is a database and a
+// NOLOGIN role of the same name, spareNamePrefix + random hex, made exactly
+// as a tenant's (cloneFor) and marked ready last, with a comment on the
+// database, so that a half-made spare (a crash, a failed step) is never
+// claimed. Create claims one by renaming both to the tenant's name and
+// giving the role its password, in one transaction: a new tenant then costs
+// a few catalog updates instead of a clone of the template (CREATE DATABASE
+// and the hand-over session dominate Create).
+const (
+	spareNamePrefix = "pgtenant_spare_"
+	// spareReady starts the comment that marks a spare complete; the
+	// template's name ends it (providers with other templates may share
+	// the server).
+	spareReady = "pgtenant spare, ready, from template "
+	// spareRetry is how long RunSpares waits after a failed refill.
+	spareRetry = 5 * time.Second
+	// spareRecheck is how often RunSpares recounts spares without being
+	// woken (another router instance may have claimed some).
+	spareRecheck = 30 * time.Second
+)
+
+// claimSpare renames a ready spare to name and lets it log in with
+// verifier. It reports false, leaving everything as it was, when no spare is
+// free or the claim fails (name is taken, say): Create then clones the
+// template as without spares.
+func (p *Provider) claimSpare(ctx context.Context, c *pgxpool.Conn, name, verifier string) bool {
+	rows, err := c.Query(ctx, `SELECT d.datname FROM pg_catalog.pg_database d
+		WHERE d.datname LIKE $1 AND pg_catalog.shobj_description(d.oid, 'pg_database') = $2
+		ORDER BY d.datname`, spareNamePrefix+"%", p.spareMark())
+	if err != nil {
+		return false
+	}
+	spares, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return false
+	}
+	for _, spare := range spares {
+		// Another instance may be claiming the same spare: the lock
+		// decides, without waiting.
+		var locked bool
+		if err := c.QueryRow(ctx, "SELECT pg_catalog.pg_try_advisory_lock($1::int4, $2::int4)",
+			int32(lockClass), lockKey(spare)).Scan(&locked); err != nil {
+			return false
+		}
+		if !locked {
+			continue
+		}
+		// One simple-protocol batch: one transaction, so a failure (the
+		// tenant's role exists already, say) leaves the spare intact.
+		_, err := c.Exec(ctx, "ALTER DATABASE "+ident(spare)+" RENAME TO "+ident(name)+"; "+
+			"ALTER ROLE "+ident(spare)+" RENAME TO "+ident(name)+"; "+
+			"ALTER ROLE "+ident(name)+" WITH LOGIN PASSWORD "+quoteLiteral(verifier)+"; "+
+			"COMMENT ON DATABASE "+ident(name)+" IS NULL")
+		_, uerr := c.Exec(context.WithoutCancel(ctx), "SELECT pg_catalog.pg_advisory_unlock($1::int4, $2::int4)",
+			int32(lockClass), lockKey(spare))
+		if uerr != nil {
+			// Keep no lock on a pooled connection.
+			_ = c.Conn().Close(context.WithoutCancel(ctx))
+			return err == nil && p.wake()
+		}
+		if err == nil {
+			return p.wake()
+		}
+		if ctx.Err() != nil || isDuplicate(err, "42710") || isDuplicate(err, "42P04") {
+			return false // name taken: the adopting path handles it
+		}
+		// Claimed by another instance meanwhile (3D000), or busy: next.
+	}
+	return false
+}
+
+// spareMark is the comment on this provider's ready spares.
+func (p *Provider) spareMark() string { return SpareMark(p.cfg.template()) }
+
+// SpareMark is the comment (COMMENT ON DATABASE) that marks a spare database
+// cloned from template as ready; a count of the databases carrying it is the
+// number of spares ready.
+func SpareMark(template string) string { return spareReady + template }
+
+// wake tells RunSpares a spare was taken. It returns true.
+func (p *Provider) wake() bool {
+	select {
+	case p.claimed <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// RunSpares keeps Config.Spares spares ready until ctx ends, making one at
+// a time (so that refilling competes little with tenants' own work). Errors
+// are logged to log and retried. It returns at once when Spares is zero.
+// Several router instances may run it on one server: each counts the
+// spares all of them made.
+func (p *Provider) RunSpares(ctx context.Context, log *slog.Logger) {
+	if p.cfg.Spares <= 0 {
+		return
+	}
+	for {
+		wait := spareRecheck
+		n, err := p.countSpares(ctx)
+		if err == nil && n < p.cfg.Spares {
+			if err = p.makeSpare(ctx); err == nil {
+				continue
+			}
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			log.Warn("local: making a spare database", "err", err)
+			wait = spareRetry
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-p.claimed:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// countSpares counts the ready spares.
+func (p *Provider) countSpares(ctx context.Context) (int, error) {
+	var n int
+	err := p.admin.QueryRow(ctx, `SELECT count(*) FROM pg_catalog.pg_database d
+		WHERE d.datname LIKE $1 AND pg_catalog.shobj_description(d.oid, 'pg_database') = $2`,
+		spareNamePrefix+"%", p.spareMark()).Scan(&n)
+	return n, err
+}
+
+// makeSpare makes one spare and marks it ready.
+func (p *Provider) makeSpare(ctx context.Context) error {
+	if err := p.cfg.Validate(); err != nil {
+		return err
+	}
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	name := spareNamePrefix + hex.EncodeToString(b)
+	c, err := p.admin.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Release()
+	if _, err := c.Exec(ctx, "CREATE ROLE "+ident(name)+" NOLOGIN"); err != nil {
+		return fmt.Errorf("create role: %w", err)
+	}
+	if err := p.cloneFor(ctx, c, name); err != nil {
+		return errors.Join(err, p.dropSpare(c, name))
+	}
+	if _, err := c.Exec(ctx, "COMMENT ON DATABASE "+ident(name)+" IS "+quoteLiteral(p.spareMark())); err != nil {
+		return errors.Join(fmt.Errorf("mark ready: %w", err), p.dropSpare(c, name))
+	}
+	return nil
+}
+
+// dropSpare removes what makeSpare made of name, best effort.
+func (p *Provider) dropSpare(c *pgxpool.Conn, name string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	if _, err := c.Exec(ctx, "DROP DATABASE IF EXISTS "+ident(name)); err != nil {
+		return fmt.Errorf("drop unfinished spare: %w", err)
+	}
+	if _, err := c.Exec(ctx, "DROP ROLE IF EXISTS "+ident(name)); err != nil {
+		return fmt.Errorf("drop unfinished spare's role: %w", err)
+	}
+	return nil
+}
