@@ -81,7 +81,7 @@ func TestSpares(t *testing.T) {
 	if !spares[dbOID(t, e, ep.Database)] {
 		t.Fatal("Create cloned the template although a spare was ready")
 	}
-	checkTenant(t, ep) // its role logs in, owns the schema, has the template's data
+	checkTenant(t, ep)           // its role logs in, owns the schema, has the template's data
 	after := waitSpares(t, e, 2) // refilled
 	for oid := range after {
 		if oid == dbOID(t, e, ep.Database) {
