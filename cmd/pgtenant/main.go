@@ -29,6 +29,7 @@ import (
 var version = "dev"
 
 func main() {
+	reexecWithSmallStacks() // stacks.go
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
