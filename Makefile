@@ -30,6 +30,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzExtractTenant$$' -fuzztime 100000x ./proxy
 	$(GO) test -run '^$$' -fuzz '^FuzzSplitTenantOption$$' -fuzztime 100000x ./proxy
 
-## bench: micro-benchmarks of the hot path.
+## bench: micro-benchmarks of the hot path, and an idle session's memory
+## (with the goroutine stack setting serve and dev run with: cmd/pgtenant/stacks.go).
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./resolver ./proxy
+	GODEBUG=adaptivestackstart=0 $(GO) test -run '^$$' -bench . -benchmem ./resolver ./proxy
