@@ -5,7 +5,10 @@ import (
 	"io"
 	"log/slog"
 	"runtime"
+	"sync"
 	"testing"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
@@ -37,13 +40,24 @@ func BenchmarkIdleSession(b *testing.B) {
 			}
 		}
 		s0, h0 := memNow()
+		var mu sync.Mutex
+		var g errgroup.Group
+		g.SetLimit(32)
 		for range sessions {
-			c, err := pgconn.Connect(ctx, dsn)
-			if err != nil {
-				closeAll()
-				b.Fatal(err)
-			}
-			conns = append(conns, c)
+			g.Go(func() error {
+				c, err := pgconn.Connect(ctx, dsn)
+				if err != nil {
+					return err
+				}
+				mu.Lock()
+				conns = append(conns, c)
+				mu.Unlock()
+				return nil
+			})
+		}
+		if err := g.Wait(); err != nil {
+			closeAll()
+			b.Fatal(err)
 		}
 		s1, h1 := memNow()
 		return float64(s1-s0) / sessions, float64(h1-h0) / sessions, closeAll

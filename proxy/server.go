@@ -256,6 +256,25 @@ type session struct {
 	sni       string // TLS server name the client sent
 
 	killedBy *ClientError // why the router ended the routed session, if it did (metrics)
+
+	// relay, set once the client has its ReadyForQuery, pumps the session
+	// until it ends; ServeConn runs it (see there why not serve).
+	relay func() error
+	// ends are what the session holds (its connection slot, upstream
+	// connection, cancel key, place in the registry), released in reverse
+	// order by ServeConn once the session is over.
+	ends []func()
+}
+
+// onEnd has f run when the session ends, before what was registered earlier.
+func (s *session) onEnd(f func()) { s.ends = append(s.ends, f) }
+
+// end releases what the session held, last registered first.
+func (s *session) end() {
+	for i := len(s.ends) - 1; i >= 0; i-- {
+		s.ends[i]()
+	}
+	s.ends = nil
 }
 
 // ServeConn handles one client connection and always closes c. It blocks
@@ -267,10 +286,23 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 	defer stop()
 
 	start := time.Now()
-	log := s.log.With("conn", s.nextConn.Add(1), "remote", c.RemoteAddr().String())
 	var sess session
-	s.cfg.Metrics.connOpened()
-	err := s.serve(ctx, c, &sess, log)
+	var log *slog.Logger
+	// The handshake (TLS, SCRAM, the upstream login, logging) runs deep
+	// call chains. Run on this goroutine, they would grow its stack, which
+	// then stays that size for the whole session; with many held, idle
+	// sessions, stacks are most of the router's memory. So it runs on a
+	// goroutine that ends with it, and this one relays on a stack that
+	// stayed small.
+	err := onFreshStack(func() error {
+		log = s.log.With("conn", s.nextConn.Add(1), "remote", c.RemoteAddr().String())
+		s.cfg.Metrics.connOpened()
+		return s.serve(ctx, c, &sess, log)
+	})
+	if err == nil && sess.relay != nil {
+		err = sess.relay()
+	}
+	sess.end()
 	s.cfg.Metrics.connClosed(s.outcome(ctx, &sess, err), &sess)
 
 	switch {
@@ -302,11 +334,8 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 	return nil
 }
 
-// onFreshStack runs f on a goroutine of its own and waits for it. The deep
-// call chains of the handshake (TLS, SCRAM, the upstream login) would grow
-// the session goroutine's stack, which then stays large for the whole
-// session (GC shrinks it only gradually); run there, they leave it small.
-// With many held, idle sessions, stacks are most of the router's memory.
+// onFreshStack runs f on a goroutine of its own and waits for it, so that
+// f's call chains do not grow the caller's stack (see ServeConn).
 func onFreshStack(f func() error) error {
 	errc := make(chan error, 1)
 	go func() { errc <- f() }()
@@ -329,7 +358,7 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	s.cfg.KeepAlive.apply(c)
 	_ = c.SetDeadline(time.Now().Add(s.cfg.handshakeTimeout()))
 	var p startupPacket
-	err = onFreshStack(func() (err error) { c, p, err = s.negotiate(c); return err }) // c: TLS from here on if the client asked
+	c, p, err = s.negotiate(c) // c: TLS from here on if the client asked
 	if err != nil {
 		return s.fail(c, err)
 	}
@@ -368,7 +397,7 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 		}
 	}
 	authStart := time.Now()
-	if err := onFreshStack(func() error { return s.authenticateClient(c, user, tenant) }); err != nil { // with the auth backoff (limits.go)
+	if err := s.authenticateClient(c, user, tenant); err != nil { // with the auth backoff (limits.go)
 		return s.fail(c, err)
 	}
 	s.cfg.Metrics.authDone(authStart)
@@ -377,7 +406,7 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	if err != nil {
 		return s.fail(c, err)
 	}
-	defer releaseSlot()
+	sess.onEnd(releaseSlot)
 
 	// Authenticated: only now may anything be resolved or created.
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.connectTimeout())
@@ -385,7 +414,7 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	_ = c.SetDeadline(time.Now().Add(s.cfg.connectTimeout()))
 	var up *pgconn.HijackedConn
 	var rt resolver.Route
-	err = onFreshStack(func() (err error) { up, rt, err = s.connectUpstream(cctx, tenant, p.params); return err })
+	up, rt, err = s.connectUpstream(cctx, tenant, p.params)
 	cancel() // now: its timer and its place among ctx's children would last the session
 	if err != nil {
 		return s.fail(c, err)
@@ -393,12 +422,11 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	// Held sessions are most of the router's memory: nothing below keeps
 	// up (its parameter map) alive past the greeting, only the connection.
 	upConn := up.Conn
-	defer upConn.Close()
 	stopUp := context.AfterFunc(ctx, func() { _ = upConn.Close() })
-	defer stopUp()
+	sess.onEnd(func() { stopUp(); _ = upConn.Close() })
 	sess.routed, sess.via, sess.upPID = true, rt.Via, up.PID
 	ls := &liveSession{session: sess, remote: c.RemoteAddr().String(), start: time.Now(), upstream: upConn}
-	defer s.live.add(ls)()
+	sess.onEnd(s.live.add(ls))
 	if s.draining.Load() {
 		return s.fail(c, clientErr(codeCannotConnectNow, "the router is shutting down",
 			"Connect again: another router instance (or this one, restarted) will take the session.", nil))
@@ -414,7 +442,7 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 		tlsConfig: up.TLSConfig,
 		dial:      s.dial,
 	})
-	defer release()
+	sess.onEnd(release)
 
 	var secret [4]byte
 	binary.BigEndian.PutUint32(secret[:], key.secret)
@@ -430,9 +458,12 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	}
 	_ = c.SetDeadline(time.Time{}) // from here on liveness is TCP keepalive's job
 
-	err = relay(c, upConn, ls)
-	sess.killedBy = ls.killed.Load() // why the router ended it, if it did (metrics)
-	return err
+	sess.relay = func() error {
+		err := relay(c, upConn, ls)
+		sess.killedBy = ls.killed.Load() // why the router ended it, if it did (metrics)
+		return err
+	}
+	return nil
 }
 
 // relay pumps bytes both ways until one side ends (or the session is
