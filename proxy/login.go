@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"sync"
 	"time"
 
@@ -199,7 +198,7 @@ func (s *Server) login(ctx context.Context, rt resolver.Route, params map[string
 				// The upstream already said more (a notice, say): it
 				// belongs to the client, ahead of what the socket holds.
 				rest, _ := br.Peek(n)
-				hj.Conn = &prefixedConn{Conn: conn, prefix: bytes.Clone(rest)}
+				hj.Conn = &prefixConn{Conn: conn, prefix: bytes.Clone(rest)} // tls.go
 			}
 			return hj, nil
 		case 'E':
@@ -220,21 +219,6 @@ func (s *Server) login(ctx context.Context, rt resolver.Route, params map[string
 
 // loginReaders are the buffered readers of upstream logins in progress.
 var loginReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
-
-// prefixedConn is a connection whose first reads return prefix.
-type prefixedConn struct {
-	net.Conn
-	prefix []byte
-}
-
-func (c *prefixedConn) Read(p []byte) (int, error) {
-	if len(c.prefix) > 0 {
-		n := copy(p, c.prefix)
-		c.prefix = c.prefix[n:]
-		return n, nil
-	}
-	return c.Conn.Read(p)
-}
 
 func writeFrontend(w io.Writer, m pgproto3.FrontendMessage) error {
 	buf, err := m.Encode(nil)

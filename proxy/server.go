@@ -257,9 +257,10 @@ type session struct {
 
 	killedBy *ClientError // why the router ended the routed session, if it did (metrics)
 
-	// relay, set once the client has its ReadyForQuery, pumps the session
-	// until it ends; ServeConn runs it (see there why not serve).
-	relay func() error
+	// client and live are set once the client has its ReadyForQuery:
+	// ServeConn then relays the session (see there why not serve).
+	client net.Conn
+	live   *liveSession
 	// ends are what the session holds (its connection slot, upstream
 	// connection, cancel key, place in the registry), released in reverse
 	// order by ServeConn once the session is over.
@@ -299,11 +300,22 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 		s.cfg.Metrics.connOpened()
 		return s.serve(ctx, c, &sess, log)
 	})
-	if err == nil && sess.relay != nil {
-		err = sess.relay()
+	if err == nil && sess.live != nil {
+		err = relay(sess.client, sess.live.upstream, sess.live)
+		sess.killedBy = sess.live.killed.Load() // why the router ended it, if it did (metrics)
 	}
+	return s.ended(ctx, &sess, log, start, err)
+}
+
+// ended releases what the session held, counts it and logs it. It is not
+// part of ServeConn so that ServeConn's frame, which is on the stack for the
+// whole relay, stays small: with it, the relay's call chain fits the
+// goroutine's first 2 KiB stack (see ServeConn).
+//
+//go:noinline
+func (s *Server) ended(ctx context.Context, sess *session, log *slog.Logger, start time.Time, err error) error {
 	sess.end()
-	s.cfg.Metrics.connClosed(s.outcome(ctx, &sess, err), &sess)
+	s.cfg.Metrics.connClosed(s.outcome(ctx, sess, err), sess)
 
 	switch {
 	case sess.cancelReq:
@@ -458,11 +470,7 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	}
 	_ = c.SetDeadline(time.Time{}) // from here on liveness is TCP keepalive's job
 
-	sess.relay = func() error {
-		err := relay(c, upConn, ls)
-		sess.killedBy = ls.killed.Load() // why the router ended it, if it did (metrics)
-		return err
-	}
+	sess.client, sess.live = c, ls
 	return nil
 }
 
