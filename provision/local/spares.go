@@ -66,11 +66,14 @@ func (p *Provider) claimSpare(ctx context.Context, c *pgxpool.Conn, name, verifi
 			"ALTER ROLE "+ident(spare)+" RENAME TO "+ident(name)+"; "+
 			"ALTER ROLE "+ident(name)+" WITH LOGIN PASSWORD "+quoteLiteral(verifier)+"; "+
 			"COMMENT ON DATABASE "+ident(name)+" IS NULL")
-		_, uerr := c.Exec(context.WithoutCancel(ctx), "SELECT pg_catalog.pg_advisory_unlock($1::int4, $2::int4)",
-			int32(lockClass), lockKey(spare))
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+		_, uerr := c.Exec(uctx, "SELECT pg_catalog.pg_advisory_unlock($1::int4, $2::int4)", int32(lockClass), lockKey(spare))
 		if uerr != nil {
 			// Keep no lock on a pooled connection.
-			_ = c.Conn().Close(context.WithoutCancel(ctx))
+			_ = c.Conn().Close(uctx)
+		}
+		cancel()
+		if uerr != nil {
 			return err == nil && p.wake()
 		}
 		if err == nil {
