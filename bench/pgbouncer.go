@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	mathrand "math/rand/v2"
 	"net"
 	"os"
@@ -15,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/pgtenant/pgtenant/internal/logtail"
 )
 
 // PgBouncer as a baseline: StartPgBouncer runs the distribution's pgbouncer
@@ -277,13 +278,13 @@ func (b *PgBouncer) waitReady(ctx context.Context) error {
 		}
 		select {
 		case <-b.done:
-			tail := bouncerLogTail(b.logPath)
+			tail := logtail.Since(b.logPath, 0)
 			if strings.Contains(tail, "Address already in use") {
 				return fmt.Errorf("%w: %d", errBouncerPortTaken, b.port)
 			}
 			return fmt.Errorf("bench: pgbouncer exited during start-up: %w%s", b.exitErr, tail)
 		case <-ctx.Done():
-			return fmt.Errorf("bench: waiting for pgbouncer on %s: %w%s", b.Addr(), ctx.Err(), bouncerLogTail(b.logPath))
+			return fmt.Errorf("bench: waiting for pgbouncer on %s: %w%s", b.Addr(), ctx.Err(), logtail.Since(b.logPath, 0))
 		case <-tick.C:
 		}
 	}
@@ -486,29 +487,4 @@ func bouncerFreePort() (int, error) {
 		}
 	}
 	return 0, fmt.Errorf("bench: no free port in [%d, %d] on 127.0.0.1 after 100 tries", bouncerMinPort, bouncerMaxPort)
-}
-
-// bouncerLogTail returns the last lines of the log at path, formatted to be
-// appended to an error message.
-func bouncerLogTail(path string) string {
-	const maxBytes, maxLines = 4 << 10, 10
-	f, err := os.Open(path)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return ""
-	}
-	from := max(0, fi.Size()-maxBytes)
-	b, _ := io.ReadAll(io.NewSectionReader(f, from, fi.Size()-from))
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > maxLines {
-		lines = lines[len(lines)-maxLines:]
-	}
-	if len(lines) == 1 && lines[0] == "" {
-		return ""
-	}
-	return fmt.Sprintf("\n%s (last lines):\n\t%s", path, strings.Join(lines, "\n\t"))
 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"time"
 
@@ -137,7 +138,7 @@ func (s *Server) login(ctx context.Context, rt resolver.Route, params map[string
 				if err := m.Decode(body); err != nil {
 					return nil, err
 				}
-				if !containsString(m.AuthMechanisms, "SCRAM-SHA-256") {
+				if !slices.Contains(m.AuthMechanisms, "SCRAM-SHA-256") {
 					return nil, fmt.Errorf("upstream offers no SCRAM-SHA-256 (offers %q)", m.AuthMechanisms)
 				}
 				cl, err := s.scram.get(rt.User, rt.Password)
@@ -252,13 +253,4 @@ func md5Password(user, password string, salt []byte) string {
 	inner := hex.EncodeToString(h[:])
 	h = md5.Sum(append([]byte(inner), salt...)) //nolint:gosec // protocol-mandated
 	return "md5" + hex.EncodeToString(h[:])
-}
-
-func containsString(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgtenant/pgtenant/provision"
@@ -332,4 +333,21 @@ func (c *Catalog) open(tenant string, enc []byte) (string, error) {
 		return "", fmt.Errorf("%w (the password of tenant %q does not decrypt)", ErrKeyMismatch, tenant)
 	}
 	return string(pt), nil
+}
+
+// MoveRoutes points the routes of provider stored with port from at port to,
+// in the catalog that conn reaches, and returns how many it changed. A local
+// server that had to move to another port keeps its tenants this way. A
+// database without a catalog yet has no routes to move.
+func MoveRoutes(ctx context.Context, conn *pgx.Conn, provider string, from, to uint16) (int64, error) {
+	tag, err := conn.Exec(ctx, `UPDATE pgtenant.tenants SET port = $1 WHERE provider = $2 AND port = $3`,
+		int32(to), provider, int32(from))
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && (pgErr.Code == "42P01" || pgErr.Code == "3F000") {
+		return 0, nil // undefined table or schema: no catalog yet
+	}
+	if err != nil {
+		return 0, fmt.Errorf("resolver: move routes to port %d: %w", to, err)
+	}
+	return tag.RowsAffected(), nil
 }

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/pgtenant/pgtenant/bench"
+	"github.com/pgtenant/pgtenant/internal/logtail"
 	"github.com/pgtenant/pgtenant/provision/local"
 	"github.com/pgtenant/pgtenant/resolver"
 )
@@ -767,14 +768,14 @@ func startRouterProc(ctx context.Context, exe, config, logPath string, env []str
 	case r.addr = <-ready.addr:
 		return r, nil
 	case <-r.done:
-		return nil, fmt.Errorf("pgtenant serve exited during start-up: %w%s", r.exitErr, fileTail(logPath))
+		return nil, fmt.Errorf("pgtenant serve exited during start-up: %w%s", r.exitErr, logtail.Since(logPath, 0))
 	case <-ctx.Done():
 		err = ctx.Err()
 	case <-t.C:
 		err = errors.New("pgtenant serve did not start listening in time")
 	}
 	r.kill()
-	return nil, fmt.Errorf("%w%s", err, fileTail(logPath))
+	return nil, fmt.Errorf("%w%s", err, logtail.Since(logPath, 0))
 }
 
 func (r *routerProc) wait() {
@@ -799,12 +800,12 @@ func (r *routerProc) stop(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	r.kill()
-	return fmt.Errorf("router (pid %d) did not exit on SIGTERM: killed it%s", r.pid(), fileTail(r.logPath))
+	return fmt.Errorf("router (pid %d) did not exit on SIGTERM: killed it%s", r.pid(), logtail.Since(r.logPath, 0))
 }
 
 func (r *routerProc) exitStatus() error {
 	if r.exitErr != nil {
-		return fmt.Errorf("router (pid %d): %w%s", r.pid(), r.exitErr, fileTail(r.logPath))
+		return fmt.Errorf("router (pid %d): %w%s", r.pid(), r.exitErr, logtail.Since(r.logPath, 0))
 	}
 	return nil
 }
@@ -843,30 +844,6 @@ func (w *readyWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// fileTail returns the last lines of a log file, to append to an error.
-func fileTail(path string) string {
-	const maxBytes = 4 << 10
-	f, err := os.Open(path)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return ""
-	}
-	from := max(0, fi.Size()-maxBytes)
-	b, _ := io.ReadAll(io.NewSectionReader(f, from, fi.Size()-from))
-	if len(strings.TrimSpace(string(b))) == 0 {
-		return ""
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > 10 {
-		lines = lines[len(lines)-10:]
-	}
-	return fmt.Sprintf("\n%s (last lines):\n\t%s", path, strings.Join(lines, "\n\t"))
-}
-
 func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b) // never fails
@@ -880,9 +857,7 @@ func (s *selfBench) waitSpares(ctx context.Context, admin *pgx.Conn, n int) erro
 	wctx, cancel := context.WithTimeout(ctx, selfStartTimeout)
 	defer cancel()
 	for {
-		var ready int
-		err := admin.QueryRow(wctx, `SELECT count(*) FROM pg_catalog.pg_database d
-			WHERE pg_catalog.shobj_description(d.oid, 'pg_database') = $1`, local.SpareMark(local.DefaultTemplate)).Scan(&ready)
+		ready, err := local.ReadySpares(wctx, admin, local.DefaultTemplate)
 		switch {
 		case err != nil:
 			return fmt.Errorf("count the routers' spare databases: %w", err)

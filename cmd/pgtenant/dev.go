@@ -10,12 +10,10 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/spf13/pflag"
 
 	"github.com/pgtenant/pgtenant/provision/local"
@@ -76,7 +74,6 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 
 	fmt.Fprintf(stdout, "pgtenant dev: starting Postgres in %s ...\n", dir)
-	prevPort := devRecordedPort(dir)
 	cl, err := local.StartCluster(ctx, local.ClusterConfig{
 		Dir:      dir,
 		Port:     *pgPort,
@@ -94,8 +91,8 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 	}()
 
-	if prevPort != 0 && prevPort != cl.Port() && *provider != "neon-fake" {
-		if err := devRehomeRoutes(ctx, cl, prevPort, log); err != nil {
+	if cl.MovedFrom() != 0 && *provider != "neon-fake" {
+		if err := devMoveRoutes(ctx, cl, log); err != nil {
 			return err
 		}
 	}
@@ -206,37 +203,19 @@ func devCatalogKey(path string) (string, error) {
 	return key, nil
 }
 
-// devRecordedPort is the port the cluster in dir last listened on, or 0.
-func devRecordedPort(dir string) uint16 {
-	b, err := os.ReadFile(filepath.Join(dir, "port"))
-	if err != nil {
-		return 0
-	}
-	n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 16)
-	if err != nil {
-		return 0
-	}
-	return uint16(n)
-}
-
-// devRehomeRoutes points the catalog's local routes at the cluster's new
+// devMoveRoutes points the catalog's local routes at the cluster's new
 // port: the cluster had to move (its recorded port was taken), and every
 // stored route still names the old one.
-func devRehomeRoutes(ctx context.Context, cl *local.Cluster, oldPort uint16, log *slog.Logger) error {
+func devMoveRoutes(ctx context.Context, cl *local.Cluster, log *slog.Logger) error {
 	conn, err := pgx.Connect(ctx, cl.AdminDSN("postgres"))
 	if err != nil {
 		return fmt.Errorf("update the catalog's routes to port %d: %w", cl.Port(), err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	tag, err := conn.Exec(ctx, `UPDATE pgtenant.tenants SET port = $1 WHERE provider = 'local' AND port = $2`,
-		int32(cl.Port()), int32(oldPort))
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && (pgErr.Code == "42P01" || pgErr.Code == "3F000") {
-		return nil // no catalog yet
-	}
+	n, err := resolver.MoveRoutes(ctx, conn, "local", cl.MovedFrom(), cl.Port())
 	if err != nil {
-		return fmt.Errorf("update the catalog's routes to port %d: %w", cl.Port(), err)
+		return err
 	}
-	log.Warn("postgres moved to another port; stored routes updated", "from", oldPort, "to", cl.Port(), "routes", tag.RowsAffected())
+	log.Warn("postgres moved to another port; stored routes updated", "from", cl.MovedFrom(), "to", cl.Port(), "routes", n)
 	return nil
 }

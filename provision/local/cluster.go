@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgtenant/pgtenant/internal/logtail"
 )
 
 // Local cluster management.
@@ -149,6 +151,9 @@ type Cluster struct {
 	cmd     *exec.Cmd
 	logPath string
 	logFrom int64 // size of postgres.log before this postmaster started
+	// movedFrom is the port recorded by the previous start, when this one
+	// had to take another (see MovedFrom).
+	movedFrom uint16
 
 	ready    atomic.Bool   // set once the postmaster accepted a login
 	stopping atomic.Bool   // set before we signal the postmaster
@@ -205,7 +210,7 @@ func StartCluster(ctx context.Context, cfg ClusterConfig) (*Cluster, error) {
 		return nil, err
 	}
 	// Before initdb: a taken explicit port should fail fast.
-	port, explicit, err := firstPort(dir, cfg.Port, log)
+	port, recorded, explicit, err := firstPort(dir, cfg.Port, log)
 	if err != nil {
 		return nil, err
 	}
@@ -229,6 +234,9 @@ func StartCluster(ctx context.Context, cfg ClusterConfig) (*Cluster, error) {
 				_ = c.halt()
 				return nil, err
 			}
+			if recorded != 0 && recorded != port {
+				c.movedFrom = recorded
+			}
 			return c, nil
 		}
 		if !errors.Is(err, errPortTaken) || explicit || attempt == portAttempts {
@@ -246,6 +254,11 @@ func (c *Cluster) Host() string { return localhost }
 
 // Port returns the TCP port the cluster listens on.
 func (c *Cluster) Port() uint16 { return c.port }
+
+// MovedFrom returns the port the previous start recorded when this start had
+// to take another one (the recorded port was taken), else 0. Anything stored
+// with the old port, such as tenants' routes, needs updating.
+func (c *Cluster) MovedFrom() uint16 { return c.movedFrom }
 
 // AdminUser returns the superuser's name, "postgres".
 func (c *Cluster) AdminUser() string { return adminUser }
@@ -932,31 +945,34 @@ func settingArgs(settings map[string]string) ([]string, error) {
 	return args, nil
 }
 
-// firstPort returns the port for the first start attempt and whether the
-// caller asked for it explicitly (explicit ports are never replaced).
-func firstPort(dir string, want int, log *slog.Logger) (port uint16, explicit bool, err error) {
-	if want != 0 {
-		if !portFree(uint16(want)) {
-			return 0, true, fmt.Errorf("local: port %d on %s is in use", want, localhost)
-		}
-		return uint16(want), true, nil
-	}
+// firstPort returns the port for the first start attempt, the port recorded
+// by the previous start (0 if none), and whether the caller asked for the
+// port explicitly (explicit ports are never replaced).
+func firstPort(dir string, want int, log *slog.Logger) (port, recorded uint16, explicit bool, err error) {
 	path := filepath.Join(dir, "port")
 	if b, err := os.ReadFile(path); err == nil {
 		n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 16)
-		switch {
-		case err != nil || n == 0:
+		if err != nil || n == 0 {
 			log.Warn("ignoring unreadable port file", "path", path)
-		case waitPortFree(uint16(n), recordedPortWait):
-			return uint16(n), false, nil
-		default:
-			// Routes stored with the old host:port need updating (pgtenant
-			// dev does that); still better than refusing to start.
-			log.Warn("recorded port is in use, picking another", "port", n)
+		} else {
+			recorded = uint16(n)
 		}
 	}
+	switch {
+	case want != 0:
+		if !portFree(uint16(want)) {
+			return 0, recorded, true, fmt.Errorf("local: port %d on %s is in use", want, localhost)
+		}
+		return uint16(want), recorded, true, nil
+	case recorded != 0 && waitPortFree(recorded, recordedPortWait):
+		return recorded, recorded, false, nil
+	case recorded != 0:
+		// Routes stored with the old host:port need updating (MovedFrom);
+		// still better than refusing to start.
+		log.Warn("recorded port is in use, picking another", "port", recorded)
+	}
 	port, err = randomPort()
-	return port, false, err
+	return port, recorded, false, err
 }
 
 // randomPort picks a random port in [minRandomPort, maxRandomPort] that is
@@ -1028,28 +1044,10 @@ func rotateLog(path string) error {
 	return nil
 }
 
-// logTail returns the last lines written to the log at or after offset
-// from, formatted to be appended to an error message.
+// logTail is logtail.Since, saying so when the log has nothing new.
 func logTail(path string, from int64) string {
-	const maxBytes, maxLines = 8 << 10, 20
-	f, err := os.Open(path)
-	if err != nil {
-		return ""
+	if t := logtail.Since(path, from); t != "" {
+		return t
 	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return ""
-	}
-	from = max(from, fi.Size()-maxBytes)
-	b := make([]byte, max(fi.Size()-from, 0))
-	n, _ := f.ReadAt(b, from)
-	lines := strings.Split(strings.TrimRight(string(b[:n]), "\n"), "\n")
-	if len(lines) > maxLines {
-		lines = lines[len(lines)-maxLines:]
-	}
-	if len(lines) == 1 && lines[0] == "" {
-		return fmt.Sprintf(" (%s has nothing new)", path)
-	}
-	return fmt.Sprintf("\n%s (last lines):\n\t%s", path, strings.Join(lines, "\n\t"))
+	return fmt.Sprintf(" (%s has nothing new)", path)
 }

@@ -41,7 +41,7 @@ const (
 func (p *Provider) claimSpare(ctx context.Context, c *pgxpool.Conn, name, verifier string) bool {
 	rows, err := c.Query(ctx, `SELECT d.datname FROM pg_catalog.pg_database d
 		WHERE d.datname LIKE $1 AND pg_catalog.shobj_description(d.oid, 'pg_database') = $2
-		ORDER BY d.datname`, spareNamePrefix+"%", p.spareMark())
+		ORDER BY d.datname`, spareNamePrefix+"%", spareMark(p.cfg.template()))
 	if err != nil {
 		return false
 	}
@@ -73,11 +73,12 @@ func (p *Provider) claimSpare(ctx context.Context, c *pgxpool.Conn, name, verifi
 			_ = c.Conn().Close(uctx)
 		}
 		cancel()
-		if uerr != nil {
-			return err == nil && p.wake()
-		}
 		if err == nil {
-			return p.wake()
+			p.wake()
+			return true
+		}
+		if uerr != nil {
+			return false
 		}
 		if ctx.Err() != nil || isDuplicate(err, "42710") || isDuplicate(err, "42P04") {
 			return false // name taken: the adopting path handles it
@@ -87,21 +88,16 @@ func (p *Provider) claimSpare(ctx context.Context, c *pgxpool.Conn, name, verifi
 	return false
 }
 
-// spareMark is the comment on this provider's ready spares.
-func (p *Provider) spareMark() string { return SpareMark(p.cfg.template()) }
+// spareMark is the comment (COMMENT ON DATABASE) that marks a spare cloned
+// from template as ready.
+func spareMark(template string) string { return spareReady + template }
 
-// SpareMark is the comment (COMMENT ON DATABASE) that marks a spare database
-// cloned from template as ready; a count of the databases carrying it is the
-// number of spares ready.
-func SpareMark(template string) string { return spareReady + template }
-
-// wake tells RunSpares a spare was taken. It returns true.
-func (p *Provider) wake() bool {
+// wake tells RunSpares a spare was taken.
+func (p *Provider) wake() {
 	select {
 	case p.claimed <- struct{}{}:
 	default:
 	}
-	return true
 }
 
 // RunSpares keeps Config.Spares spares ready until ctx ends, making one at
@@ -142,10 +138,18 @@ func (p *Provider) RunSpares(ctx context.Context, log *slog.Logger) {
 
 // countSpares counts the ready spares.
 func (p *Provider) countSpares(ctx context.Context) (int, error) {
+	return ReadySpares(ctx, p.admin, p.cfg.template())
+}
+
+// ReadySpares counts the ready spare databases cloned from template on the
+// server q is connected to (a *pgx.Conn or *pgxpool.Pool).
+func ReadySpares(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, template string) (int, error) {
 	var n int
-	err := p.admin.QueryRow(ctx, `SELECT count(*) FROM pg_catalog.pg_database d
+	err := q.QueryRow(ctx, `SELECT count(*) FROM pg_catalog.pg_database d
 		WHERE d.datname LIKE $1 AND pg_catalog.shobj_description(d.oid, 'pg_database') = $2`,
-		spareNamePrefix+"%", p.spareMark()).Scan(&n)
+		spareNamePrefix+"%", spareMark(template)).Scan(&n)
 	return n, err
 }
 
@@ -168,7 +172,7 @@ func (p *Provider) makeSpare(ctx context.Context) error {
 	if err := p.cloneFor(ctx, c, name); err != nil {
 		return errors.Join(err, p.dropSpare(c, name))
 	}
-	if _, err := c.Exec(ctx, "COMMENT ON DATABASE "+ident(name)+" IS "+quoteLiteral(p.spareMark())); err != nil {
+	if _, err := c.Exec(ctx, "COMMENT ON DATABASE "+ident(name)+" IS "+quoteLiteral(spareMark(p.cfg.template()))); err != nil {
 		return errors.Join(fmt.Errorf("mark ready: %w", err), p.dropSpare(c, name))
 	}
 	return nil
