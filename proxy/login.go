@@ -65,7 +65,9 @@ func (c *scramClients) get(user, password string) (*scram.Client, error) {
 // login connects to rt's upstream and logs in as the route's role, speaking
 // the startup protocol itself: pgconn derives the SCRAM keys anew on every
 // connect, which made a connection storm through the router CPU-bound on
-// PBKDF2 (issue 4). pgconn's types are kept for what it returns. It returns once the upstream said ReadyForQuery; the
+// PBKDF2 (issue 4). pgconn's types are kept for what it returns. params, the
+// startup parameters to forward, is handed over: login adds user and
+// database to it. It returns once the upstream said ReadyForQuery; the
 // connection is then the caller's. Errors the upstream sends come back as
 // *pgconn.PgError.
 func (s *Server) login(ctx context.Context, rt resolver.Route, params map[string]string) (*pgconn.HijackedConn, error) {
@@ -92,12 +94,11 @@ func (s *Server) login(ctx context.Context, rt resolver.Route, params map[string
 			return nil, fmt.Errorf("upstream TLS: %w", err)
 		}
 	}
-	sp := make(map[string]string, len(params)+2)
-	for k, v := range params {
-		sp[k] = v
+	if params == nil {
+		params = make(map[string]string, 2)
 	}
-	sp["user"], sp["database"] = rt.User, rt.Database
-	if err := writeFrontend(conn, &pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: sp}); err != nil {
+	params["user"], params["database"] = rt.User, rt.Database
+	if err := writeFrontend(conn, &pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: params}); err != nil {
 		return nil, err
 	}
 

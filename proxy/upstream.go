@@ -95,7 +95,7 @@ func endpointID(host string) string {
 // upstream: everything but what the router decides itself (who logs in
 // where, and replication), filtered by ForwardParams when set.
 func (u *UpstreamConfig) upstreamParams(params map[string]string, host string) map[string]string {
-	out := make(map[string]string, len(params)+1)
+	out := make(map[string]string, len(params)+2) // room for login's user and database
 	for k, v := range params {
 		switch k {
 		case "user", "database", "replication":
