@@ -36,12 +36,14 @@ type Catalog interface {
 	Delete(ctx context.Context, tenant string) error
 }
 
-// BlockStore is the block list shared by the router instances.
-// *resolver.Catalog implements it.
-type BlockStore interface {
+// Blocks is the block list: stored where every router instance reads it,
+// applied by this one. Block and Unblock store the change and apply it on
+// this router before they return (a blocked tenant's live sessions here are
+// being ended). The router package's block list implements it; the list's
+// rule (what is blocked, and where that comes from) is its, not the API's.
+type Blocks interface {
 	Block(ctx context.Context, tenant string) error
 	Unblock(ctx context.Context, tenant string) error
-	BlockedList(ctx context.Context) ([]string, error)
 }
 
 // Resolver is this router's route cache. *resolver.Resolver implements it.
@@ -56,9 +58,7 @@ type Router interface {
 	Sessions(tenant string) []proxy.SessionInfo
 	CloseSessions(tenant, code, msg string) int
 	Draining() bool
-	// SetBlocked replaces the block list: the blocked tenants' new
-	// connections are refused and their live sessions ended.
-	SetBlocked(tenants []string)
+	// Blocked is the block list this router applies.
 	Blocked() []string
 }
 
@@ -78,7 +78,7 @@ type Config struct {
 	Gatherer prometheus.Gatherer
 	// Catalog, Blocks and Ping are the shared catalog.
 	Catalog Catalog
-	Blocks  BlockStore
+	Blocks  Blocks
 	Ping    Pinger
 	// Resolver and Router are this router instance's.
 	Resolver Resolver

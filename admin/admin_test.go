@@ -18,16 +18,14 @@ func TestHealthAndReadiness(t *testing.T) {
 	pgtest.CheckGoroutines(t)
 	// The catalog ping goes through its own pool, closed below to take the
 	// catalog "down" without touching the router's.
-	var pingPool *pgxpool.Pool
-	e := startEnv(t, func(p *proxy.Config, a *admin.Config) {
-		p.DrainTimeout = time.Minute
-		var err error
-		if pingPool, err = pgxpool.New(context.Background(), pgtest.Shared(t).AdminDSN("postgres")); err != nil {
-			t.Fatal(err)
-		}
+	pingPool, err := pgxpool.New(context.Background(), pgtest.Shared(t).AdminDSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := startEnv(t, withProxy(func(p *proxy.Config) { p.DrainTimeout = time.Minute }), withAdmin(func(a *admin.Config) {
 		a.Ping = pingPool
 		a.ReadyTimeout = time.Second
-	})
+	}))
 	defer pingPool.Close()
 
 	if status, _ := e.call(t, "GET", "/healthz", ""); status != 200 {
@@ -56,7 +54,7 @@ func TestHealthAndReadiness(t *testing.T) {
 
 func TestReadyzWhileDraining(t *testing.T) {
 	pgtest.CheckGoroutines(t)
-	e := startEnv(t, func(p *proxy.Config, _ *admin.Config) { p.DrainTimeout = time.Minute })
+	e := startEnv(t, withProxy(func(p *proxy.Config) { p.DrainTimeout = time.Minute }))
 	conn, err := e.connect(t, newTenant("drain"))
 	if err != nil {
 		t.Fatal(err)
@@ -105,11 +103,11 @@ func TestAPIAuth(t *testing.T) {
 	e.do(t, "GET", "/v1/tenants", 200, nil)
 	// Profiles need the token too.
 	for token, want := range map[string]int{"": 401, adminToken: 200} {
-		req, _ := http.NewRequest("GET", e.api.URL+"/debug/pprof/goroutine?debug=1", nil)
+		req, _ := http.NewRequest("GET", e.apiURL+"/debug/pprof/goroutine?debug=1", nil)
 		if token != "" {
 			req.Header.Set("Authorization", "Bearer "+token)
 		}
-		resp, err := e.api.Client().Do(req)
+		resp, err := e.client.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -131,7 +129,7 @@ func TestAPIAuth(t *testing.T) {
 	}
 
 	// Without a token configured, the API is off; the rest still works.
-	off := startEnv(t, func(_ *proxy.Config, a *admin.Config) { a.Token = "" })
+	off := startEnv(t, withAdmin(func(a *admin.Config) { a.Token = "" }))
 	if status, _ := off.call(t, "GET", "/v1/tenants", adminToken); status != 401 {
 		t.Errorf("API without a configured token: %d, want 401", status)
 	}
@@ -250,29 +248,4 @@ func TestAPITenants(t *testing.T) {
 		t.Fatalf("database left after delete: %d %v", n, err)
 	}
 	e.do(t, "DELETE", "/v1/tenants/"+a+"?confirm="+a, 404, nil)
-}
-
-// fakeRouter is the block-list side of a router, for RefreshBlocked.
-type fakeRouter struct {
-	admin.Router
-	blocked  []string
-	sessions []proxy.SessionInfo
-}
-
-func (f *fakeRouter) SetBlocked(l []string)               { f.blocked = l }
-func (f *fakeRouter) Sessions(string) []proxy.SessionInfo { return f.sessions }
-
-type fakeBlocks struct {
-	admin.BlockStore
-	list []string
-}
-
-func (f fakeBlocks) BlockedList(context.Context) ([]string, error) { return f.list, nil }
-
-func TestRefreshBlocked(t *testing.T) {
-	r := &fakeRouter{sessions: []proxy.SessionInfo{{Tenant: "a"}, {Tenant: "b"}, {Tenant: "a"}, {Tenant: "c"}}}
-	ending, err := admin.RefreshBlocked(context.Background(), fakeBlocks{list: []string{"a", "c", "z"}}, r)
-	if err != nil || ending != 3 || len(r.blocked) != 3 {
-		t.Fatalf("ending %d, blocked %v, err %v", ending, r.blocked, err)
-	}
 }

@@ -20,5 +20,5 @@
 //	DELETE /v1/tenants/{id}?confirm={id}      end live sessions, delete at the provider, then in the catalog
 //
 // The block list lives in the shared catalog; other router instances apply
-// it when they refresh it (RefreshBlocked, called periodically by cmd).
+// it when they refresh it (the router package does, periodically).
 package admin

@@ -8,9 +8,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -27,6 +25,7 @@ import (
 	"github.com/pgtenant/pgtenant/provision/local"
 	"github.com/pgtenant/pgtenant/proxy"
 	"github.com/pgtenant/pgtenant/resolver"
+	pgrouter "github.com/pgtenant/pgtenant/router"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -56,23 +55,31 @@ func (p *countingProvider) Creates() int {
 	return p.creates
 }
 
-// env is a real router (proxy, resolver, catalog, local provider on the
-// shared test cluster) with the admin handler in front of it.
+// env is a real router (router.New: proxy, resolver, catalog, local
+// provider on the shared test cluster, the admin listener in front).
 type env struct {
 	cluster *local.Cluster
 	addr    string // the proxy
-	api     *httptest.Server
+	apiURL  string // the admin listener
+	client  *http.Client
 	cat     *resolver.Catalog
-	catPool *pgxpool.Pool
+	catPool *pgxpool.Pool // the test's own, on the catalog's database
 	res     *resolver.Resolver
 	srv     *proxy.Server
 	prov    *countingProvider
 	reg     *prometheus.Registry
-	stop    func() // stops the proxy (drain) and waits for it
+	stop    func() // stops the router (drain) and waits for it
 	cancel  context.CancelFunc
 }
 
-type envOpt func(*proxy.Config, *admin.Config)
+// envOpt adjusts the proxy's or the admin API's configuration.
+type envOpt struct {
+	proxy func(*proxy.Config)
+	admin func(*admin.Config)
+}
+
+func withProxy(f func(*proxy.Config)) envOpt { return envOpt{proxy: f} }
+func withAdmin(f func(*admin.Config)) envOpt { return envOpt{admin: f} }
 
 func startEnv(t *testing.T, opts ...envOpt) *env {
 	t.Helper()
@@ -82,59 +89,63 @@ func startEnv(t *testing.T, opts ...envOpt) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(adminPool.Close)
-	catPool, err := pgxpool.New(ctx, c.AdminDSN(pgtest.CreateDB(t, c)))
+	catDB := pgtest.CreateDB(t, c)
+	catPool, err := pgxpool.New(ctx, c.AdminDSN(catDB))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(catPool.Close)
-	key, _ := resolver.ParseKey(resolver.NewKey())
-	cat, err := resolver.OpenCatalog(ctx, catPool, key)
-	if err != nil {
-		t.Fatal(err)
-	}
 	prov := &countingProvider{Provider: local.New(local.Config{Prefix: "adm_"}, adminPool)}
 	if _, err := prov.EnsureTemplate(ctx, ""); err != nil {
 		t.Fatal(err)
 	}
-	reg := prometheus.NewRegistry()
-	res := resolver.New(resolver.Config{Metrics: resolver.NewMetrics(reg)}, cat, prov)
-	t.Cleanup(res.Close)
-	pcfg := proxy.Config{Auth: proxy.Auth{Password: appSecret}, Metrics: proxy.NewMetrics(reg)}
-	acfg := admin.Config{
-		Token: adminToken, Gatherer: reg, Catalog: cat, Blocks: cat, Ping: catPool,
-		Resolver: res, Provider: prov,
-	}
-	for _, o := range opts {
-		o(&pcfg, &acfg)
-	}
-	srv, err := proxy.New(pcfg, res)
-	if err != nil {
-		t.Fatal(err)
-	}
-	acfg.Router = srv
-	h, err := admin.New(acfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	api := httptest.NewServer(h)
-	t.Cleanup(api.Close)
-
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	cfg := pgrouter.DefaultConfig()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.Auth.Password = appSecret
+	cfg.Catalog.Key = resolver.NewKey()
+	cfg.Provider.Local.AdminDSN = c.AdminDSN("postgres")
+	cfg.Admin.Listen = "127.0.0.1:0"
+	cfg.Admin.Token = adminToken
+	cfg.Admin.BlockedRefresh = 0
+	cfg.DrainTimeout = 0
+	cfg.Limits.MaxHandshakes = 0
+	cfg.Limits.AuthBackoff.Threshold = 0
+	rt, err := pgrouter.New(ctx, cfg, pgrouter.Options{
+		Log:       discard(),
+		Upstream:  &pgrouter.Upstream{Provider: prov, CatalogDSN: c.AdminDSN(catDB), Close: adminPool.Close},
+		ProxyHook: func(pc *proxy.Config) {
+			for _, o := range opts {
+				if o.proxy != nil {
+					o.proxy(pc)
+				}
+			}
+		},
+		AdminHook: func(ac *admin.Config) {
+			for _, o := range opts {
+				if o.admin != nil {
+					o.admin(ac)
+				}
+			}
+		},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(sctx, ln) }()
+	go func() { done <- rt.Serve(sctx) }()
 	var once sync.Once
-	e := &env{cluster: c, addr: ln.Addr().String(), api: api, cat: cat, catPool: catPool, res: res, srv: srv, prov: prov, reg: reg, cancel: cancel}
+	e := &env{
+		cluster: c, addr: rt.Addr().String(), apiURL: "http://" + rt.AdminAddr().String(), client: &http.Client{},
+		cat: rt.Catalog(), catPool: catPool, res: rt.Resolver(), srv: rt.Proxy(), prov: prov, reg: rt.Registry(), cancel: cancel,
+	}
 	e.stop = func() {
 		once.Do(func() {
 			cancel()
 			if err := <-done; err != nil {
 				t.Errorf("Serve: %v", err)
 			}
+			e.client.CloseIdleConnections()
 		})
 	}
 	t.Cleanup(e.stop)
@@ -160,14 +171,14 @@ func (e *env) connect(t *testing.T, tenant string) (*pgx.Conn, error) {
 // status and the raw body, checking that the answer is JSON.
 func (e *env) call(t *testing.T, method, path, token string) (int, string) {
 	t.Helper()
-	req, err := http.NewRequest(method, e.api.URL+path, nil)
+	req, err := http.NewRequest(method, e.apiURL+path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	resp, err := e.api.Client().Do(req)
+	resp, err := e.client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,6 @@
 package admin
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -245,14 +244,10 @@ func (h *Handler) tenantAction(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, ActionResult{Tenant: id, Evicted: &was})
 
 	case "block":
+		// Count first: the sessions the block ends leave the registry at once.
+		closed := len(h.cfg.Router.Sessions(id))
 		if err := h.cfg.Blocks.Block(ctx, id); err != nil {
 			h.internalError(w, "block tenant", err)
-			return
-		}
-		// Count first: the sessions SetBlocked ends leave the registry at once.
-		closed := len(h.cfg.Router.Sessions(id))
-		if _, err := RefreshBlocked(ctx, h.cfg.Blocks, h.cfg.Router); err != nil {
-			h.internalError(w, "apply the block list", err)
 			return
 		}
 		log.Info("admin: tenant blocked", "sessions_closed", closed)
@@ -262,10 +257,6 @@ func (h *Handler) tenantAction(w http.ResponseWriter, r *http.Request) {
 	case "unblock":
 		if err := h.cfg.Blocks.Unblock(ctx, id); err != nil {
 			h.internalError(w, "unblock tenant", err)
-			return
-		}
-		if _, err := RefreshBlocked(ctx, h.cfg.Blocks, h.cfg.Router); err != nil {
-			h.internalError(w, "apply the block list", err)
 			return
 		}
 		if slices.Contains(h.cfg.Router.Blocked(), id) {
@@ -335,30 +326,6 @@ func status(err error) string {
 func (h *Handler) internalError(w http.ResponseWriter, what string, err error) {
 	h.log.Warn("admin: "+what+" failed", "err", err)
 	writeError(w, http.StatusInternalServerError, what+": "+err.Error())
-}
-
-// RefreshBlocked reads the block list from store and applies it to router,
-// which refuses the blocked tenants' new connections and ends their live
-// sessions (see Router.SetBlocked). It returns how many live sessions of
-// blocked tenants it found on this router (being ended). cmd calls it at
-// start, periodically (so that a block made through another instance
-// reaches this one) and on SIGHUP; the block and unblock endpoints call it
-// at once. Safe for concurrent use.
-func RefreshBlocked(ctx context.Context, store BlockStore, router Router) (ending int, err error) {
-	list, err := store.BlockedList(ctx)
-	if err != nil {
-		return 0, err
-	}
-	// Count before SetBlocked: the sessions it ends leave the registry at
-	// once.
-	blocked := setOf(list)
-	for _, s := range router.Sessions("") {
-		if blocked[s.Tenant] {
-			ending++
-		}
-	}
-	router.SetBlocked(list)
-	return ending, nil
 }
 
 func setOf(list []string) map[string]bool {

@@ -61,16 +61,14 @@ type authenticator struct {
 }
 
 func newAuthenticator(a Auth) (*authenticator, error) {
-	switch a.Method {
-	case AuthTrust:
+	if err := a.validate(); err != nil {
+		return nil, err
+	}
+	if a.Method == AuthTrust {
 		return &authenticator{trust: true}, nil
-	case "", AuthSCRAM:
-	default:
-		return nil, fmt.Errorf("auth: unknown method %q (want %q or %q)", a.Method, AuthSCRAM, AuthTrust)
 	}
 	var creds scram.StoredCredentials
-	switch {
-	case a.Password != "":
+	if a.Password != "" {
 		salt := make([]byte, 16)
 		_, _ = rand.Read(salt)
 		cl, err := scram.SHA256.NewClient("", a.Password, "")
@@ -81,13 +79,11 @@ func newAuthenticator(a Auth) (*authenticator, error) {
 		if err != nil {
 			return nil, fmt.Errorf("auth: derive SCRAM credentials: %w", err)
 		}
-	case a.Verifier != "":
+	} else {
 		var err error
 		if creds, err = ParseSCRAMVerifier(a.Verifier); err != nil {
 			return nil, err
 		}
-	default:
-		return nil, errors.New("auth: no app secret configured: set a password or a SCRAM verifier (or use trust on loopback)")
 	}
 	srv, err := scram.SHA256.NewServer(func(string) (scram.StoredCredentials, error) { return creds, nil })
 	if err != nil {

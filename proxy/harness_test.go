@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"log/slog"
-	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,6 +22,7 @@ import (
 	"github.com/pgtenant/pgtenant/provision/local"
 	"github.com/pgtenant/pgtenant/proxy"
 	"github.com/pgtenant/pgtenant/resolver"
+	pgrouter "github.com/pgtenant/pgtenant/router"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -82,7 +82,11 @@ func newCatalogDB(t testing.TB) catalogDB {
 
 var catalogKey = resolver.NewKey()
 
-// startRouter starts a router on 127.0.0.1:0 and stops it in t.Cleanup.
+// startRouter starts a router (router.New: the same assembly as pgtenant
+// serve) on 127.0.0.1:0 with the local provider on the shared test cluster,
+// and stops it in t.Cleanup. The file's limits are off and the drain is
+// immediate, as in a zero proxy.Config; opts adjust the proxy's
+// configuration.
 func startRouter(t testing.TB, db catalogDB, opts ...routerOpt) *router {
 	t.Helper()
 	c := pgtest.Shared(t)
@@ -92,44 +96,37 @@ func startRouter(t testing.TB, db catalogDB, opts ...routerOpt) *router {
 	if err != nil {
 		t.Fatal(err)
 	}
-	catPool, err := pgxpool.New(ctx, c.AdminDSN(db.name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := resolver.ParseKey(catalogKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cat, err := resolver.OpenCatalog(ctx, catPool, key)
-	if err != nil {
-		t.Fatal(err)
-	}
 	prov := &countingProvider{Provider: local.New(local.Config{}, admin)}
 	if _, err := prov.EnsureTemplate(ctx, "CREATE TABLE IF NOT EXISTS app_items (id int primary key, name text)"); err != nil {
 		t.Fatal(err)
 	}
-	res := resolver.New(resolver.Config{}, cat, prov)
+	cfg := pgrouter.DefaultConfig()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.Auth.Password = appSecret
+	cfg.Catalog.Key = catalogKey
+	cfg.Provider.Local.AdminDSN = c.AdminDSN("postgres")
+	cfg.DrainTimeout = 0
+	cfg.Limits.MaxHandshakes = 0
+	cfg.Limits.AuthBackoff.Threshold = 0
+	cfg.Admin.BlockedRefresh = 0
 
 	logs := &syncBuffer{}
-	cfg := proxy.Config{
-		Auth: proxy.Auth{Password: appSecret},
-		Log:  slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	}
-	for _, o := range opts {
-		o(&cfg)
-	}
-	srv, err := proxy.New(cfg, res)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	rt, err := pgrouter.New(ctx, cfg, pgrouter.Options{
+		Log:      slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Upstream: &pgrouter.Upstream{Provider: prov, CatalogDSN: c.AdminDSN(db.name), Close: admin.Close},
+		ProxyHook: func(pc *proxy.Config) {
+			for _, o := range opts {
+				o(pc)
+			}
+		},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(sctx, ln) }()
-	r := &router{addr: ln.Addr().String(), cluster: c, prov: prov, cat: cat, res: res, logs: logs, srv: srv}
+	go func() { done <- rt.Serve(sctx) }()
+	r := &router{addr: rt.Addr().String(), cluster: c, prov: prov, cat: rt.Catalog(), res: rt.Resolver(), logs: logs, srv: rt.Proxy()}
 	var once sync.Once
 	r.stop = func() {
 		once.Do(func() {
@@ -137,9 +134,6 @@ func startRouter(t testing.TB, db catalogDB, opts ...routerOpt) *router {
 			if err := <-done; err != nil {
 				t.Errorf("Serve: %v", err)
 			}
-			res.Close()
-			catPool.Close()
-			admin.Close()
 			if t.Failed() {
 				t.Logf("router log:\n%s", logs.String())
 			}

@@ -157,8 +157,7 @@ const backoffEntries = 1 << 16
 type limiter struct {
 	now     func() time.Time
 	limits  atomic.Pointer[Limits]
-	blocked atomic.Pointer[map[string]struct{}] // SetBlocked's
-	static  map[string]struct{}                 // Config.Blocked; read-only
+	blocked atomic.Pointer[map[string]struct{}] // SetBlocked's; empty at first
 	wake    chan struct{}                       // pokes the sweeper after SetLimits
 	// sweepMu keeps two sweepers (Serve on two listeners) from racing on
 	// the sessions' sweeper-only idle fields.
@@ -200,10 +199,7 @@ func newLimiter(cfg *Config) *limiter {
 	}
 	lim := cfg.Limits
 	l.limits.Store(&lim)
-	l.static = make(map[string]struct{}, len(cfg.Blocked))
-	for _, t := range cfg.Blocked {
-		l.static[t] = struct{}{}
-	}
+	l.blocked.Store(&map[string]struct{}{})
 	l.mu.perTenant = make(map[string]int)
 	cache, err := simplelru.NewLRU[backoffKey, backoffEntry](backoffEntries, nil)
 	if err != nil {
@@ -226,18 +222,16 @@ func (s *Server) SetLimits(l Limits) {
 // Limits returns the limits in force. Safe for concurrent use.
 func (s *Server) Limits() Limits { return *s.lim.limits.Load() }
 
-// SetBlocked replaces the block list (the tenants of Config.Blocked stay
-// blocked in any case). A blocked tenant's new connections are refused after
+// SetBlocked replaces the block list (empty until the first call): the
+// list is whatever was given last; the router package owns what belongs on
+// it. A blocked tenant's new connections are refused after
 // authentication with 28000 "tenant "x" is blocked", and its live sessions
 // are ended at once with FATAL 57P01 ("terminating connection because tenant
 // "x" was blocked by an administrator") at a message boundary. Unblocking
 // lets new connections in again. It does not wait for the sessions to end.
 // Safe for concurrent use.
 func (s *Server) SetBlocked(tenants []string) {
-	set := make(map[string]struct{}, len(tenants))
-	for _, t := range tenants {
-		set[t] = struct{}{}
-	}
+	set := setOfTenants(tenants)
 	// Store first: a session registering after the sweep below sees the new
 	// set when it checks again (serve does, after registering).
 	s.lim.blocked.Store(&set)
@@ -257,34 +251,28 @@ func (s *Server) SetBlocked(tenants []string) {
 	}
 }
 
-// Blocked returns the blocked tenants, SetBlocked's and Config.Blocked's,
-// sorted. Safe for concurrent use.
+// Blocked returns the blocked tenants, SetBlocked's last list, sorted. Safe for concurrent use.
 func (s *Server) Blocked() []string {
-	out := make([]string, 0, len(s.lim.static))
-	for t := range s.lim.static {
+	set := *s.lim.blocked.Load()
+	out := make([]string, 0, len(set))
+	for t := range set {
 		out = append(out, t)
-	}
-	if set := s.lim.blocked.Load(); set != nil {
-		for t := range *set {
-			if _, dup := s.lim.static[t]; !dup {
-				out = append(out, t)
-			}
-		}
 	}
 	slices.Sort(out)
 	return out
 }
 
 func (s *Server) isBlocked(tenant string) bool {
-	if _, ok := s.lim.static[tenant]; ok {
-		return true
-	}
-	set := s.lim.blocked.Load()
-	if set == nil {
-		return false
-	}
-	_, ok := (*set)[tenant]
+	_, ok := (*s.lim.blocked.Load())[tenant]
 	return ok
+}
+
+func setOfTenants(tenants []string) map[string]struct{} {
+	set := make(map[string]struct{}, len(tenants))
+	for _, t := range tenants {
+		set[t] = struct{}{}
+	}
+	return set
 }
 
 func blockedError(tenant string) *ClientError {

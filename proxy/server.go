@@ -46,9 +46,6 @@ type Config struct {
 	// Now is the clock of the auth backoff and the idle timeout. Nil means
 	// time.Now.
 	Now func() time.Time
-	// Blocked are tenants refused whatever SetBlocked says (from the
-	// configuration file); see SetBlocked.
-	Blocked []string
 	// HandshakeTimeout bounds the startup negotiation and client
 	// authentication. Zero or negative means 10s.
 	HandshakeTimeout time.Duration

@@ -99,15 +99,11 @@ type fileStamp struct {
 }
 
 func newTLSTerminator(cfg TLSConfig, log *slog.Logger) (*tlsTerminator, error) {
-	switch cfg.mode() {
-	case TLSModeDisable:
-		return nil, nil
-	case TLSModeAllow, TLSModeRequired:
-	default:
-		return nil, fmt.Errorf("proxy: TLS mode %q: want %s, %s or %s", cfg.Mode, TLSModeDisable, TLSModeAllow, TLSModeRequired)
+	if err := cfg.validate(); err != nil {
+		return nil, err
 	}
-	if cfg.CertFile == "" || cfg.KeyFile == "" {
-		return nil, fmt.Errorf("proxy: TLS mode %s needs a certificate file and a key file", cfg.Mode)
+	if cfg.mode() == TLSModeDisable {
+		return nil, nil
 	}
 	t := &tlsTerminator{
 		required: cfg.mode() == TLSModeRequired,

@@ -25,6 +25,7 @@ import (
 	"github.com/pgtenant/pgtenant/internal/logtail"
 	"github.com/pgtenant/pgtenant/provision/local"
 	"github.com/pgtenant/pgtenant/resolver"
+	"github.com/pgtenant/pgtenant/router"
 )
 
 // `pgtenant bench --self` runs the standard comparison with nothing set up
@@ -524,7 +525,7 @@ func selfRouterConfig(cfg bench.Config, via *bench.PgBouncer, spares int) string
 	if via != nil {
 		fmt.Fprintf(&b, "upstream:\n  dial_override: %s\n", via.Addr())
 		// PgBouncer refuses startup parameters it does not track.
-		fmt.Fprintf(&b, "  forward_params: [%s]\n", strings.Join(neonPoolerParams, ", "))
+		fmt.Fprintf(&b, "  forward_params: [%s]\n", strings.Join(router.NeonPoolerParams, ", "))
 	}
 	return b.String()
 }
@@ -536,13 +537,13 @@ func selfRouterEnv(secret, adminDSN, key string) []string {
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
 		switch k {
-		case envPassword, envAdminDSN, envCatalogDSN, envCatalogKey, envNeonAPIKey, envAdminToken,
+		case router.EnvPassword, router.EnvAdminDSN, router.EnvCatalogDSN, router.EnvCatalogKey, router.EnvNeonAPIKey, router.EnvAdminToken,
 			"NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES":
 			continue
 		}
 		env = append(env, kv)
 	}
-	return append(env, envPassword+"="+secret, envAdminDSN+"="+adminDSN, envCatalogKey+"="+key)
+	return append(env, router.EnvPassword+"="+secret, router.EnvAdminDSN+"="+adminDSN, router.EnvCatalogKey+"="+key)
 }
 
 // startRouter writes name's configuration and starts `pgtenant serve` on it.

@@ -16,6 +16,7 @@ import (
 	"github.com/pgtenant/pgtenant/bench"
 	"github.com/pgtenant/pgtenant/internal/pgtest"
 	"github.com/pgtenant/pgtenant/provision/local"
+	"github.com/pgtenant/pgtenant/router"
 )
 
 // asPgtenantEnv makes the test binary run as pgtenant: `bench --self` runs
@@ -423,7 +424,7 @@ func TestSelfRouterConfig(t *testing.T) {
 	if err := os.WriteFile(path, []byte(selfRouterConfig(cfg, nil, 2)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	fc, err := loadConfig(path)
+	fc, err := router.LoadConfig(path)
 	if err != nil {
 		t.Fatal(err)
 	}

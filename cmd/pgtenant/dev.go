@@ -19,6 +19,7 @@ import (
 	"github.com/pgtenant/pgtenant/provision/local"
 	"github.com/pgtenant/pgtenant/proxy"
 	"github.com/pgtenant/pgtenant/resolver"
+	"github.com/pgtenant/pgtenant/router"
 )
 
 // devPassword is the app secret `pgtenant dev` uses unless told otherwise;
@@ -30,7 +31,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.SetOutput(stderr)
 	dataDir := fs.String("data-dir", ".pgtenant/dev", "directory for the Postgres cluster, the catalog key and logs; reused across restarts")
 	listen := fs.String("listen", "127.0.0.1:6432", "address the router listens on")
-	password := fs.String("password", devPassword, "app secret clients log in with (or "+envPassword+")")
+	password := fs.String("password", devPassword, "app secret clients log in with (or "+router.EnvPassword+")")
 	templateSQL := fs.String("template-sql", "", "SQL file run once in the template database when it is created (e.g. the app's schema)")
 	provider := fs.String("provider", "local", "local: a database per tenant on the local Postgres; neon-fake: a branch per tenant through an in-process fake of the Neon API (backed by the local Postgres, reached over TLS with SNI), with the real Neon client")
 	opDelay := fs.Duration("neon-op-delay", 200*time.Millisecond, "neon-fake: how long each simulated Neon operation (create_branch, start_compute) takes")
@@ -45,8 +46,8 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if !fs.Changed("password") && os.Getenv(envPassword) != "" {
-		*password = os.Getenv(envPassword)
+	if !fs.Changed("password") && os.Getenv(router.EnvPassword) != "" {
+		*password = os.Getenv(router.EnvPassword)
 	}
 	if *password == "" {
 		return errors.New("--password: the app secret must not be empty")
@@ -54,7 +55,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if *provider != "local" && *provider != "neon-fake" {
 		return fmt.Errorf("--provider %q: want local or neon-fake", *provider)
 	}
-	log, err := newLogger(stderr, *logFormat, *logLevel)
+	log, _, err := router.NewLogger(stderr, *logFormat, *logLevel)
 	if err != nil {
 		return err
 	}
@@ -101,7 +102,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	fc := defaultConfig()
+	fc := router.DefaultConfig()
 	fc.Listen = *listen
 	fc.DrainTimeout = 0 // Ctrl-C in dev: end sessions (57P01) at once
 	fc.Log.Format, fc.Log.Level = *logFormat, *logLevel
@@ -119,7 +120,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	fc.TLS.Mode = proxy.TLSModeAllow
 
-	var parts *upstreamParts
+	var parts *router.Upstream
 	var fake *neonFake
 	if *provider == "neon-fake" {
 		var sql string
@@ -148,9 +149,11 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 	}()
 
-	err = runRouter(rctx, fc, log, func(addr net.Addr) {
-		printDevBanner(stdout, cl, dir, addr.String(), *password, fake, adminAddr, fc.Admin.Token)
-	}, parts)
+	r, err := router.New(rctx, fc, router.Options{Log: log, Version: version, Upstream: parts})
+	if err == nil {
+		printDevBanner(stdout, cl, dir, r.Addr().String(), *password, fake, adminAddr, fc.Admin.Token)
+		err = r.Serve(rctx)
+	}
 	select {
 	case <-cl.Done():
 		if ctx.Err() == nil {
@@ -171,7 +174,7 @@ func printDevBanner(w io.Writer, cl *local.Cluster, dir, addr, password string, 
 	fmt.Fprintf(&b, "  postgres  %s:%d   (data dir: %s; admin password in admin.password)\n", cl.Host(), cl.Port(), dir)
 	if adminAddr != "" {
 		fmt.Fprintf(&b, "  admin     http://%s   (/metrics, /readyz; /v1 API token: %s, kept in admin.token)\n", adminAddr, adminToken)
-		fmt.Fprintf(&b, "            e.g. %s=%s pgtenant tenants list --admin http://%s\n", envAdminToken, quote(adminToken), adminAddr)
+		fmt.Fprintf(&b, "            e.g. %s=%s pgtenant tenants list --admin http://%s\n", router.EnvAdminToken, quote(adminToken), adminAddr)
 	}
 	what := "database"
 	if fake != nil {

@@ -9,6 +9,8 @@ import (
 	"net"
 	"os"
 	"strings"
+
+	"github.com/pgtenant/pgtenant/router"
 )
 
 // devAdminListen is dev's default admin address.
@@ -17,7 +19,7 @@ const devAdminListen = "127.0.0.1:9090"
 // devAdminAddr settles dev's admin address before anything starts: the
 // address asked for, or, when the default is taken and --admin-listen was
 // not given, a free loopback port (two dev instances can then run side by
-// side). The port is released again; runRouter binds it a moment later.
+// side). The port is released again; router.New binds it a moment later.
 func devAdminAddr(addr string, explicit bool) (string, error) {
 	if addr == "" {
 		return "", nil
@@ -36,7 +38,7 @@ func devAdminAddr(addr string, explicit bool) (string, error) {
 // devAdminToken reads dev's admin API token, creating it on first run;
 // PGTENANT_ADMIN_TOKEN, when set, wins.
 func devAdminToken(path string) (string, error) {
-	if t := os.Getenv(envAdminToken); t != "" {
+	if t := os.Getenv(router.EnvAdminToken); t != "" {
 		return t, nil
 	}
 	b, err := os.ReadFile(path)

@@ -15,6 +15,7 @@ import (
 	"github.com/pgtenant/pgtenant/provision/neon"
 	"github.com/pgtenant/pgtenant/provision/neon/neontest"
 	"github.com/pgtenant/pgtenant/proxy"
+	"github.com/pgtenant/pgtenant/router"
 )
 
 // neonFakeCatalog is the catalog database of `dev --provider neon-fake`. The
@@ -32,7 +33,7 @@ type neonFake struct {
 	backend *neontest.Backend
 	project string
 	apiKey  string
-	parts   *upstreamParts
+	parts   *router.Upstream
 }
 
 // startNeonFake starts the fake API (operations take opDelay each), creates
@@ -77,16 +78,16 @@ func startNeonFake(ctx context.Context, cl *local.Cluster, templateSQL string, o
 		f.close()
 		return nil, err
 	}
-	f.parts = &upstreamParts{
-		prov: p,
-		upstream: proxy.UpstreamConfig{
+	f.parts = &router.Upstream{
+		Provider: p,
+		Proxy: proxy.UpstreamConfig{
 			TLS:           proxy.TLSVerifyFull,
 			RootCAs:       srv.CAPool(),
-			ForwardParams: neonPoolerParams,
+			ForwardParams: router.NeonPoolerParams,
 		},
-		dial:       srv.Dialer(),
-		catalogDSN: cl.AdminDSN(neonFakeCatalog),
-		close:      p.CloseIdleConnections,
+		Dial:       srv.Dialer(),
+		CatalogDSN: cl.AdminDSN(neonFakeCatalog),
+		Close:      p.CloseIdleConnections,
 	}
 	if err := resetDatabase(ctx, cl.AdminDSN("postgres"), neonFakeCatalog); err != nil {
 		f.close()

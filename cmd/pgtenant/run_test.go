@@ -20,6 +20,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/internal/pgtest"
 	"github.com/pgtenant/pgtenant/resolver"
+	"github.com/pgtenant/pgtenant/router"
 )
 
 func TestMain(m *testing.M) {
@@ -214,10 +215,10 @@ func TestDev(t *testing.T) {
 func TestServe(t *testing.T) {
 	c := pgtest.Shared(t)
 	db := pgtest.CreateDB(t, c)
-	t.Setenv(envPassword, "serve-secret")
-	t.Setenv(envAdminDSN, c.AdminDSN("postgres"))
-	t.Setenv(envCatalogDSN, c.AdminDSN(db))
-	t.Setenv(envCatalogKey, resolver.NewKey())
+	t.Setenv(router.EnvPassword, "serve-secret")
+	t.Setenv(router.EnvAdminDSN, c.AdminDSN("postgres"))
+	t.Setenv(router.EnvCatalogDSN, c.AdminDSN(db))
+	t.Setenv(router.EnvCatalogKey, resolver.NewKey())
 	cfg := writeFile(t, "listen: 127.0.0.1:0\nprovider:\n  local:\n    prefix: s_\n")
 
 	m, _, stop := startRun(t, regexp.MustCompile(`routing tenants on (\S+)`), "serve", "--config", cfg)
@@ -282,11 +283,11 @@ func TestDevNeonFake(t *testing.T) {
 }
 
 func TestServeRefusesBadConfig(t *testing.T) {
-	t.Setenv(envPassword, "")
-	t.Setenv(envAdminDSN, "")
-	t.Setenv(envCatalogKey, "")
+	t.Setenv(router.EnvPassword, "")
+	t.Setenv(router.EnvAdminDSN, "")
+	t.Setenv(router.EnvCatalogKey, "")
 	err := run(context.Background(), []string{"serve"}, io.Discard, io.Discard)
-	if err == nil || !strings.Contains(err.Error(), envPassword) {
+	if err == nil || !strings.Contains(err.Error(), router.EnvPassword) {
 		t.Fatalf("serve without secrets: %v", err)
 	}
 }
@@ -295,19 +296,28 @@ func TestServeRefusesBadConfig(t *testing.T) {
 func TestServeWrongCatalogKey(t *testing.T) {
 	c := pgtest.Shared(t)
 	db := pgtest.CreateDB(t, c)
-	t.Setenv(envPassword, "serve-secret")
-	t.Setenv(envAdminDSN, c.AdminDSN("postgres"))
-	t.Setenv(envCatalogDSN, c.AdminDSN(db))
+	t.Setenv(router.EnvPassword, "serve-secret")
+	t.Setenv(router.EnvAdminDSN, c.AdminDSN("postgres"))
+	t.Setenv(router.EnvCatalogDSN, c.AdminDSN(db))
 	cfg := writeFile(t, "listen: 127.0.0.1:0\nprovider:\n  local:\n    prefix: k_\n")
 
-	t.Setenv(envCatalogKey, resolver.NewKey())
+	t.Setenv(router.EnvCatalogKey, resolver.NewKey())
 	_, _, stop := startRun(t, regexp.MustCompile(`routing tenants on (\S+)`), "serve", "--config", cfg)
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv(envCatalogKey, resolver.NewKey())
+	t.Setenv(router.EnvCatalogKey, resolver.NewKey())
 	err := run(context.Background(), []string{"serve", "--config", cfg}, io.Discard, io.Discard)
-	if !errors.Is(err, resolver.ErrKeyMismatch) || !strings.Contains(err.Error(), envCatalogKey) {
+	if !errors.Is(err, resolver.ErrKeyMismatch) || !strings.Contains(err.Error(), router.EnvCatalogKey) {
 		t.Fatalf("serve with another key: %v", err)
 	}
+}
+
+func writeFile(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/internal/pgtest"
 	"github.com/pgtenant/pgtenant/resolver"
+	"github.com/pgtenant/pgtenant/router"
 )
 
 const testAdminToken = "serve-admin-t0ken"
@@ -60,11 +61,11 @@ func sqlState(err error) string {
 func TestServeAdmin(t *testing.T) {
 	c := pgtest.Shared(t)
 	db := pgtest.CreateDB(t, c)
-	t.Setenv(envPassword, "serve-secret")
-	t.Setenv(envAdminDSN, c.AdminDSN("postgres"))
-	t.Setenv(envCatalogDSN, c.AdminDSN(db))
-	t.Setenv(envCatalogKey, resolver.NewKey())
-	t.Setenv(envAdminToken, testAdminToken)
+	t.Setenv(router.EnvPassword, "serve-secret")
+	t.Setenv(router.EnvAdminDSN, c.AdminDSN("postgres"))
+	t.Setenv(router.EnvCatalogDSN, c.AdminDSN(db))
+	t.Setenv(router.EnvCatalogKey, resolver.NewKey())
+	t.Setenv(router.EnvAdminToken, testAdminToken)
 	const base = "listen: 127.0.0.1:0\ndrain_timeout: 1m\nadmin:\n  listen: 127.0.0.1:0\nprovider:\n  local:\n    prefix: adm_\n"
 	cfg := writeFile(t, base)
 
@@ -243,20 +244,6 @@ func TestServeAdmin(t *testing.T) {
 	})
 }
 
-func TestChangedKeys(t *testing.T) {
-	a := defaultConfig()
-	b := defaultConfig()
-	b.Log.Level = "debug"                    // reloadable
-	b.Limits.MaxConnections = 5              // reloadable
-	b.BlockedTenants = []string{"x"}         // reloadable
-	b.Cache.TTL = time.Minute                // restart
-	b.Auth.Password = "secret"               // restart; named, never shown
-	b.Upstream.ForwardParams = []string{"a"} // restart
-	got := strings.Join(changedKeys(a, b), ",")
-	if got != "auth.password,cache.ttl,upstream.forward_params" {
-		t.Fatalf("changedKeys = %s", got)
-	}
-}
 
 func TestDevAdmin(t *testing.T) {
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
@@ -276,7 +263,7 @@ func TestDevAdmin(t *testing.T) {
 		t.Fatalf("off: %q, %v", addr, err)
 	}
 
-	t.Setenv(envAdminToken, "")
+	t.Setenv(router.EnvAdminToken, "")
 	path := t.TempDir() + "/admin.token"
 	tok, err := devAdminToken(path)
 	if err != nil || len(tok) < 32 {
@@ -285,7 +272,7 @@ func TestDevAdmin(t *testing.T) {
 	if again, _ := devAdminToken(path); again != tok {
 		t.Fatal("the token changed across restarts")
 	}
-	t.Setenv(envAdminToken, "from-env")
+	t.Setenv(router.EnvAdminToken, "from-env")
 	if got, _ := devAdminToken(path); got != "from-env" {
 		t.Fatalf("environment ignored: %q", got)
 	}

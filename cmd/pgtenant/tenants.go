@@ -15,6 +15,7 @@ import (
 	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/provision/neon"
 	"github.com/pgtenant/pgtenant/resolver"
+	"github.com/pgtenant/pgtenant/router"
 )
 
 const tenantsUsage = `Usage: pgtenant tenants <list|show|delete> --config FILE [flags]
@@ -52,7 +53,7 @@ func runTenants(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	limit := fs.Int("limit", 100, "list: at most this many tenants")
 	yes := fs.Bool("yes", false, "delete: confirm")
 	adminURL := fs.String("admin", "", "URL of a router's admin listener, e.g. http://127.0.0.1:9090 (instead of --config)")
-	token := fs.String("token", "", "admin API token (prefer "+envAdminToken+")")
+	token := fs.String("token", "", "admin API token (prefer "+router.EnvAdminToken+")")
 	fs.Usage = func() { fmt.Fprint(stderr, tenantsUsage) }
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
@@ -76,24 +77,24 @@ func runTenants(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return fmt.Errorf("deleting tenant %q destroys its database and data: add --yes to confirm", tenant)
 	}
 	if *adminURL != "" { // tenants_api.go
-		return runTenantsAPI(ctx, stdout, apiClient{base: *adminURL, token: cmp.Or(*token, os.Getenv(envAdminToken))}, verb, tenant, *after, *limit)
+		return runTenantsAPI(ctx, stdout, apiClient{base: *adminURL, token: cmp.Or(*token, os.Getenv(router.EnvAdminToken))}, verb, tenant, *after, *limit)
 	}
 	switch verb {
 	case "warm", "evict", "block", "unblock":
 		return fmt.Errorf("%w: tenants %s acts on a running router: give its admin listener with --admin URL", errUsage, verb)
 	}
 
-	fc, err := loadConfig(*path)
+	fc, err := router.LoadConfig(*path)
 	if err != nil {
 		return err
 	}
 	if fc.Auth.Password == "" && fc.Auth.SCRAMVerifier == "" {
 		fc.Auth.Password = "unused" // the admin side serves no clients
 	}
-	if err := fc.validate(); err != nil {
+	if err := fc.Validate(); err != nil {
 		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
-	log, err := newLogger(stderr, fc.Log.Format, "warn")
+	log, _, err := router.NewLogger(stderr, fc.Log.Format, "warn")
 	if err != nil {
 		return err
 	}
@@ -115,35 +116,35 @@ func runTenants(ctx context.Context, args []string, stdout, stderr io.Writer) er
 // admin is the catalog plus the provider, without a router.
 type admin struct {
 	cat   *resolver.Catalog
-	parts *upstreamParts
+	parts *router.Upstream
 	close func()
 }
 
-func openAdmin(ctx context.Context, fc fileConfig, log *slog.Logger) (*admin, error) {
+func openAdmin(ctx context.Context, fc router.Config, log *slog.Logger) (*admin, error) {
 	key, err := resolver.ParseKey(fc.Catalog.Key)
 	if err != nil {
-		return nil, fmt.Errorf("catalog.key (%s): %w", envCatalogKey, err)
+		return nil, fmt.Errorf("catalog.key (%s): %w", router.EnvCatalogKey, err)
 	}
-	parts, err := buildProvider(ctx, fc, log, false)
+	parts, err := router.BuildUpstream(ctx, fc, log, false)
 	if err != nil {
 		return nil, err
 	}
 	catDSN := fc.Catalog.DSN
 	if catDSN == "" {
-		catDSN = parts.catalogDSN
+		catDSN = parts.CatalogDSN
 	}
-	pool, err := openPool(ctx, "catalog.dsn", catDSN, 2)
+	pool, err := router.OpenPool(ctx, "catalog.dsn", catDSN, 2)
 	if err != nil {
-		parts.close()
+		parts.Close()
 		return nil, err
 	}
-	cat, err := openCatalog(ctx, pool, key)
+	cat, err := router.OpenCatalog(ctx, pool, key)
 	if err != nil {
 		pool.Close()
-		parts.close()
+		parts.Close()
 		return nil, err
 	}
-	return &admin{cat: cat, parts: parts, close: func() { pool.Close(); parts.close() }}, nil
+	return &admin{cat: cat, parts: parts, close: func() { pool.Close(); parts.Close() }}, nil
 }
 
 func (a *admin) list(ctx context.Context, w io.Writer, after string, limit int) error {
@@ -177,7 +178,7 @@ func (a *admin) show(ctx context.Context, w io.Writer, tenant string) error {
 	} else {
 		fmt.Fprintf(w, "tenant %s: not in the catalog\n", tenant)
 	}
-	if np, isNeon := a.parts.prov.(*neon.Provider); isNeon {
+	if np, isNeon := a.parts.Provider.(*neon.Provider); isNeon {
 		t, ok, err := np.Lookup(ctx, tenant)
 		if err != nil {
 			return err
@@ -199,9 +200,9 @@ func (a *admin) show(ctx context.Context, w io.Writer, tenant string) error {
 // in between leaves a row whose next connect re-creates the tenant, never
 // a database nobody knows about.
 func (a *admin) delete(ctx context.Context, w io.Writer, tenant string) error {
-	perr := a.parts.prov.Delete(ctx, tenant)
+	perr := a.parts.Provider.Delete(ctx, tenant)
 	if perr != nil && !errors.Is(perr, provision.ErrTenantNotFound) {
-		return fmt.Errorf("delete tenant %q at %s: %w", tenant, a.parts.prov.Name(), perr)
+		return fmt.Errorf("delete tenant %q at %s: %w", tenant, a.parts.Provider.Name(), perr)
 	}
 	cerr := a.cat.Delete(ctx, tenant)
 	if cerr != nil && !errors.Is(cerr, provision.ErrTenantNotFound) {
@@ -210,7 +211,7 @@ func (a *admin) delete(ctx context.Context, w io.Writer, tenant string) error {
 	if perr != nil && cerr != nil {
 		return fmt.Errorf("tenant %q: %w", tenant, provision.ErrTenantNotFound)
 	}
-	fmt.Fprintf(w, "tenant %s deleted (provider %s: %s; catalog: %s)\n", tenant, a.parts.prov.Name(),
+	fmt.Fprintf(w, "tenant %s deleted (provider %s: %s; catalog: %s)\n", tenant, a.parts.Provider.Name(),
 		done(perr), done(cerr))
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	adminapi "github.com/pgtenant/pgtenant/admin"
+	"github.com/pgtenant/pgtenant/router"
 )
 
 // apiClient talks to a router's admin API (package admin).
@@ -29,7 +30,7 @@ func (c apiClient) do(ctx context.Context, method, path string, out any) error {
 		return fmt.Errorf("%w: --admin %q: want a URL like http://127.0.0.1:9090", errUsage, c.base)
 	}
 	if c.token == "" {
-		return fmt.Errorf("%w: no admin API token: set %s (or --token)", errUsage, envAdminToken)
+		return fmt.Errorf("%w: no admin API token: set %s (or --token)", errUsage, router.EnvAdminToken)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
 	if err != nil {

@@ -1,4 +1,4 @@
-package main
+package router
 
 import (
 	"errors"
@@ -17,15 +17,15 @@ import (
 // Environment variables that carry secrets. They override the file (so the
 // file can be committed without secrets); flags override both.
 const (
-	envPassword   = "PGTENANT_PASSWORD"    // the app secret clients log in with
-	envAdminDSN   = "PGTENANT_ADMIN_DSN"   // local provider: admin connection string
-	envCatalogDSN = "PGTENANT_CATALOG_DSN" // catalog database (default: the admin DSN)
-	envCatalogKey = "PGTENANT_CATALOG_KEY" // base64 AES-256 key encrypting upstream passwords
-	envNeonAPIKey = "NEON_API_KEY"         // neon provider: API key
+	EnvPassword   = "PGTENANT_PASSWORD"    // the app secret clients log in with
+	EnvAdminDSN   = "PGTENANT_ADMIN_DSN"   // local provider: admin connection string
+	EnvCatalogDSN = "PGTENANT_CATALOG_DSN" // catalog database (default: the admin DSN)
+	EnvCatalogKey = "PGTENANT_CATALOG_KEY" // base64 AES-256 key encrypting upstream passwords
+	EnvNeonAPIKey = "NEON_API_KEY"         // neon provider: API key
 )
 
-// neonFileConfig is provider.neon.
-type neonFileConfig struct {
+// NeonSettings is provider.neon.
+type NeonSettings struct {
 	BaseURL  string `yaml:"base_url"`
 	APIKey   string `yaml:"api_key"`
 	Mode     string `yaml:"mode"`
@@ -49,9 +49,9 @@ type neonFileConfig struct {
 	OpTimeout         time.Duration `yaml:"op_timeout"`
 }
 
-// fileConfig is the YAML schema of `pgtenant serve --config`. Every key and
+// Config is the YAML schema of `pgtenant serve --config`. Every key and
 // its default is documented in config.example.yaml.
-type fileConfig struct {
+type Config struct {
 	Listen           string        `yaml:"listen"`
 	InstanceID       uint8         `yaml:"instance_id"`
 	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
@@ -133,8 +133,8 @@ type fileConfig struct {
 	} `yaml:"upstream"`
 
 	Provider struct {
-		Kind  string         `yaml:"kind"`
-		Neon  neonFileConfig `yaml:"neon"`
+		Kind  string       `yaml:"kind"`
+		Neon  NeonSettings `yaml:"neon"`
 		Local struct {
 			AdminDSN    string `yaml:"admin_dsn"`
 			Host        string `yaml:"host"`
@@ -147,15 +147,11 @@ type fileConfig struct {
 			MaxConns    int32  `yaml:"max_conns"`
 		} `yaml:"local"`
 	} `yaml:"provider"`
-
-	// hup, when set (by serve), makes the router reload this
-	// configuration on SIGHUP. Not part of the file.
-	hup *reloader
 }
 
 // defaultConfig is what an empty file means.
-func defaultConfig() fileConfig {
-	var fc fileConfig
+func DefaultConfig() Config {
+	var fc Config
 	fc.Listen = "127.0.0.1:6432"
 	fc.HandshakeTimeout = 10 * time.Second
 	fc.ConnectTimeout = 60 * time.Second
@@ -198,8 +194,8 @@ func defaultConfig() fileConfig {
 // loadConfig reads path (if not empty) over the defaults, then applies the
 // secret environment variables. Unknown keys are an error: a typo must not
 // silently fall back to a default.
-func loadConfig(path string) (fileConfig, error) {
-	fc := defaultConfig()
+func LoadConfig(path string) (Config, error) {
+	fc := DefaultConfig()
 	if path != "" {
 		f, err := os.Open(path)
 		if err != nil {
@@ -226,22 +222,23 @@ func loadConfig(path string) (fileConfig, error) {
 	return fc, nil
 }
 
-func (fc *fileConfig) applyEnv(getenv func(string) string) {
+func (fc *Config) applyEnv(getenv func(string) string) {
 	set := func(dst *string, name string) {
 		if v := getenv(name); v != "" {
 			*dst = v
 		}
 	}
-	set(&fc.Auth.Password, envPassword)
-	set(&fc.Provider.Local.AdminDSN, envAdminDSN)
-	set(&fc.Catalog.DSN, envCatalogDSN)
-	set(&fc.Catalog.Key, envCatalogKey)
-	set(&fc.Provider.Neon.APIKey, envNeonAPIKey)
-	set(&fc.Admin.Token, envAdminToken)
+	set(&fc.Auth.Password, EnvPassword)
+	set(&fc.Provider.Local.AdminDSN, EnvAdminDSN)
+	set(&fc.Catalog.DSN, EnvCatalogDSN)
+	set(&fc.Catalog.Key, EnvCatalogKey)
+	set(&fc.Provider.Neon.APIKey, EnvNeonAPIKey)
+	set(&fc.Admin.Token, EnvAdminToken)
 }
 
-// validate checks what can be checked without connecting anywhere.
-func (fc *fileConfig) validate() error {
+// Validate checks what can be checked without connecting anywhere: the
+// file's own rules here, and the proxy's through proxy.Config.Validate.
+func (fc *Config) Validate() error {
 	var errs []error
 	if fc.Listen == "" {
 		errs = append(errs, errors.New("listen: empty"))
@@ -251,26 +248,8 @@ func (fc *fileConfig) validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("log.format: %q is not text or json", fc.Log.Format))
 	}
-	if _, err := parseLevel(fc.Log.Level); err != nil {
+	if _, err := ParseLevel(fc.Log.Level); err != nil {
 		errs = append(errs, err)
-	}
-	switch fc.Auth.Method {
-	case proxy.AuthSCRAM:
-		if fc.Auth.Password == "" && fc.Auth.SCRAMVerifier == "" {
-			errs = append(errs, fmt.Errorf("auth: no app secret: set %s (or auth.password, or auth.scram_verifier)", envPassword))
-		}
-	case proxy.AuthTrust:
-	default:
-		errs = append(errs, fmt.Errorf("auth.method: %q is not %s or %s", fc.Auth.Method, proxy.AuthSCRAM, proxy.AuthTrust))
-	}
-	switch fc.TLS.Mode {
-	case proxy.TLSModeDisable:
-	case proxy.TLSModeAllow, proxy.TLSModeRequired:
-		if fc.TLS.CertFile == "" || fc.TLS.KeyFile == "" {
-			errs = append(errs, fmt.Errorf("tls: mode %s needs tls.cert_file and tls.key_file", fc.TLS.Mode))
-		}
-	default:
-		errs = append(errs, fmt.Errorf("tls.mode: %q is not %s, %s or %s", fc.TLS.Mode, proxy.TLSModeDisable, proxy.TLSModeAllow, proxy.TLSModeRequired))
 	}
 	if fc.Tenant.Pattern != "" {
 		if _, err := regexp.Compile(fc.Tenant.Pattern); err != nil {
@@ -278,39 +257,44 @@ func (fc *fileConfig) validate() error {
 		}
 	}
 	errs = append(errs, fc.validateLimits()...) // limits.go
+	// What the proxy checks, it owns; only the hint at where the secret
+	// comes from is the file's.
+	if pc, err := fc.ProxyConfig(); err == nil {
+		if err := pc.Validate(); err != nil {
+			if errors.Is(err, proxy.ErrNoAppSecret) {
+				err = fmt.Errorf("%w\n(the app secret: set %s, or auth.password, or auth.scram_verifier)", err, EnvPassword)
+			}
+			errs = append(errs, err)
+		}
+	}
 	switch fc.Provider.Kind {
 	case "local":
 		if fc.Provider.Local.AdminDSN == "" {
-			errs = append(errs, fmt.Errorf("provider.local.admin_dsn: empty: set %s", envAdminDSN))
+			errs = append(errs, fmt.Errorf("provider.local.admin_dsn: empty: set %s", EnvAdminDSN))
 		}
 	case "neon":
 		if fc.Catalog.DSN == "" {
-			errs = append(errs, fmt.Errorf("catalog.dsn: the neon provider needs a catalog database: set %s", envCatalogDSN))
+			errs = append(errs, fmt.Errorf("catalog.dsn: the neon provider needs a catalog database: set %s", EnvCatalogDSN))
 		}
-		if nc, err := fc.neonConfig(); err != nil {
+		if nc, err := fc.NeonConfig(); err != nil {
 			errs = append(errs, err)
 		} else if err := nc.Validate(); err != nil {
-			errs = append(errs, fmt.Errorf("provider.neon: %w (the API key comes from %s)", err, envNeonAPIKey))
+			errs = append(errs, fmt.Errorf("provider.neon: %w (the API key comes from %s)", err, EnvNeonAPIKey))
 		}
 	default:
 		errs = append(errs, fmt.Errorf("provider.kind: %q is not supported (supported: local, neon)", fc.Provider.Kind))
-	}
-	switch fc.Upstream.TLS {
-	case "", proxy.TLSDisable, proxy.TLSRequire, proxy.TLSVerifyFull:
-	default:
-		errs = append(errs, fmt.Errorf("upstream.tls: %q is not %s, %s or %s", fc.Upstream.TLS, proxy.TLSDisable, proxy.TLSRequire, proxy.TLSVerifyFull))
 	}
 	if fc.Admin.BlockedRefresh < 0 {
 		errs = append(errs, fmt.Errorf("admin.blocked_refresh: %s is negative (0 turns the refresh off)", fc.Admin.BlockedRefresh))
 	}
 	if fc.Catalog.Key == "" {
-		errs = append(errs, fmt.Errorf("catalog.key: empty: set %s to a base64 32-byte key (pgtenant genkey prints one)", envCatalogKey))
+		errs = append(errs, fmt.Errorf("catalog.key: empty: set %s to a base64 32-byte key (pgtenant genkey prints one)", EnvCatalogKey))
 	}
 	return errors.Join(errs...)
 }
 
 // proxyConfig maps the file to the proxy package's Config.
-func (fc *fileConfig) proxyConfig() (proxy.Config, error) {
+func (fc *Config) ProxyConfig() (proxy.Config, error) {
 	cfg := proxy.Config{
 		Auth: proxy.Auth{
 			Method:   fc.Auth.Method,
@@ -318,9 +302,8 @@ func (fc *fileConfig) proxyConfig() (proxy.Config, error) {
 			Verifier: fc.Auth.SCRAMVerifier,
 		},
 		Tenant:           proxy.TenantConfig{Separator: fc.Tenant.Separator, Carriers: fc.Tenant.Carriers, SNISuffix: fc.Tenant.SNISuffix},
-		Limits:           fc.limits(),    // limits.go
-		KeepAlive:        fc.keepAlive(), // limits.go
-		Blocked:          fc.BlockedTenants,
+		Limits:           fc.ProxyLimits(),     // limits.go
+		KeepAlive:        fc.KeepAliveConfig(), // limits.go
 		HandshakeTimeout: fc.HandshakeTimeout,
 		ConnectTimeout:   fc.ConnectTimeout,
 		MaxStartupPacket: fc.MaxStartupPacket,
@@ -339,7 +322,7 @@ func (fc *fileConfig) proxyConfig() (proxy.Config, error) {
 }
 
 // neonConfig maps provider.neon to the neon package's Config.
-func (fc *fileConfig) neonConfig() (neon.Config, error) {
+func (fc *Config) NeonConfig() (neon.Config, error) {
 	n := fc.Provider.Neon
 	nc := neon.Config{
 		BaseURL:           n.BaseURL,

@@ -1,4 +1,4 @@
-package main
+package router
 
 import (
 	"os"
@@ -12,14 +12,14 @@ import (
 // The example file documents the defaults: loading it must give exactly
 // what an empty file gives.
 func TestExampleConfigMatchesDefaults(t *testing.T) {
-	for _, k := range []string{envPassword, envAdminDSN, envCatalogDSN, envCatalogKey} {
+	for _, k := range []string{EnvPassword, EnvAdminDSN, EnvCatalogDSN, EnvCatalogKey} {
 		t.Setenv(k, "")
 	}
-	got, err := loadConfig("../../config.example.yaml")
+	got, err := LoadConfig("../config.example.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := defaultConfig(); !reflect.DeepEqual(got, want) {
+	if want := DefaultConfig(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("config.example.yaml differs from the defaults:\n got %+v\nwant %+v", got, want)
 	}
 }
@@ -34,11 +34,11 @@ func writeFile(t *testing.T, body string) string {
 }
 
 func TestLoadConfig(t *testing.T) {
-	t.Setenv(envPassword, "from-env")
-	t.Setenv(envCatalogKey, "")
-	t.Setenv(envAdminDSN, "")
-	t.Setenv(envCatalogDSN, "")
-	fc, err := loadConfig(writeFile(t, "listen: 127.0.0.1:7000\nauth:\n  password: from-file\ncache:\n  ttl: 30s\n"))
+	t.Setenv(EnvPassword, "from-env")
+	t.Setenv(EnvCatalogKey, "")
+	t.Setenv(EnvAdminDSN, "")
+	t.Setenv(EnvCatalogDSN, "")
+	fc, err := LoadConfig(writeFile(t, "listen: 127.0.0.1:7000\nauth:\n  password: from-file\ncache:\n  ttl: 30s\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,32 +52,32 @@ func TestLoadConfig(t *testing.T) {
 		t.Fatal("defaults lost for keys the file does not set")
 	}
 
-	if _, err := loadConfig(writeFile(t, "listne: x\n")); err == nil || !strings.Contains(err.Error(), "listne") {
+	if _, err := LoadConfig(writeFile(t, "listne: x\n")); err == nil || !strings.Contains(err.Error(), "listne") {
 		t.Fatalf("unknown key: %v", err)
 	}
-	if _, err := loadConfig(writeFile(t, "")); err != nil {
+	if _, err := LoadConfig(writeFile(t, "")); err != nil {
 		t.Fatalf("empty file: %v", err)
 	}
 }
 
 func TestValidate(t *testing.T) {
-	fc := defaultConfig()
-	err := fc.validate()
+	fc := DefaultConfig()
+	err := fc.Validate()
 	if err == nil {
 		t.Fatal("defaults without secrets validated")
 	}
-	for _, want := range []string{envPassword, envAdminDSN, envCatalogKey} {
+	for _, want := range []string{EnvPassword, EnvAdminDSN, EnvCatalogKey} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not say to set %s: %v", want, err)
 		}
 	}
 	fc.Auth.Password, fc.Provider.Local.AdminDSN, fc.Catalog.Key = "x", "postgres://a@b/c", "k"
-	if err := fc.validate(); err != nil {
+	if err := fc.Validate(); err != nil {
 		t.Fatal(err)
 	}
 	fc.Tenant.Pattern = "("
 	fc.Log.Format = "xml"
-	if err := fc.validate(); err == nil || !strings.Contains(err.Error(), "tenant.pattern") || !strings.Contains(err.Error(), "log.format") {
+	if err := fc.Validate(); err == nil || !strings.Contains(err.Error(), "tenant.pattern") || !strings.Contains(err.Error(), "log.format") {
 		t.Fatalf("want both errors: %v", err)
 	}
 }
@@ -85,15 +85,15 @@ func TestValidate(t *testing.T) {
 // The README's Neon and production configurations must load and validate as
 // written.
 func TestREADMEConfigs(t *testing.T) {
-	readme, err := os.ReadFile("../../README.md")
+	readme, err := os.ReadFile("../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv(envPassword, "x")
-	t.Setenv(envCatalogKey, "k")
-	t.Setenv(envCatalogDSN, "postgres://c@localhost/catalog")
-	t.Setenv(envNeonAPIKey, "napi_test")
-	t.Setenv(envAdminDSN, "postgres://admin@localhost/postgres")
+	t.Setenv(EnvPassword, "x")
+	t.Setenv(EnvCatalogKey, "k")
+	t.Setenv(EnvCatalogDSN, "postgres://c@localhost/catalog")
+	t.Setenv(EnvNeonAPIKey, "napi_test")
+	t.Setenv(EnvAdminDSN, "postgres://admin@localhost/postgres")
 	blocks := 0
 	for _, part := range strings.Split(string(readme), "```yaml\n")[1:] {
 		block, _, _ := strings.Cut(part, "```")
@@ -101,11 +101,11 @@ func TestREADMEConfigs(t *testing.T) {
 			continue
 		}
 		blocks++
-		fc, err := loadConfig(writeFile(t, block))
+		fc, err := LoadConfig(writeFile(t, block))
 		if err != nil {
 			t.Fatalf("README block %d: %v\n%s", blocks, err, block)
 		}
-		if err := fc.validate(); err != nil {
+		if err := fc.Validate(); err != nil {
 			t.Fatalf("README block %d: %v\n%s", blocks, err, block)
 		}
 	}

@@ -1,4 +1,4 @@
-package main
+package router
 
 import (
 	"fmt"
@@ -7,14 +7,11 @@ import (
 	"github.com/pgtenant/pgtenant/proxy"
 )
 
-// validateLimits checks tenant.carriers, tenant.sni_suffix, limits,
-// keepalive and blocked_tenants.
-func (fc *fileConfig) validateLimits() []error {
+// validateLimits checks limits, keepalive and blocked_tenants: rules of the
+// file (no negative values; a backoff threshold needs its periods) that the
+// proxy, where zero or negative means off, does not have.
+func (fc *Config) validateLimits() []error {
 	var errs []error
-	tc := proxy.TenantConfig{Carriers: fc.Tenant.Carriers, SNISuffix: fc.Tenant.SNISuffix}
-	if err := tc.Validate(); err != nil {
-		errs = append(errs, fmt.Errorf("tenant.carriers / tenant.sni_suffix: %w", err))
-	}
 	l := &fc.Limits
 	for name, v := range map[string]int{
 		"limits.max_connections":            l.MaxConnections,
@@ -48,8 +45,8 @@ func (fc *fileConfig) validateLimits() []error {
 	return errs
 }
 
-// limits maps limits to the proxy's (Server.SetLimits on reload).
-func (fc *fileConfig) limits() proxy.Limits {
+// ProxyLimits maps limits to the proxy's (Server.SetLimits on reload).
+func (fc *Config) ProxyLimits() proxy.Limits {
 	l := fc.Limits
 	return proxy.Limits{
 		MaxConnections:          l.MaxConnections,
@@ -65,8 +62,8 @@ func (fc *fileConfig) limits() proxy.Limits {
 	}
 }
 
-// keepAlive maps keepalive to the proxy's; idle 0 turns keepalives off.
-func (fc *fileConfig) keepAlive() proxy.KeepAlive {
+// KeepAliveConfig maps keepalive to the proxy's; idle 0 turns keepalives off.
+func (fc *Config) KeepAliveConfig() proxy.KeepAlive {
 	k := proxy.KeepAlive{Idle: fc.KeepAlive.Idle, Interval: fc.KeepAlive.Interval, Count: fc.KeepAlive.Count}
 	if k.Idle == 0 {
 		k.Idle = -1

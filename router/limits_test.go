@@ -1,4 +1,4 @@
-package main
+package router
 
 import (
 	"slices"
@@ -10,11 +10,11 @@ import (
 )
 
 func TestLimitsConfig(t *testing.T) {
-	t.Setenv(envPassword, "x")
-	t.Setenv(envCatalogKey, "k")
-	t.Setenv(envAdminDSN, "postgres://a@b/c")
-	t.Setenv(envCatalogDSN, "")
-	fc, err := loadConfig(writeFile(t, `
+	t.Setenv(EnvPassword, "x")
+	t.Setenv(EnvCatalogKey, "k")
+	t.Setenv(EnvAdminDSN, "postgres://a@b/c")
+	t.Setenv(EnvCatalogDSN, "")
+	fc, err := LoadConfig(writeFile(t, `
 tenant:
   separator: "."
   carriers: [options, sni]
@@ -31,10 +31,10 @@ blocked_tenants: [acme]
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := fc.validate(); err != nil {
+	if err := fc.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	pc, err := fc.proxyConfig()
+	pc, err := fc.ProxyConfig()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,15 +51,15 @@ blocked_tenants: [acme]
 	if pc.KeepAlive.Idle >= 0 {
 		t.Errorf("keepalive idle 0 should turn keepalives off: %+v", pc.KeepAlive)
 	}
-	if !slices.Equal(pc.Blocked, []string{"acme"}) || fc.Limits.MaxConcurrentCreates != 4 {
-		t.Errorf("blocked %q, max creates %d", pc.Blocked, fc.Limits.MaxConcurrentCreates)
+	if !slices.Equal(fc.BlockedTenants, []string{"acme"}) || fc.Limits.MaxConcurrentCreates != 4 {
+		t.Errorf("blocked %q, max creates %d", fc.BlockedTenants, fc.Limits.MaxConcurrentCreates)
 	}
 	if _, err := proxy.New(pc, nil); err != nil {
 		t.Fatalf("proxy.New: %v", err)
 	}
 
 	for body, want := range map[string]string{
-		"tenant: {carriers: [cookie]}\n":                       "tenant.carriers",
+		"tenant: {carriers: [cookie]}\n":                       "unknown tenant carrier",
 		"tenant: {carriers: [sni]}\n":                          "SNI suffix",
 		"tenant: {carriers: []}\n":                             "no tenant carrier",
 		"limits: {max_connections: -1}\n":                      "limits.max_connections",
@@ -70,9 +70,9 @@ blocked_tenants: [acme]
 		"tenant: {sni_suffix: .db.example.com}\n":              "sni tenant carrier is not enabled",
 		"tenant: {carriers: [user, user], separator: \".\"}\n": "twice",
 	} {
-		fc, err := loadConfig(writeFile(t, body))
+		fc, err := LoadConfig(writeFile(t, body))
 		if err == nil {
-			err = fc.validate()
+			err = fc.Validate()
 		}
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want an error about %s", body, err, want)

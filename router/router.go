@@ -1,0 +1,350 @@
+package router
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+
+	adminapi "github.com/pgtenant/pgtenant/admin"
+	"github.com/pgtenant/pgtenant/provision"
+	"github.com/pgtenant/pgtenant/provision/local"
+	"github.com/pgtenant/pgtenant/provision/neon"
+	"github.com/pgtenant/pgtenant/proxy"
+	"github.com/pgtenant/pgtenant/resolver"
+)
+
+// Upstream is how a router reaches a provider's upstreams: the provider
+// that creates tenants, how the proxy logs in to them and, for the local
+// provider, the database the catalog lives in by default.
+type Upstream struct {
+	Provider provision.Provider
+	Proxy    proxy.UpstreamConfig
+	// Dial, when not nil, replaces the proxy's upstream dialer
+	// (upstream.dial_override, a fake's compute proxy).
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// CatalogDSN is the catalog's database when catalog.dsn is empty.
+	CatalogDSN string
+	// Close releases what the provider holds; the router calls it last.
+	Close func()
+}
+
+// NeonPoolerParams are the startup parameters Neon's pooler (PgBouncer)
+// tracks; it refuses any other (docs/neon-api.md §8.2).
+var NeonPoolerParams = []string{"client_encoding", "datestyle", "timezone", "standard_conforming_strings", "application_name"}
+
+// BuildUpstream makes the provider cfg names and the upstream settings that
+// go with it. ensureTemplate (for serving) creates the local provider's
+// template database when it is missing and keeps its spare databases
+// filled until Close.
+func BuildUpstream(ctx context.Context, cfg Config, log *slog.Logger, ensureTemplate bool) (*Upstream, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	up := proxy.UpstreamConfig{TLS: cfg.Upstream.TLS, EndpointOption: cfg.Upstream.EndpointOption, ForwardParams: cfg.Upstream.ForwardParams}
+	if cfg.Upstream.CAFile != "" {
+		pem, err := os.ReadFile(cfg.Upstream.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("upstream.ca_file: %w", err)
+		}
+		up.RootCAs = x509.NewCertPool()
+		if !up.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("upstream.ca_file %s: no PEM certificates in it", cfg.Upstream.CAFile)
+		}
+	}
+	u := &Upstream{Proxy: up, Close: func() {}}
+	if o := cfg.Upstream.DialOverride; o != "" {
+		d := cfg.KeepAliveConfig().Dialer()
+		u.Dial = func(ctx context.Context, network, _ string) (net.Conn, error) { return d.DialContext(ctx, network, o) }
+	}
+
+	switch cfg.Provider.Kind {
+	case "neon":
+		nc, err := cfg.NeonConfig()
+		if err != nil {
+			return nil, err
+		}
+		nc.Log = log
+		p, err := neon.New(nc)
+		if err != nil {
+			return nil, err
+		}
+		u.Provider = p
+		u.Close = p.CloseIdleConnections
+		if u.Proxy.TLS == "" {
+			u.Proxy.TLS = proxy.TLSVerifyFull // Neon refuses plaintext
+		}
+		if u.Proxy.ForwardParams == nil {
+			u.Proxy.ForwardParams = NeonPoolerParams
+		}
+		return u, nil
+	}
+
+	lc := cfg.Provider.Local
+	admin, err := OpenPool(ctx, "provider.local.admin_dsn", lc.AdminDSN, lc.MaxConns)
+	if err != nil {
+		return nil, err
+	}
+	prov := local.New(local.Config{
+		Host:     lc.Host,
+		Port:     lc.Port,
+		Template: lc.Template,
+		Prefix:   lc.Prefix,
+		Strategy: lc.Strategy,
+		Spares:   lc.Spares,
+	}, admin)
+	u.Provider, u.CatalogDSN, u.Close = prov, lc.AdminDSN, admin.Close
+	if !ensureTemplate {
+		return u, nil
+	}
+	var setupSQL string
+	if lc.TemplateSQL != "" {
+		b, err := os.ReadFile(lc.TemplateSQL)
+		if err != nil {
+			admin.Close()
+			return nil, fmt.Errorf("template SQL: %w", err)
+		}
+		setupSQL = string(b)
+	}
+	created, err := prov.EnsureTemplate(ctx, setupSQL)
+	if err != nil {
+		admin.Close()
+		return nil, err
+	}
+	switch {
+	case created:
+		log.Info("template database created", "template", lc.Template)
+	case setupSQL != "":
+		log.Info("template database exists; template SQL not applied again (it runs once, when the template is created)",
+			"template", lc.Template, "template_sql", lc.TemplateSQL)
+	}
+	if lc.Spares > 0 {
+		// Spare databases are kept ready while the router runs.
+		sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		done := make(chan struct{})
+		go func() { defer close(done); prov.RunSpares(sctx, log) }()
+		u.Close = func() { cancel(); <-done; admin.Close() }
+	}
+	return u, nil
+}
+
+// Options are what New takes besides the Config.
+type Options struct {
+	// Log is the router's logger. Nil discards.
+	Log *slog.Logger
+	// Level, when not nil, is Log's level; Reload sets it from log.level.
+	Level *slog.LevelVar
+	// Version labels the pgtenant_build_info metric.
+	Version string
+	// Upstream, when not nil, replaces the provider the Config describes
+	// (dev's fake Neon, a test's counting provider). The router calls its
+	// Close when it stops.
+	Upstream *Upstream
+	// ProxyHook and AdminHook, when set, adjust the proxy's and the admin
+	// API's configuration after they are mapped from the Config: for
+	// settings the file has no key for (embedding, tests).
+	ProxyHook func(*proxy.Config)
+	AdminHook func(*adminapi.Config)
+}
+
+// Router is a running router: the proxy on its listener, the resolver and
+// catalog behind it, the provider, and the production surface (admin
+// listener, block list, reload). New starts it listening; Serve serves
+// until its context ends and then releases everything.
+type Router struct {
+	log      *slog.Logger
+	level    *slog.LevelVar
+	upstream *Upstream
+	catPool  *pgxpool.Pool
+	cat      *resolver.Catalog
+	res      *resolver.Resolver
+	srv      *proxy.Server
+	reg      *prometheus.Registry
+	ln       net.Listener
+	blocks   *blockList
+	surface  *surface
+
+	mu  sync.Mutex
+	cur Config // the configuration in force (Reload); guarded by mu
+
+	closeOnce sync.Once
+}
+
+// New assembles a router from cfg and starts listening on cfg.Listen (and
+// on admin.listen when set); nothing is served until Serve. cfg should
+// have passed Validate; New checks again what it must. On error, whatever
+// New opened is closed again.
+func New(ctx context.Context, cfg Config, opts Options) (_ *Router, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	r := &Router{log: opts.Log, level: opts.Level, cur: cfg}
+	if r.log == nil {
+		r.log = slog.New(slog.DiscardHandler)
+	}
+	defer func() {
+		if err != nil {
+			r.close()
+		}
+	}()
+	key, err := resolver.ParseKey(cfg.Catalog.Key)
+	if err != nil {
+		return nil, fmt.Errorf("catalog.key (%s): %w", EnvCatalogKey, err)
+	}
+	r.upstream = opts.Upstream
+	if r.upstream == nil {
+		if r.upstream, err = BuildUpstream(ctx, cfg, r.log, true); err != nil {
+			return nil, err
+		}
+	}
+	catDSN := cfg.Catalog.DSN
+	if catDSN == "" {
+		catDSN = r.upstream.CatalogDSN
+	}
+	if r.catPool, err = OpenPool(ctx, "catalog.dsn", catDSN, cfg.Catalog.MaxConns); err != nil {
+		return nil, err
+	}
+	if r.cat, err = OpenCatalog(ctx, r.catPool, key); err != nil {
+		return nil, err
+	}
+
+	r.reg = NewRegistry(opts.Version)
+	r.res = resolver.New(resolver.Config{
+		Metrics:     resolver.NewMetrics(r.reg),
+		CacheSize:   cfg.Cache.Size,
+		TTL:         cfg.Cache.TTL,
+		NegativeTTL: cfg.Cache.NegativeTTL,
+		FillTimeout: cfg.Cache.FillTimeout,
+		Log:         r.log,
+
+		MaxConcurrentCreates: cfg.Limits.MaxConcurrentCreates,
+	}, r.cat, r.upstream.Provider)
+
+	pcfg, err := cfg.ProxyConfig()
+	if err != nil {
+		return nil, err
+	}
+	pcfg.Log = r.log
+	pcfg.Metrics = proxy.NewMetrics(r.reg)
+	pcfg.Upstream = r.upstream.Proxy
+	pcfg.DialUpstream = r.upstream.Dial
+	if opts.ProxyHook != nil {
+		opts.ProxyHook(&pcfg)
+	}
+	if r.srv, err = proxy.New(pcfg, r.res); err != nil {
+		return nil, err
+	}
+	if r.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, err
+	}
+	// Block list, admin listener; stopped after Serve has drained, so
+	// /readyz says 503 throughout.
+	r.blocks = newBlockList(r.cat, r.srv, cfg.BlockedTenants)
+	if r.surface, err = r.startSurface(ctx, cfg, pcfg.Tenant.Pattern, opts.AdminHook); err != nil {
+		return nil, err
+	}
+	r.log.Info("router listening", "addr", r.ln.Addr().String(), "auth", pcfg.Auth.String(), "provider", r.upstream.Provider.Name())
+	return r, nil
+}
+
+// Addr is the address the router listens on for clients.
+func (r *Router) Addr() net.Addr { return r.ln.Addr() }
+
+// AdminAddr is the admin listener's address, or nil when admin.listen is
+// empty.
+func (r *Router) AdminAddr() net.Addr {
+	if r.surface.ln == nil {
+		return nil
+	}
+	return r.surface.ln.Addr()
+}
+
+// Proxy, Resolver, Catalog, Provider and Registry are the router's parts,
+// for callers that embed it (tests, dev).
+func (r *Router) Proxy() *proxy.Server           { return r.srv }
+func (r *Router) Resolver() *resolver.Resolver   { return r.res }
+func (r *Router) Catalog() *resolver.Catalog     { return r.cat }
+func (r *Router) Provider() provision.Provider   { return r.upstream.Provider }
+func (r *Router) Registry() *prometheus.Registry { return r.reg }
+
+// Serve serves clients until ctx ends, drains (see proxy.Server.Serve),
+// then stops the admin listener and releases the resolver, the catalog's
+// pool and the provider. Call it once.
+func (r *Router) Serve(ctx context.Context) error {
+	defer r.close()
+	r.surface.run(ctx, r)
+	return r.srv.Serve(ctx, r.ln)
+}
+
+// Close releases a router whose Serve was never called. After Serve it
+// does nothing.
+func (r *Router) Close() { r.close() }
+
+func (r *Router) close() {
+	r.closeOnce.Do(func() {
+		if r.surface != nil {
+			r.surface.stop()
+		}
+		if r.ln != nil {
+			_ = r.ln.Close() // Serve closed it already, unless it never ran
+		}
+		if r.res != nil {
+			r.res.Close()
+		}
+		if r.catPool != nil {
+			r.catPool.Close()
+		}
+		if r.upstream != nil && r.upstream.Close != nil {
+			r.upstream.Close()
+		}
+	})
+}
+
+// OpenCatalog opens the catalog and says what to do when the key is not
+// the one the catalog was written with.
+func OpenCatalog(ctx context.Context, pool *pgxpool.Pool, key []byte) (*resolver.Catalog, error) {
+	cat, err := resolver.OpenCatalog(ctx, pool, key)
+	if errors.Is(err, resolver.ErrKeyMismatch) {
+		return nil, fmt.Errorf("%w at %s: set %s to the key it was created with, or point catalog.dsn (%s) at another database",
+			err, hostOf(pool.Config()), EnvCatalogKey, EnvCatalogDSN)
+	}
+	return cat, err
+}
+
+// OpenPool connects a pool and checks that it can reach the server, so that
+// a wrong DSN fails at start with a clear message rather than at the first
+// client; what names the setting in errors. Errors never contain the DSN's
+// password (pgconn redacts it).
+func OpenPool(ctx context.Context, what, dsn string, maxConns int32) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	if maxConns > 0 {
+		cfg.MaxConns = maxConns
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := pool.Ping(pctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("%s: cannot connect to %s: %w", what, hostOf(cfg), err)
+	}
+	return pool, nil
+}
+
+func hostOf(cfg *pgxpool.Config) string {
+	cc := cfg.ConnConfig
+	return fmt.Sprintf("%s:%d/%s as %s", cc.Host, cc.Port, cc.Database, cc.User)
+}

@@ -1,0 +1,259 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"regexp"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	adminapi "github.com/pgtenant/pgtenant/admin"
+	"github.com/pgtenant/pgtenant/proxy"
+)
+
+// EnvAdminToken carries the admin API's bearer token (admin.token).
+const EnvAdminToken = "PGTENANT_ADMIN_TOKEN"
+
+// NewRegistry is the Prometheus registry of one router process: the Go
+// runtime, the process and a build-info gauge labelled with version; New
+// adds the proxy's and resolver's metrics.
+func NewRegistry(version string) *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	info := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "pgtenant_build_info", Help: "Always 1; the version label says which pgtenant runs.",
+	}, []string{"version"})
+	info.WithLabelValues(version).Set(1)
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), info)
+	return reg
+}
+
+// blockStore is where the shared block list is kept. *resolver.Catalog
+// implements it.
+type blockStore interface {
+	Block(ctx context.Context, tenant string) error
+	Unblock(ctx context.Context, tenant string) error
+	BlockedList(ctx context.Context) ([]string, error)
+}
+
+// blockApplier is the proxy's side of the block list. *proxy.Server
+// implements it.
+type blockApplier interface {
+	Sessions(tenant string) []proxy.SessionInfo
+	SetBlocked(tenants []string)
+}
+
+// blockList owns the block list's rule: a router refuses the tenants of the
+// store's list (shared by every instance, changed through the admin API)
+// plus those of its file's blocked_tenants (this instance only; Reload
+// replaces them), and nothing else. The proxy applies whatever refresh
+// hands it last.
+type blockList struct {
+	store blockStore
+	proxy blockApplier
+	file  atomic.Pointer[[]string]
+	mu    sync.Mutex // serialises refreshes, so an older list never lands last
+}
+
+func newBlockList(store blockStore, p blockApplier, file []string) *blockList {
+	b := &blockList{store: store, proxy: p}
+	b.setFile(file)
+	return b
+}
+
+func (b *blockList) setFile(l []string) { l = slices.Clone(l); b.file.Store(&l) }
+
+// Block stores the block and applies it here at once (admin.Blocks).
+func (b *blockList) Block(ctx context.Context, tenant string) error {
+	if err := b.store.Block(ctx, tenant); err != nil {
+		return err
+	}
+	_, err := b.refresh(ctx)
+	return err
+}
+
+// Unblock removes the stored block and applies that here at once.
+func (b *blockList) Unblock(ctx context.Context, tenant string) error {
+	if err := b.store.Unblock(ctx, tenant); err != nil {
+		return err
+	}
+	_, err := b.refresh(ctx)
+	return err
+}
+
+// refresh reads the store's list, adds the file's and hands the union to
+// the proxy, which refuses those tenants' new connections and ends their
+// live sessions. It returns how many live sessions of blocked tenants it
+// found here (being ended). New calls it at start, the refresh loop
+// periodically (so that a block made through another instance reaches this
+// one), Reload and the admin API's block and unblock at once.
+func (b *blockList) refresh(ctx context.Context) (ending int, err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	list, err := b.store.BlockedList(ctx)
+	if err != nil {
+		return 0, err
+	}
+	list = append(list, *b.file.Load()...)
+	slices.Sort(list)
+	list = slices.Compact(list)
+	// Count before SetBlocked: the sessions it ends leave the registry at
+	// once.
+	for _, s := range b.proxy.Sessions("") {
+		if _, ok := slices.BinarySearch(list, s.Tenant); ok {
+			ending++
+		}
+	}
+	b.proxy.SetBlocked(list)
+	return ending, nil
+}
+
+// surface is the production surface around the proxy: the admin listener
+// and the block list's refresh loop.
+type surface struct {
+	refresh time.Duration
+	srv     *http.Server // nil: no admin listener
+	ln      net.Listener
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	ctx     context.Context // of the loops; ends with stop
+}
+
+// startSurface applies the block list and opens the admin listener (if
+// admin.listen is set); run starts serving it and the refresh loop.
+func (r *Router) startSurface(ctx context.Context, cfg Config, pattern *regexp.Regexp, hook func(*adminapi.Config)) (*surface, error) {
+	bctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	_, err := r.blocks.refresh(bctx)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("block list: %w", err)
+	}
+	s := &surface{refresh: cfg.Admin.BlockedRefresh}
+	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	if cfg.Admin.Listen == "" {
+		return s, nil
+	}
+	acfg := adminapi.Config{
+		Token:         cfg.Admin.Token,
+		Gatherer:      r.reg,
+		Catalog:       r.cat,
+		Blocks:        r.blocks,
+		Ping:          catalogPing{r.catPool},
+		Resolver:      r.res,
+		Router:        r.srv,
+		Provider:      r.upstream.Provider,
+		TenantPattern: pattern,
+		Log:           r.log.With("component", "admin"),
+	}
+	if hook != nil {
+		hook(&acfg)
+	}
+	h, err := adminapi.New(acfg)
+	if err != nil {
+		s.cancel()
+		return nil, err
+	}
+	if s.ln, err = net.Listen("tcp", cfg.Admin.Listen); err != nil {
+		s.cancel()
+		return nil, fmt.Errorf("admin.listen: %w", err)
+	}
+	s.srv = &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(r.log.Handler(), slog.LevelWarn),
+	}
+	api := "on"
+	if cfg.Admin.Token == "" {
+		api = "off (no admin.token / " + EnvAdminToken + ")"
+	}
+	r.log.Info("admin listening", "addr", s.ln.Addr().String(), "api", api)
+	return s, nil
+}
+
+// run serves the admin listener and runs the block list's refresh loop
+// until stop.
+func (s *surface) run(ctx context.Context, r *Router) {
+	if s.srv != nil {
+		s.wg.Go(func() {
+			if err := s.srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				r.log.Error("admin listener failed", "err", err)
+			}
+		})
+	}
+	s.wg.Go(func() { refreshBlockedLoop(s.ctx, s.refresh, r.log, r.blocks) })
+}
+
+// stop ends the loops and shuts the admin listener down; call it after the
+// proxy's Serve has returned, so that /readyz answers 503 throughout the
+// drain.
+func (s *surface) stop() {
+	s.cancel()
+	if s.srv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := s.srv.Shutdown(sctx); err != nil {
+			_ = s.srv.Close()
+		}
+		cancel()
+		_ = s.ln.Close() // Shutdown closes it only if Serve ran
+	}
+	s.wg.Wait()
+}
+
+// refreshBlockedLoop applies the shared block list every interval, so a
+// tenant blocked through another router instance is refused here too (and
+// its live sessions here ended) within one interval. Failures are logged
+// when they start and when they stop, not at every tick.
+func refreshBlockedLoop(ctx context.Context, interval time.Duration, log *slog.Logger, b *blockList) {
+	if interval <= 0 {
+		return
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, min(interval, 15*time.Second))
+		_, err := b.refresh(rctx) // the proxy logs the sessions it ends
+		cancel()
+		switch {
+		case err != nil && ctx.Err() != nil:
+			return
+		case err != nil:
+			if !failing {
+				log.Warn("block list refresh failed; keeping the last one", "err", err)
+			}
+			failing = true
+			continue
+		case failing:
+			log.Info("block list refresh works again")
+			failing = false
+		}
+	}
+}
+
+// catalogPing is /readyz's catalog check. A pool whose connections are all
+// in use (a burst of first connects holds them while tenants are created)
+// counts as reachable: pinging would queue behind that work and turn every
+// router unready exactly when it is busiest.
+type catalogPing struct{ pool *pgxpool.Pool }
+
+func (p catalogPing) Ping(ctx context.Context) error {
+	if st := p.pool.Stat(); st.AcquiredConns() > 0 && st.AcquiredConns() >= st.MaxConns() {
+		return nil
+	}
+	return p.pool.Ping(ctx)
+}
