@@ -111,8 +111,8 @@ func startEnv(t *testing.T, opts ...envOpt) *env {
 	cfg.Limits.MaxHandshakes = 0
 	cfg.Limits.AuthBackoff.Threshold = 0
 	rt, err := pgrouter.New(ctx, cfg, pgrouter.Options{
-		Log:       discard(),
-		Upstream:  &pgrouter.Upstream{Provider: prov, CatalogDSN: c.AdminDSN(catDB), Close: adminPool.Close},
+		Log:      discard(),
+		Upstream: &pgrouter.Upstream{Provider: prov, CatalogDSN: c.AdminDSN(catDB), Close: adminPool.Close},
 		ProxyHook: func(pc *proxy.Config) {
 			for _, o := range opts {
 				if o.proxy != nil {

@@ -244,7 +244,6 @@ func TestServeAdmin(t *testing.T) {
 	})
 }
 
-
 func TestDevAdmin(t *testing.T) {
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
