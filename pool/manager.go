@@ -65,6 +65,9 @@ func (m *Manager) Acquire(ctx context.Context, key Key, dial DialFunc) (*Conn, e
 		now := time.Now()
 		c, ok, closing := m.takeLocked(p, now, nil)
 		if ok {
+			if len(closing) > 0 && b.ring != nil { // expired connections freed slots
+				closing = b.dispatchLocked(now, closing)
+			}
 			b.mu.Unlock()
 			m.closeConns(closing)
 			if c != nil {
@@ -74,6 +77,9 @@ func (m *Manager) Acquire(ctx context.Context, key Key, dial DialFunc) (*Conn, e
 		}
 		w := &waiter{p: p, since: now, ch: make(chan grant, 1)}
 		b.enqueueLocked(w)
+		if len(closing) > 0 { // expired connections freed slots: maybe for w
+			closing = b.dispatchLocked(now, closing)
+		}
 		b.mu.Unlock()
 		m.closeConns(closing)
 		return m.wait(ctx, w, dial)
@@ -444,7 +450,6 @@ func (m *Manager) sweep(now time.Time) {
 				delete(b.tenants, p.t.name)
 			}
 			if len(b.pools) == 0 {
-				b.removed = true
 				delete(m.budgets, b.addr)
 			}
 		}

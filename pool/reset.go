@@ -67,8 +67,13 @@ func (s *Server) exchange(ctx context.Context, out []byte, n int) error {
 	if err == nil {
 		_ = conn.SetDeadline(time.Time{})
 	}
-	if err != nil && ctx.Err() != nil {
-		err = fmt.Errorf("pool: reset: %w (%w)", ctx.Err(), err)
+	if err != nil {
+		if cerr := ctx.Err(); cerr != nil {
+			err = fmt.Errorf("pool: reset: %w (%w)", cerr, err)
+		} else if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) {
+			// The connection's deadline fired before ctx's timer.
+			err = fmt.Errorf("pool: reset: %w (%w)", context.DeadlineExceeded, err)
+		}
 	}
 	return err
 }
