@@ -62,9 +62,10 @@ func (p *pool) emptyLocked() bool {
 // must close first (evicted to make its slot): closing before dialling
 // keeps the server's count within the budget.
 type grant struct {
-	c     *Conn
-	err   error
-	close []*Conn
+	c      *Conn
+	err    error
+	close  []*Conn
+	waited time.Duration
 }
 
 type waiter struct {
@@ -155,12 +156,16 @@ func (b *budget) grantLocked(w *waiter, g grant, now time.Time, inTurn bool) {
 	if inTurn && b.ring != nil {
 		b.ring = next // still on the ring: w's tenant if it still waits, else the one after it
 	}
-	p := w.p
-	d := now.Sub(w.since)
-	p.waits++
-	p.waitSum += d
-	p.waitMax = max(p.waitMax, d)
-	p.m.c.waits.Add(1)
+	if g.err == nil {
+		p := w.p
+		d := now.Sub(w.since)
+		p.waits++
+		p.waitSum += d
+		p.waitMax = max(p.waitMax, d)
+		p.m.c.waits.Add(1)
+		p.m.c.waitNanos.Add(int64(d))
+		g.waited = d
+	}
 	w.done = true
 	w.ch <- g
 }

@@ -42,6 +42,11 @@ type Config struct {
 	// MaxLifetime, when positive, closes server connections that old when
 	// they are next released or found idle. Zero means no limit.
 	MaxLifetime time.Duration
+	// OnWait, when set, is called with the time each queued Acquire waited
+	// before it was served (not those that timed out or were cancelled),
+	// on that Acquire's goroutine and outside any lock: the caller's wait
+	// histogram. It must not block.
+	OnWait func(time.Duration)
 }
 
 func (c *Config) maxServer() int {

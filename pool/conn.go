@@ -98,8 +98,13 @@ func (c *Conn) Release(clean bool) { c.p.m.release(c, clean) }
 // query unless empty) and releases it: clean if the reset worked, closed
 // if not. The server must be at ReadyForQuery with nothing in flight; a
 // connection whose client left mid-query must be released dirty instead.
-// It returns the reset's error, for logging.
+// It returns the reset's error, for logging, or ErrClosed (without a
+// reset) once the Manager is closed.
 func (c *Conn) ResetRelease(ctx context.Context, txStatus byte, query string) error {
+	if c.p.m.closed.Load() { // it will be closed anyway
+		c.Release(false)
+		return ErrClosed
+	}
 	err := c.Reset(ctx, txStatus, query)
 	c.Release(err == nil)
 	return err

@@ -2,6 +2,7 @@ package pool
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -200,6 +201,9 @@ func (m *Manager) closeConn(c *Conn) {
 // dial fills a slot reserved for p.
 func (m *Manager) dial(ctx context.Context, p *pool, dial DialFunc) (*Conn, error) {
 	s, err := dial(ctx)
+	if err == nil && s.Conn == nil {
+		err = errors.New("pool: the dial function returned no connection and no error")
+	}
 	now := time.Now()
 	b := p.b
 	b.mu.Lock()
@@ -232,6 +236,9 @@ func (m *Manager) wait(ctx context.Context, w *waiter, dial DialFunc) (*Conn, er
 	timedOut := false
 	select {
 	case g := <-w.ch:
+		if g.err == nil && m.cfg.OnWait != nil {
+			m.cfg.OnWait(g.waited)
+		}
 		return m.granted(ctx, w.p, g, dial)
 	case <-ctx.Done():
 	case <-timer.C:

@@ -299,6 +299,9 @@ func TestPGTrackerOnServerStream(t *testing.T) {
 	out, _ = (&pgproto3.Sync{}).Encode(out)
 	out, _ = (&pgproto3.Query{String: "SELECT 1/0"}).Encode(out)
 	out, _ = (&pgproto3.Query{String: "ROLLBACK"}).Encode(out)
+	var reqs pool.Requests
+	reqs.Feed(out[:11])
+	reqs.Feed(out[11:])
 	if _, err := c.Conn.Write(out); err != nil {
 		t.Fatal(err)
 	}
@@ -322,6 +325,9 @@ func TestPGTrackerOnServerStream(t *testing.T) {
 	_ = c.Conn.SetDeadline(time.Time{})
 	if string(statuses) != "TTTEI" || !tr.Idle() || tr.Err() != nil {
 		t.Fatalf("statuses %q idle %v err %v, want TTTEI ending idle", statuses, tr.Idle(), tr.Err())
+	}
+	if reqs.Count() != tr.Ready() || !reqs.AtBoundary() {
+		t.Fatalf("%d requests, %d ReadyForQuery: want one for each", reqs.Count(), tr.Ready())
 	}
 	pid := c.PID
 	c.Release(tr.Idle())

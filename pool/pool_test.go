@@ -135,7 +135,8 @@ func TestReuseIsLIFO(t *testing.T) {
 func TestBudgetQueuesAndHandsOver(t *testing.T) {
 	pgtest.CheckGoroutines(t)
 	f := &fakeServers{}
-	m := pool.New(pool.Config{MaxServerConnections: 3})
+	var waited atomic.Int64
+	m := pool.New(pool.Config{MaxServerConnections: 3, OnWait: func(d time.Duration) { waited.Add(int64(d) + 1) }})
 	defer m.Close()
 	held := []*pool.Conn{
 		mustAcquire(t, m, key("a"), f), mustAcquire(t, m, key("b"), f), mustAcquire(t, m, key("c"), f),
@@ -149,7 +150,7 @@ func TestBudgetQueuesAndHandsOver(t *testing.T) {
 		got <- c
 	}()
 	waitFor(t, "a queued acquire", func() bool { return server(m).Waiting == 1 })
-	if s := server(m); s.Open != 3 || s.Max != 3 || s.WaitingTenants != 1 || s.Tenants != 3 {
+	if s := server(m); s.Open != 3 || s.Max != 3 || s.Active != 3 || s.Idle != 0 || s.Opening != 0 || s.WaitingTenants != 1 || s.Tenants != 3 {
 		t.Errorf("server stats = %+v", s)
 	}
 	held[0].Release(true) // a's own: handed over as it is
@@ -166,8 +167,11 @@ func TestBudgetQueuesAndHandsOver(t *testing.T) {
 	if m := f.maxLive.Load(); m > 3 {
 		t.Errorf("%d connections were open at once, budget 3", m)
 	}
-	if ps := m.Pools(); ps[0].Waits != 1 || ps[0].Key.Tenant != "a" {
+	if ps := m.Pools(); ps[0].Waits != 1 || ps[0].Key.Tenant != "a" || ps[0].WaitTotal <= 0 || ps[0].MaxWait != ps[0].WaitTotal {
 		t.Errorf("pool stats = %+v", ps[0])
+	}
+	if cs := m.Counters(); cs.Waits != 1 || cs.WaitTime != m.Pools()[0].WaitTotal || waited.Load() != int64(cs.WaitTime)+1 {
+		t.Errorf("counters = %+v, OnWait saw %d", cs, waited.Load()-1)
 	}
 }
 

@@ -16,9 +16,9 @@ type PoolStats struct {
 	// ServersActive is the server connections handed out, ServersIdle
 	// those kept for reuse, ServersOpening those being logged in.
 	ServersActive, ServersIdle, ServersOpening int
-	// Waits is the number of Acquires that queued and were served (or
-	// failed by Close); WaitTotal their summed wait and MaxWait the
-	// longest, since the pool was created.
+	// Waits is the number of Acquires that queued and were served;
+	// WaitTotal their summed wait and MaxWait the longest, since the pool
+	// was created.
 	Waits     int64
 	WaitTotal time.Duration
 	MaxWait   time.Duration
@@ -29,8 +29,9 @@ type ServerStats struct {
 	// Server is host:port.
 	Server string
 	// Max is the budget (Config.MaxServerConnections); Open the server
-	// connections open or being opened, of which Idle are idle.
-	Max, Open, Idle int
+	// connections open or being opened: Active handed out, Idle kept for
+	// reuse, Opening being logged in (and, briefly, being closed).
+	Max, Open, Active, Idle, Opening int
 	// Waiting is the Acquires queued; WaitingTenants the tenants they
 	// belong to.
 	Waiting, WaitingTenants int
@@ -43,18 +44,19 @@ type Counters struct {
 	ServersOpened  int64 // dialled successfully
 	ServersClosed  int64 // closed, for any reason
 	DialErrors     int64
-	Evictions      int64 // idle connections closed to make room for another pool
-	IdleClosed     int64 // closed after IdleTimeout
-	LifetimeClosed int64 // closed after MaxLifetime
-	QueueTimeouts  int64 // Acquires that failed with a *BudgetError
-	Waits          int64 // Acquires that queued and were served
+	Evictions      int64         // idle connections closed to make room for another pool
+	IdleClosed     int64         // closed after IdleTimeout
+	LifetimeClosed int64         // closed after MaxLifetime
+	QueueTimeouts  int64         // Acquires that failed with a *BudgetError
+	Waits          int64         // Acquires that queued and were served
+	WaitTime       time.Duration // summed over Waits
 	PoolsCreated   int64
 	PoolsRemoved   int64
 }
 
 type counters struct {
 	opened, closed, dialErrors, evictions, idleClosed, lifetimeClosed atomic.Int64
-	queueTimeouts, waits, poolsCreated, poolsRemoved                  atomic.Int64
+	queueTimeouts, waits, waitNanos, poolsCreated, poolsRemoved       atomic.Int64
 }
 
 // Counters returns the totals since New.
@@ -62,7 +64,7 @@ func (m *Manager) Counters() Counters {
 	return Counters{
 		ServersOpened: m.c.opened.Load(), ServersClosed: m.c.closed.Load(), DialErrors: m.c.dialErrors.Load(),
 		Evictions: m.c.evictions.Load(), IdleClosed: m.c.idleClosed.Load(), LifetimeClosed: m.c.lifetimeClosed.Load(),
-		QueueTimeouts: m.c.queueTimeouts.Load(), Waits: m.c.waits.Load(),
+		QueueTimeouts: m.c.queueTimeouts.Load(), Waits: m.c.waits.Load(), WaitTime: time.Duration(m.c.waitNanos.Load()),
 		PoolsCreated: m.c.poolsCreated.Load(), PoolsRemoved: m.c.poolsRemoved.Load(),
 	}
 }
@@ -97,6 +99,10 @@ func (m *Manager) Servers() []ServerStats {
 	for _, b := range bs {
 		b.mu.Lock()
 		s := ServerStats{Server: b.addr, Max: b.max, Open: b.open, Idle: b.idle.n, Tenants: len(b.tenants), Pools: len(b.pools)}
+		for p := range b.pools {
+			s.Active += p.active
+		}
+		s.Opening = s.Open - s.Active - s.Idle
 		if t := b.ring; t != nil {
 			for {
 				s.Waiting += t.wq.n

@@ -102,3 +102,66 @@ func (t *Tracker) Err() error { return t.err }
 
 // Reset readies t for another stream.
 func (t *Tracker) Reset() { *t = Tracker{} }
+
+// Requests follows a client's message stream to its server (after the
+// startup phase), fed in any pieces, and counts the messages the server
+// answers with exactly one ReadyForQuery each: Query, Sync and
+// FunctionCall. With a Tracker on the replies, the server has nothing in
+// flight for the client when Count equals the Tracker's Ready: that, with
+// Tracker.Idle, is when transaction pooling may release the server. The
+// zero value is at the start of a message. Not safe for concurrent use.
+type Requests struct {
+	hdr        [5]byte
+	nhdr       int
+	skip       int64
+	n          int64
+	terminated bool
+	err        error
+}
+
+// Feed scans b, the next bytes of the client's stream. After a framing
+// error (a length below 4) it scans nothing more; see Err.
+func (r *Requests) Feed(b []byte) {
+	for i := 0; i < len(b) && r.err == nil; {
+		if r.skip > 0 {
+			n := min(r.skip, int64(len(b)-i))
+			r.skip -= n
+			i += int(n)
+			continue
+		}
+		n := copy(r.hdr[r.nhdr:], b[i:])
+		r.nhdr += n
+		i += n
+		if r.nhdr < 5 {
+			return
+		}
+		r.nhdr = 0
+		size := int64(binary.BigEndian.Uint32(r.hdr[1:]))
+		if size < 4 {
+			r.err = fmt.Errorf("pool: client sent a message %q of invalid length %d", r.hdr[0], size)
+			return
+		}
+		switch r.hdr[0] {
+		case 'Q', 'S', 'F':
+			r.n++
+		case 'X':
+			r.terminated = true
+		}
+		r.skip = size - 4
+	}
+}
+
+// Count is the number of Query, Sync and FunctionCall messages seen.
+func (r *Requests) Count() int64 { return r.n }
+
+// Terminated reports whether the client sent Terminate.
+func (r *Requests) Terminated() bool { return r.terminated }
+
+// AtBoundary reports whether the stream so far ends between messages.
+func (r *Requests) AtBoundary() bool { return r.nhdr == 0 && r.skip == 0 && r.err == nil }
+
+// Err is the framing error that stopped the count, if any.
+func (r *Requests) Err() error { return r.err }
+
+// Reset readies r for another stream.
+func (r *Requests) Reset() { *r = Requests{} }

@@ -191,3 +191,69 @@ func FuzzTracker(f *testing.F) {
 		}
 	})
 }
+
+func requestsOracle(b []byte) (n int64, boundary, bad bool) {
+	i := 0
+	for i < len(b) {
+		if len(b)-i < 5 {
+			return n, false, false
+		}
+		typ, size := b[i], int64(binary.BigEndian.Uint32(b[i+1:]))
+		if size < 4 {
+			return n, false, true
+		}
+		if typ == 'Q' || typ == 'S' || typ == 'F' {
+			n++
+		}
+		end := int64(i) + 1 + size
+		if end > int64(len(b)) {
+			return n, false, false
+		}
+		i = int(end)
+	}
+	return n, true, false
+}
+
+func TestRequests(t *testing.T) {
+	stream := cat(msg('P', "\x00SELECT $1\x00\x00\x00"), msg('B', "\x00\x00\x00\x00\x00\x01\x00\x00\x00\x0142\x00\x00"),
+		msg('E', "\x00\x00\x00\x00\x00"), msg('S', ""), msg('Q', "SELECT 1\x00"), msg('d', "copy data S\x00"), msg('X', ""))
+	for _, split := range []int{1, 3, 4, 5, 6, 1 << 20} {
+		var r pool.Requests
+		for off := 0; off < len(stream); off += split {
+			r.Feed(stream[off:min(off+split, len(stream))])
+		}
+		if r.Count() != 2 || !r.Terminated() || !r.AtBoundary() || r.Err() != nil {
+			t.Errorf("split %d: count %d terminated %v boundary %v err %v", split, r.Count(), r.Terminated(), r.AtBoundary(), r.Err())
+		}
+	}
+	var r pool.Requests
+	r.Feed([]byte{'Q', 0, 0, 0, 2})
+	if r.Err() == nil || r.AtBoundary() {
+		t.Error("a length below 4 was accepted")
+	}
+	r.Reset()
+	if r.Err() != nil || r.Count() != 0 {
+		t.Error("Reset kept state")
+	}
+}
+
+// FuzzRequests checks the request count against a whole-stream parse for
+// any stream split at any points.
+func FuzzRequests(f *testing.F) {
+	f.Add(cat(msg('P', "\x00x\x00\x00\x00"), msg('S', ""), msg('Q', "SELECT 1\x00")), []byte{2, 9, 1})
+	f.Add([]byte{'Q', 0, 0, 0, 3}, []byte{1})
+	f.Fuzz(func(t *testing.T, stream, splits []byte) {
+		var r pool.Requests
+		off := 0
+		for _, s := range splits {
+			n := min(int(s), len(stream)-off)
+			r.Feed(stream[off : off+n])
+			off += n
+		}
+		r.Feed(stream[off:])
+		n, boundary, bad := requestsOracle(stream)
+		if r.Count() != n || r.AtBoundary() != boundary || (r.Err() != nil) != bad {
+			t.Fatalf("count %d boundary %v err %v; want %d %v %v", r.Count(), r.AtBoundary(), r.Err(), n, boundary, bad)
+		}
+	})
+}
