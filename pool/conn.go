@@ -93,9 +93,9 @@ func (c *Conn) Created() time.Time { return c.created }
 // closing the connection.
 func (c *Conn) Release(clean bool) { c.p.m.release(c, clean) }
 
-// ResetRelease resets c (Server.Reset: ROLLBACK when txStatus, the status
-// of the server's last ReadyForQuery, says a transaction is open, then
-// query unless empty) and releases it: clean if the reset worked, closed
+// ResetRelease resets c (Server.Reset: ROLLBACK unless txStatus, the
+// status of the server's last ReadyForQuery, is 'I', then query unless
+// empty) and releases it: clean if the reset worked, closed
 // if not. The server must be at ReadyForQuery with nothing in flight; a
 // connection whose client left mid-query must be released dirty instead.
 // It returns the reset's error, for logging, or ErrClosed (without a

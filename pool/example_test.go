@@ -3,7 +3,6 @@ package pool_test
 import (
 	"context"
 	"errors"
-	"io"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -47,9 +46,9 @@ func Example() {
 	buf := make([]byte, 16<<10)
 	for !tr.Idle() {
 		n, err := c.Conn.Read(buf)
-		tr.Feed(buf[:n])
-		if err != nil && !errors.Is(err, io.EOF) {
-			c.Release(false) // broken: closed
+		tr.Feed(buf[:n]) // and write buf[:n] to the client
+		if err != nil || tr.Err() != nil {
+			c.Release(false) // broken: closed, never handed on
 			return
 		}
 	}

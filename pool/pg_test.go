@@ -193,6 +193,10 @@ func TestPGRollbackFailedTransaction(t *testing.T) {
 	if err := s.Reset(ctx, 'I', ""); err != nil { // nothing to do: no round trip
 		t.Fatal(err)
 	}
+	if err := s.Reset(ctx, 0, ""); err != nil { // status unknown: ROLLBACK, a warning, 'I'
+		t.Fatal(err)
+	}
+	mustQuery(t, &s, "SELECT 1", 'I')
 }
 
 // TestPGResetFailureCloses: a reset the server refuses closes the

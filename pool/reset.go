@@ -16,10 +16,10 @@ import (
 // ErrorResponse, ReadyForQuery: all small); others are skipped unread.
 const maxResetMessage = 1 << 20
 
-// Reset readies s for another client. When txStatus, the status of the
-// server's last ReadyForQuery, says a transaction is open ('T', or 'E' for
-// a failed one) it sends ROLLBACK; then query (DefaultResetQuery in
-// session pooling), unless empty. Both go out in one write and are answered
+// Reset readies s for another client. Unless txStatus, the status of the
+// server's last ReadyForQuery, is 'I' (so also for 'T', 'E' for a failed
+// transaction, or 0 if unknown) it sends ROLLBACK; then query
+// (DefaultResetQuery in session pooling), unless empty. Both go out in one write and are answered
 // in one round trip. It reads the replies up to their last ReadyForQuery,
 // which must say 'I', and records in s.Params the ParameterStatus values
 // the server reports meanwhile (DISCARD ALL reports the settings it
@@ -32,7 +32,7 @@ const maxResetMessage = 1 << 20
 func (s *Server) Reset(ctx context.Context, txStatus byte, query string) error {
 	var out []byte
 	n := 0
-	if txStatus == 'T' || txStatus == 'E' {
+	if txStatus != 'I' {
 		out, _ = (&pgproto3.Query{String: "ROLLBACK"}).Encode(out)
 		n++
 	}
