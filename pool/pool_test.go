@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -627,4 +628,53 @@ func TestConcurrent(t *testing.T) {
 	if cs.ServersOpened != cs.ServersClosed {
 		t.Errorf("opened %d, closed %d", cs.ServersOpened, cs.ServersClosed)
 	}
+}
+
+// TestFairnessManyTenants: with one tenant's 200 waiters queued first and
+// five other tenants' one each, every small tenant is served within the
+// first six releases (one round of the six waiting tenants).
+func TestFairnessManyTenants(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	f := &fakeServers{}
+	m := pool.New(pool.Config{MaxServerConnections: 1})
+	defer m.Close()
+	held := mustAcquire(t, m, key("big"), f)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	got := make(chan *pool.Conn)
+	var wg sync.WaitGroup
+	acquire := func(tenant string) {
+		wg.Go(func() {
+			c, err := m.Acquire(ctx, key(tenant), f.dial)
+			if err != nil {
+				if !errors.Is(err, context.Canceled) {
+					t.Error(err)
+				}
+				return
+			}
+			got <- c
+		})
+	}
+	for range 200 {
+		acquire("big")
+	}
+	waitFor(t, "200 queued", func() bool { return server(m).Waiting == 200 })
+	small := map[string]bool{}
+	for i := range 5 {
+		tn := "small" + strconv.Itoa(i)
+		small[tn] = true
+		acquire(tn)
+		waitFor(t, tn+" queued", func() bool { return server(m).Waiting == 201+i })
+	}
+	for releases := 1; len(small) > 0; releases++ {
+		if releases > 6 {
+			t.Fatalf("small tenants %v not served in 6 releases", small)
+		}
+		held.Release(true)
+		held = <-got
+		delete(small, held.Key().Tenant)
+	}
+	cancel()
+	wg.Wait()
+	held.Release(true)
 }
