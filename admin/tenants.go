@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pgtenant/pgtenant/provision"
+	"github.com/pgtenant/pgtenant/proxy"
 	"github.com/pgtenant/pgtenant/resolver"
 )
 
@@ -17,10 +18,6 @@ const (
 	defaultListLimit = 100
 	maxListLimit     = 1000
 )
-
-// codeAdminShutdown is the SQLSTATE live sessions are ended with when their
-// tenant is blocked or deleted, as Postgres' pg_terminate_backend does.
-const codeAdminShutdown = "57P01"
 
 // Tenant is a catalog row as the API shows it: no password.
 type Tenant struct {
@@ -290,7 +287,7 @@ func (h *Handler) deleteTenant(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
-	closed := h.cfg.Router.CloseSessions(id, codeAdminShutdown, fmt.Sprintf("terminating connection: tenant %q is being deleted", id))
+	closed := h.cfg.Router.CloseSessions(id, proxy.CodeAdminShutdown, fmt.Sprintf("terminating connection: tenant %q is being deleted", id))
 	h.cfg.Resolver.Invalidate(id)
 	perr := h.cfg.Provider.Delete(ctx, id)
 	if perr != nil && !errors.Is(perr, provision.ErrTenantNotFound) {

@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgtenant/pgtenant/internal/pgtest"
+	"github.com/pgtenant/pgtenant/internal/poll"
 	"github.com/pgtenant/pgtenant/proxy"
 )
 
@@ -42,13 +43,7 @@ func TestDrainEndsSessionsWith57P01(t *testing.T) {
 	stopped := make(chan struct{})
 	go func() { r.stop(); close(stopped) }()
 	// Readiness goes false at once, new connections are refused.
-	deadline := time.Now().Add(10 * time.Second)
-	for !r.srv.Draining() {
-		if time.Now().After(deadline) {
-			t.Fatal("not draining")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	poll.Until(t, 10*time.Second, "the router to drain", r.srv.Draining)
 	if c, err := pgx.Connect(ctx, r.dsn(newTenant("late"), appSecret)); err == nil {
 		c.Close(ctx)
 		t.Fatal("a new connection was accepted while draining")
@@ -66,9 +61,7 @@ func TestDrainLetsSessionsFinish(t *testing.T) {
 	conn := r.connect(t, newTenant("finish"))
 	stopped := make(chan struct{})
 	go func() { r.stop(); close(stopped) }()
-	for !r.srv.Draining() {
-		time.Sleep(time.Millisecond)
-	}
+	poll.Until(t, 10*time.Second, "the router to drain", r.srv.Draining)
 	// Still served while draining.
 	if _, err := conn.Exec(context.Background(), "SELECT 1"); err != nil {
 		t.Fatalf("session while draining: %v", err)

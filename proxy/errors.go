@@ -17,10 +17,14 @@ const (
 	codeInvalidAuthSpec     = "28000"
 	codeInvalidPassword     = "28P01"
 	codeCannotConnectNow    = "57P03"
-	codeAdminShutdown       = "57P01"
 	codeTooManyConnections  = "53300"
 	codeInternal            = "XX000"
 )
+
+// CodeAdminShutdown is the SQLSTATE live sessions are ended with when the
+// router drains or their tenant is blocked or deleted, as Postgres'
+// pg_terminate_backend does. Exported so admin ends sessions with the same code.
+const CodeAdminShutdown = "57P01"
 
 // ClientError is an error the client is told about. Only Code, Msg and Hint
 // are sent to the client; Err (the cause) is for the router's log.

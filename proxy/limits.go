@@ -242,7 +242,7 @@ func (s *Server) SetBlocked(tenants []string) {
 	s.live.each("", func(ls *liveSession) {
 		if _, ok := set[ls.tenant]; ok {
 			ended.Add(1)
-			ls.kill(&ClientError{Code: codeAdminShutdown,
+			ls.kill(&ClientError{Code: CodeAdminShutdown,
 				Msg: fmt.Sprintf("terminating connection because tenant %q was blocked by an administrator", ls.tenant)})
 		}
 	})

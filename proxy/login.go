@@ -121,20 +121,20 @@ func (s *Server) login(ctx context.Context, rt resolver.Route, params map[string
 				return nil, errors.New("upstream sent a malformed authentication request")
 			}
 			switch code := binary.BigEndian.Uint32(body); code {
-			case 0: // AuthenticationOk
+			case pgproto3.AuthTypeOk:
 				// A server that skips SASLFinal would skip proving it
 				// knows the password: refuse, as libpq does.
 				if conv != nil && !conv.Valid() {
 					return nil, errors.New("upstream SCRAM: the server ended the exchange without proving its identity")
 				}
-			case 3: // cleartext password
+			case pgproto3.AuthTypeCleartextPassword:
 				err = writeFrontend(conn, &pgproto3.PasswordMessage{Password: rt.Password})
-			case 5: // MD5
+			case pgproto3.AuthTypeMD5Password:
 				if len(body) != 8 {
 					return nil, errors.New("upstream sent a malformed MD5 request")
 				}
 				err = writeFrontend(conn, &pgproto3.PasswordMessage{Password: md5Password(rt.User, rt.Password, body[4:8])})
-			case 10: // SASL: pick SCRAM-SHA-256
+			case pgproto3.AuthTypeSASL: // pick SCRAM-SHA-256
 				var m pgproto3.AuthenticationSASL
 				if err := m.Decode(body); err != nil {
 					return nil, err
@@ -155,7 +155,7 @@ func (s *Server) login(ctx context.Context, rt resolver.Route, params map[string
 				if err != nil {
 					return nil, err
 				}
-			case 11, 12: // SASLContinue, SASLFinal
+			case pgproto3.AuthTypeSASLContinue, pgproto3.AuthTypeSASLFinal:
 				if conv == nil {
 					return nil, errors.New("upstream continued a SASL exchange that was not started")
 				}
@@ -163,7 +163,7 @@ func (s *Server) login(ctx context.Context, rt resolver.Route, params map[string
 				if serr != nil {
 					return nil, fmt.Errorf("upstream SCRAM: %w", serr)
 				}
-				if code == 11 {
+				if code == pgproto3.AuthTypeSASLContinue {
 					err = writeFrontend(conn, &pgproto3.SASLResponse{Data: []byte(out)})
 				} else if !conv.Valid() {
 					return nil, errors.New("upstream SCRAM: the server's signature does not match")

@@ -263,7 +263,7 @@ func outcome(sess *session, err error, draining bool) string {
 			return OutcomeProtocolError
 		case codeConnectionFailure, codeCannotConnect:
 			return OutcomeUpstreamError
-		case codeAdminShutdown:
+		case CodeAdminShutdown:
 			return OutcomeShutdown
 		case codeCannotConnectNow:
 			if sess.routed || (draining && ce.Err == nil) {

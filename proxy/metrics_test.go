@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/pgtenant/pgtenant/internal/pgtest"
+	"github.com/pgtenant/pgtenant/internal/poll"
 	"github.com/pgtenant/pgtenant/proxy"
 )
 
@@ -58,13 +59,9 @@ func TestMetrics(t *testing.T) {
 	}
 
 	// Connections end (and are counted) just after the client sees the end.
-	deadline := time.Now().Add(10 * time.Second)
-	for testutil.ToFloat64(m.ConnectionsActive) != 0 || finished(proxy.OutcomeKilled) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("active = %v, killed = %v", testutil.ToFloat64(m.ConnectionsActive), finished(proxy.OutcomeKilled))
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	poll.Until(t, 10*time.Second, "no active connections and one killed", func() bool {
+		return testutil.ToFloat64(m.ConnectionsActive) == 0 && finished(proxy.OutcomeKilled) != 0
+	})
 	for outcome, want := range map[string]float64{
 		proxy.OutcomeOK: 2, proxy.OutcomeAuthFailed: 1, proxy.OutcomeInvalidTenant: 1,
 		proxy.OutcomeCancel: 1, proxy.OutcomeKilled: 1, proxy.OutcomeBlocked: 1,

@@ -227,7 +227,7 @@ func (s *Server) drain(hardStop context.CancelFunc) {
 	if s.cfg.DrainTimeout > 0 && wait(s.cfg.DrainTimeout) {
 		return
 	}
-	if n := s.CloseSessions("", codeAdminShutdown, "terminating connection due to administrator command"); n > 0 {
+	if n := s.CloseSessions("", CodeAdminShutdown, "terminating connection due to administrator command"); n > 0 {
 		s.log.Info("drain: ending live sessions", "sessions", n)
 	}
 	if !wait(killGrace) {

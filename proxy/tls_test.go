@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/internal/localca"
 	"github.com/pgtenant/pgtenant/internal/pgtest"
+	"github.com/pgtenant/pgtenant/internal/poll"
 	"github.com/pgtenant/pgtenant/proxy"
 	"github.com/pgtenant/pgtenant/resolver"
 )
@@ -160,13 +162,7 @@ func connectTLS(t *testing.T, dsn string, edit func(*pgx.ConnConfig)) *pgx.Conn 
 
 func waitForLog(t *testing.T, logs *syncBuffer, want string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(logs.String(), want) {
-		if time.Now().After(deadline) {
-			t.Fatalf("router log has no %q:\n%s", want, logs.String())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	poll.Until(t, 10*time.Second, fmt.Sprintf("%q in the router log", want), func() bool { return strings.Contains(logs.String(), want) })
 }
 
 // TestTLSClients connects real clients over TLS to a router in mode allow.
@@ -341,29 +337,19 @@ func TestTLSReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	third := tt.issue(t, ca3).TLS.Leaf
-	deadline := time.Now().Add(10 * time.Second)
-	for !peerCert(t, addr).Equal(third) {
-		if time.Now().After(deadline) {
-			t.Fatal("the router did not pick up the changed certificate files")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	poll.Until(t, 10*time.Second, "the router to pick up the changed certificate files", func() bool { return peerCert(t, addr).Equal(third) })
 	waitForLog(t, logs, "TLS certificate reloaded")
 
 	// A broken change is logged and the certificate kept.
 	if err := os.WriteFile(tt.keyFile, []byte("not a key"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	deadline = time.Now().Add(10 * time.Second)
-	for !strings.Contains(logs.String(), "cannot be used") {
+	poll.Until(t, 10*time.Second, "a warning about the broken key file", func() bool {
 		if !peerCert(t, addr).Equal(third) {
 			t.Fatal("a broken key file replaced the certificate")
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no warning about the broken key file:\n%s", logs.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return strings.Contains(logs.String(), "cannot be used")
+	})
 	stillWorks()
 }
 

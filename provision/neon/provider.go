@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode"
 
@@ -49,6 +50,7 @@ type Provider struct {
 	c       *client
 	log     *slog.Logger
 	creates singleflight.Group
+	joins   atomic.Int64 // Create calls that joined or led a flight; read by tests
 
 	mu struct {
 		sync.Mutex
@@ -176,6 +178,7 @@ func (p *Provider) Create(ctx context.Context, tenant string) (provision.Endpoin
 	}
 	for i := 0; ; i++ {
 		ch := p.creates.DoChan(name, func() (any, error) { return p.create(ctx, name) })
+		p.joins.Add(1) // DoChan has registered this caller: tests wait on it
 		var res singleflight.Result
 		select {
 		case <-ctx.Done():

@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgtenant/pgtenant/internal/pgtest"
+	"github.com/pgtenant/pgtenant/internal/poll"
 	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/provision/neon"
 	"github.com/pgtenant/pgtenant/provision/neon/neontest"
@@ -839,13 +840,9 @@ func TestCreateLeaderGivesUp(t *testing.T) {
 		leader <- err
 	}()
 	// Wait until the leader's POST landed: its flight is now polling.
-	deadline := time.Now().Add(10 * time.Second)
-	for !slices.ContainsFunc(s.Requests(), func(r neontest.Request) bool { return r.Method == "POST" }) {
-		if time.Now().After(deadline) {
-			t.Fatal("the leader never posted")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	poll.Until(t, 10*time.Second, "the leader's POST", func() bool {
+		return slices.ContainsFunc(s.Requests(), func(r neontest.Request) bool { return r.Method == "POST" })
+	})
 	follower := make(chan error, 1)
 	go func() {
 		ep, err := p.Create(t.Context(), "acme")
@@ -854,7 +851,7 @@ func TestCreateLeaderGivesUp(t *testing.T) {
 		}
 		follower <- err
 	}()
-	time.Sleep(20 * time.Millisecond) // let the follower join the flight
+	poll.Until(t, 10*time.Second, "the follower to join the flight", func() bool { return neon.Joins(p) == 2 })
 	cancel()
 	if err := <-leader; !errors.Is(err, context.Canceled) {
 		t.Errorf("leader: %v, want context.Canceled", err)
