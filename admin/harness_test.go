@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pgtenant/pgtenant/admin"
+	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/internal/pgtest"
 	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/provision/local"
@@ -62,7 +63,7 @@ type env struct {
 	cluster *local.Cluster
 	addr    string // the proxy
 	api     *httptest.Server
-	cat     *resolver.Catalog
+	cat     *catalog.Catalog
 	catPool *pgxpool.Pool
 	res     *resolver.Resolver
 	srv     *proxy.Server
@@ -88,8 +89,8 @@ func startEnv(t *testing.T, opts ...envOpt) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(catPool.Close)
-	key, _ := resolver.ParseKey(resolver.NewKey())
-	cat, err := resolver.OpenCatalog(ctx, catPool, key)
+	key, _ := catalog.ParseKey(catalog.NewKey())
+	cat, err := catalog.Open(ctx, catPool, key)
 	if err != nil {
 		t.Fatal(err)
 	}

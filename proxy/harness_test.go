@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/internal/pgtest"
 	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/provision/local"
@@ -64,7 +65,7 @@ type router struct {
 	addr    string
 	cluster *local.Cluster
 	prov    *countingProvider
-	cat     *resolver.Catalog
+	cat     *catalog.Catalog
 	res     *resolver.Resolver
 	logs    *syncBuffer
 	srv     *proxy.Server
@@ -80,7 +81,7 @@ func newCatalogDB(t testing.TB) catalogDB {
 	return catalogDB{name: pgtest.CreateDB(t, pgtest.Shared(t))}
 }
 
-var catalogKey = resolver.NewKey()
+var catalogKey = catalog.NewKey()
 
 // startRouter starts a router on 127.0.0.1:0 and stops it in t.Cleanup.
 func startRouter(t testing.TB, db catalogDB, opts ...routerOpt) *router {
@@ -96,11 +97,11 @@ func startRouter(t testing.TB, db catalogDB, opts ...routerOpt) *router {
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, err := resolver.ParseKey(catalogKey)
+	key, err := catalog.ParseKey(catalogKey)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cat, err := resolver.OpenCatalog(ctx, catPool, key)
+	cat, err := catalog.Open(ctx, catPool, key)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,8 +18,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/internal/pgtest"
-	"github.com/pgtenant/pgtenant/resolver"
 )
 
 func TestMain(m *testing.M) {
@@ -217,7 +217,7 @@ func TestServe(t *testing.T) {
 	t.Setenv(envPassword, "serve-secret")
 	t.Setenv(envAdminDSN, c.AdminDSN("postgres"))
 	t.Setenv(envCatalogDSN, c.AdminDSN(db))
-	t.Setenv(envCatalogKey, resolver.NewKey())
+	t.Setenv(envCatalogKey, catalog.NewKey())
 	cfg := writeFile(t, "listen: 127.0.0.1:0\nprovider:\n  local:\n    prefix: s_\n")
 
 	m, _, stop := startRun(t, regexp.MustCompile(`routing tenants on (\S+)`), "serve", "--config", cfg)
@@ -300,14 +300,14 @@ func TestServeWrongCatalogKey(t *testing.T) {
 	t.Setenv(envCatalogDSN, c.AdminDSN(db))
 	cfg := writeFile(t, "listen: 127.0.0.1:0\nprovider:\n  local:\n    prefix: k_\n")
 
-	t.Setenv(envCatalogKey, resolver.NewKey())
+	t.Setenv(envCatalogKey, catalog.NewKey())
 	_, _, stop := startRun(t, regexp.MustCompile(`routing tenants on (\S+)`), "serve", "--config", cfg)
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv(envCatalogKey, resolver.NewKey())
+	t.Setenv(envCatalogKey, catalog.NewKey())
 	err := run(context.Background(), []string{"serve", "--config", cfg}, io.Discard, io.Discard)
-	if !errors.Is(err, resolver.ErrKeyMismatch) || !strings.Contains(err.Error(), envCatalogKey) {
+	if !errors.Is(err, catalog.ErrKeyMismatch) || !strings.Contains(err.Error(), envCatalogKey) {
 		t.Fatalf("serve with another key: %v", err)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/pflag"
 
+	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/provision/local"
 	"github.com/pgtenant/pgtenant/provision/neon"
@@ -206,7 +207,7 @@ func buildProvider(ctx context.Context, fc fileConfig, log *slog.Logger, ensureT
 // ready is called once the listener is up. parts, when not nil, replaces
 // the provider fc describes (dev's fake Neon).
 func runRouter(ctx context.Context, fc fileConfig, log *slog.Logger, ready func(net.Addr), parts *upstreamParts) error {
-	key, err := resolver.ParseKey(fc.Catalog.Key)
+	key, err := catalog.ParseKey(fc.Catalog.Key)
 	if err != nil {
 		return fmt.Errorf("catalog.key (%s): %w", envCatalogKey, err)
 	}
@@ -274,9 +275,9 @@ func runRouter(ctx context.Context, fc fileConfig, log *slog.Logger, ready func(
 
 // openCatalog opens the catalog and says what to do when the key is not
 // the one the catalog was written with.
-func openCatalog(ctx context.Context, pool *pgxpool.Pool, key []byte) (*resolver.Catalog, error) {
-	cat, err := resolver.OpenCatalog(ctx, pool, key)
-	if errors.Is(err, resolver.ErrKeyMismatch) {
+func openCatalog(ctx context.Context, pool *pgxpool.Pool, key []byte) (*catalog.Catalog, error) {
+	cat, err := catalog.Open(ctx, pool, key)
+	if errors.Is(err, catalog.ErrKeyMismatch) {
 		return nil, fmt.Errorf("%w at %s: set %s to the key it was created with, or point catalog.dsn (%s) at another database",
 			err, hostOf(pool.Config()), envCatalogKey, envCatalogDSN)
 	}
@@ -313,7 +314,7 @@ func hostOf(cfg *pgxpool.Config) string {
 }
 
 func runGenkey(stdout io.Writer) error {
-	fmt.Fprintln(stdout, resolver.NewKey())
+	fmt.Fprintln(stdout, catalog.NewKey())
 	return nil
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	adminapi "github.com/pgtenant/pgtenant/admin"
+	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/proxy"
 	"github.com/pgtenant/pgtenant/resolver"
@@ -43,7 +44,7 @@ func newRegistry() *prometheus.Registry {
 // refresh, SIGHUP) works on.
 type surfaceParts struct {
 	reg     *prometheus.Registry
-	cat     *resolver.Catalog
+	cat     *catalog.Catalog
 	ping    *pgxpool.Pool // the catalog's
 	res     *resolver.Resolver
 	srv     *proxy.Server
@@ -56,11 +57,11 @@ type surfaceParts struct {
 // every instance and changed through the admin API, plus the file's
 // blocked_tenants (this instance only; SIGHUP reloads it).
 type blockList struct {
-	cat    *resolver.Catalog
+	cat    *catalog.Catalog
 	static atomic.Pointer[[]string]
 }
 
-func newBlockList(cat *resolver.Catalog, static []string) *blockList {
+func newBlockList(cat *catalog.Catalog, static []string) *blockList {
 	b := &blockList{cat: cat}
 	b.setStatic(static)
 	return b

@@ -16,8 +16,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/internal/pgtest"
-	"github.com/pgtenant/pgtenant/resolver"
 )
 
 const testAdminToken = "serve-admin-t0ken"
@@ -63,7 +63,7 @@ func TestServeAdmin(t *testing.T) {
 	t.Setenv(envPassword, "serve-secret")
 	t.Setenv(envAdminDSN, c.AdminDSN("postgres"))
 	t.Setenv(envCatalogDSN, c.AdminDSN(db))
-	t.Setenv(envCatalogKey, resolver.NewKey())
+	t.Setenv(envCatalogKey, catalog.NewKey())
 	t.Setenv(envAdminToken, testAdminToken)
 	const base = "listen: 127.0.0.1:0\ndrain_timeout: 1m\nadmin:\n  listen: 127.0.0.1:0\nprovider:\n  local:\n    prefix: adm_\n"
 	cfg := writeFile(t, base)
