@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/proxy"
 	"github.com/pgtenant/pgtenant/resolver"
@@ -29,9 +30,9 @@ type Pinger interface {
 }
 
 // Catalog is the tenant catalog as the admin API reads and deletes it.
-// *resolver.Catalog implements it.
+// *catalog.Catalog implements it.
 type Catalog interface {
-	List(ctx context.Context, after string, limit int) ([]resolver.Entry, error)
+	List(ctx context.Context, after string, limit int) ([]catalog.Entry, error)
 	Lookup(ctx context.Context, tenant string) (ep provision.Endpoint, ok bool, err error)
 	Delete(ctx context.Context, tenant string) error
 }

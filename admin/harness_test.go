@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pgtenant/pgtenant/admin"
+	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/internal/pgtest"
 	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/provision/local"
@@ -62,7 +63,7 @@ type env struct {
 	addr    string // the proxy
 	apiURL  string // the admin listener
 	client  *http.Client
-	cat     *resolver.Catalog
+	cat     *catalog.Catalog
 	catPool *pgxpool.Pool // the test's own, on the catalog's database
 	res     *resolver.Resolver
 	srv     *proxy.Server
@@ -102,7 +103,7 @@ func startEnv(t *testing.T, opts ...envOpt) *env {
 	cfg := pgrouter.DefaultConfig()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.Auth.Password = appSecret
-	cfg.Catalog.Key = resolver.NewKey()
+	cfg.Catalog.Key = catalog.NewKey()
 	cfg.Provider.Local.AdminDSN = c.AdminDSN("postgres")
 	cfg.Admin.Listen = "127.0.0.1:0"
 	cfg.Admin.Token = adminToken

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgtenant/pgtenant/bench"
+	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/internal/pgtest"
 	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/provision/local"
@@ -144,11 +145,11 @@ func startRouter(t *testing.T) *router {
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, err := resolver.ParseKey(resolver.NewKey())
+	key, err := catalog.ParseKey(catalog.NewKey())
 	if err != nil {
 		t.Fatal(err)
 	}
-	cat, err := resolver.OpenCatalog(ctx, catPool, key)
+	cat, err := catalog.Open(ctx, catPool, key)
 	if err != nil {
 		t.Fatal(err)
 	}

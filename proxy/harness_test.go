@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/internal/pgtest"
 	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/provision/local"
@@ -64,7 +65,7 @@ type router struct {
 	addr    string
 	cluster *local.Cluster
 	prov    *countingProvider
-	cat     *resolver.Catalog
+	cat     *catalog.Catalog
 	res     *resolver.Resolver
 	logs    *syncBuffer
 	srv     *proxy.Server
@@ -80,7 +81,7 @@ func newCatalogDB(t testing.TB) catalogDB {
 	return catalogDB{name: pgtest.CreateDB(t, pgtest.Shared(t))}
 }
 
-var catalogKey = resolver.NewKey()
+var catalogKey = catalog.NewKey()
 
 // startRouter starts a router (router.New: the same assembly as pgtenant
 // serve) on 127.0.0.1:0 with the local provider on the shared test cluster,

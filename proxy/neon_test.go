@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/internal/pgtest"
 	"github.com/pgtenant/pgtenant/provision/neon"
 	"github.com/pgtenant/pgtenant/provision/neon/neontest"
@@ -64,8 +65,8 @@ func startNeonRouter(t *testing.T, projects int, opts ...func(*proxy.UpstreamCon
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, _ := resolver.ParseKey(catalogKey)
-	cat, err := resolver.OpenCatalog(ctx, catPool, key)
+	key, _ := catalog.ParseKey(catalogKey)
+	cat, err := catalog.Open(ctx, catPool, key)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,17 +12,16 @@
 //     (Config.FillTimeout) detached from the callers' contexts: a caller that
 //     gives up returns ctx.Err() at once, while the fill keeps going for the
 //     callers still waiting.
-//  3. The fill asks the Catalog, a table in a Postgres control database that
-//     every router instance shares. If the tenant is not there, the Catalog
-//     takes a per-tenant advisory lock, looks again, and only then calls the
-//     Provisioner and records the new endpoint. N router instances sharing
-//     one catalog therefore create a tenant once.
+//  3. The fill asks the Store, in production a *catalog.Catalog: a table in
+//     a Postgres control database that every router instance shares. If the
+//     tenant is not there, the catalog takes a per-tenant advisory lock,
+//     looks again, and only then calls the Provisioner and records the new
+//     endpoint. N router instances sharing one catalog therefore create a
+//     tenant once.
 //
-// The catalog stores upstream passwords encrypted with AES-256-GCM under a
-// key the router gets from its environment (see ParseKey and NewKey). The
-// tenant ID is the additional authenticated data, so ciphertexts cannot be
-// moved between rows, and OpenCatalog refuses a key that does not match the
-// one the catalog was first written with (ErrKeyMismatch).
+// The storage itself (tables, encryption of passwords, keys, locks) is
+// package catalog's; resolver only knows the Store interface, so it does not
+// import catalog.
 //
 // Config.MaxConcurrentCreates caps the creations running at once; fills of
 // missing tenants over it wait for a slot within their FillTimeout.

@@ -10,7 +10,7 @@ import (
 	"github.com/pgtenant/pgtenant/resolver"
 )
 
-// memStore is an in-memory resolver.Store standing in for *resolver.Catalog.
+// memStore is an in-memory resolver.Store standing in for *catalog.Catalog.
 type memStore struct {
 	mu sync.Mutex // held across create, like the catalog's per-tenant lock
 	m  map[string]provision.Endpoint
@@ -55,7 +55,7 @@ func (dbPerTenant) Create(_ context.Context, tenant string) (provision.Endpoint,
 }
 
 func ExampleResolver() {
-	// In production the store is a *resolver.Catalog (see OpenCatalog) and
+	// In production the store is a *catalog.Catalog (see catalog.Open) and
 	// the provisioner a provision.Provider.
 	r := resolver.New(resolver.Config{TTL: time.Minute}, &memStore{}, dbPerTenant{})
 	defer r.Close()

@@ -138,7 +138,7 @@ func (c *Config) fillTimeout() time.Duration {
 }
 
 // Store is the persistent tenant table a Resolver reads and fills.
-// *Catalog implements it; see Catalog.Lookup and Catalog.Ensure for the
+// *catalog.Catalog implements it; see its Lookup and Ensure for the
 // contract. Ensure calls create at most once, before it returns, and fails
 // if create fails. Implementations must be safe for concurrent use.
 type Store interface {
@@ -146,8 +146,6 @@ type Store interface {
 	Ensure(ctx context.Context, tenant, provider string,
 		create func(context.Context) (provision.Endpoint, error)) (ep provision.Endpoint, created bool, err error)
 }
-
-var _ Store = (*Catalog)(nil)
 
 // Provisioner creates tenants' databases. provision.Provider implements it.
 type Provisioner interface {

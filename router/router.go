@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	adminapi "github.com/pgtenant/pgtenant/admin"
+	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/provision/local"
 	"github.com/pgtenant/pgtenant/provision/neon"
@@ -164,7 +165,7 @@ type Router struct {
 	level    *slog.LevelVar
 	upstream *Upstream
 	catPool  *pgxpool.Pool
-	cat      *resolver.Catalog
+	cat      *catalog.Catalog
 	res      *resolver.Resolver
 	srv      *proxy.Server
 	reg      *prometheus.Registry
@@ -195,7 +196,7 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Router, err error) {
 			r.close()
 		}
 	}()
-	key, err := resolver.ParseKey(cfg.Catalog.Key)
+	key, err := catalog.ParseKey(cfg.Catalog.Key)
 	if err != nil {
 		return nil, fmt.Errorf("catalog.key (%s): %w", EnvCatalogKey, err)
 	}
@@ -271,7 +272,7 @@ func (r *Router) AdminAddr() net.Addr {
 // for callers that embed it (tests, dev).
 func (r *Router) Proxy() *proxy.Server           { return r.srv }
 func (r *Router) Resolver() *resolver.Resolver   { return r.res }
-func (r *Router) Catalog() *resolver.Catalog     { return r.cat }
+func (r *Router) Catalog() *catalog.Catalog      { return r.cat }
 func (r *Router) Provider() provision.Provider   { return r.upstream.Provider }
 func (r *Router) Registry() *prometheus.Registry { return r.reg }
 
@@ -310,9 +311,9 @@ func (r *Router) close() {
 
 // OpenCatalog opens the catalog and says what to do when the key is not
 // the one the catalog was written with.
-func OpenCatalog(ctx context.Context, pool *pgxpool.Pool, key []byte) (*resolver.Catalog, error) {
-	cat, err := resolver.OpenCatalog(ctx, pool, key)
-	if errors.Is(err, resolver.ErrKeyMismatch) {
+func OpenCatalog(ctx context.Context, pool *pgxpool.Pool, key []byte) (*catalog.Catalog, error) {
+	cat, err := catalog.Open(ctx, pool, key)
+	if errors.Is(err, catalog.ErrKeyMismatch) {
 		return nil, fmt.Errorf("%w at %s: set %s to the key it was created with, or point catalog.dsn (%s) at another database",
 			err, hostOf(pool.Config()), EnvCatalogKey, EnvCatalogDSN)
 	}

@@ -10,8 +10,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/internal/pgtest"
-	"github.com/pgtenant/pgtenant/resolver"
 	"github.com/pgtenant/pgtenant/router"
 )
 
@@ -25,7 +25,7 @@ func start(t *testing.T, edit func(*router.Config)) (*router.Router, router.Conf
 	cfg := router.DefaultConfig()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.Auth.Password = "router-test-secret"
-	cfg.Catalog.Key = resolver.NewKey()
+	cfg.Catalog.Key = catalog.NewKey()
 	cfg.Catalog.DSN = c.AdminDSN(pgtest.CreateDB(t, c))
 	cfg.Provider.Local.AdminDSN = c.AdminDSN("postgres")
 	cfg.Provider.Local.Prefix = "rt_"

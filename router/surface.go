@@ -37,7 +37,7 @@ func NewRegistry(version string) *prometheus.Registry {
 	return reg
 }
 
-// blockStore is where the shared block list is kept. *resolver.Catalog
+// blockStore is where the shared block list is kept. *catalog.Catalog
 // implements it.
 type blockStore interface {
 	Block(ctx context.Context, tenant string) error

@@ -22,9 +22,9 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/pgtenant/pgtenant/bench"
+	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/internal/logtail"
 	"github.com/pgtenant/pgtenant/provision/local"
-	"github.com/pgtenant/pgtenant/resolver"
 	"github.com/pgtenant/pgtenant/router"
 )
 
@@ -254,7 +254,7 @@ func startSelf(ctx context.Context, cfg bench.Config, chosen []string, spares in
 		s.notef("PgBouncer (%s): %s", bouncerBin, strings.Join(pools, ", "))
 	}
 
-	secret, key := randomHex(16), resolver.NewKey()
+	secret, key := randomHex(16), catalog.NewKey()
 	env := selfRouterEnv(secret, s.cluster.AdminDSN("postgres"), key)
 	var router, routerBouncer *routerProc
 	// Tenants are created through a router: the plain one if no router is

@@ -16,9 +16,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/pflag"
 
+	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/provision/local"
 	"github.com/pgtenant/pgtenant/proxy"
-	"github.com/pgtenant/pgtenant/resolver"
 	"github.com/pgtenant/pgtenant/router"
 )
 
@@ -199,7 +199,7 @@ func devCatalogKey(path string) (string, error) {
 	if !errors.Is(err, fs.ErrNotExist) {
 		return "", err
 	}
-	key := resolver.NewKey()
+	key := catalog.NewKey()
 	if err := os.WriteFile(path, []byte(key+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("write catalog key: %w", err)
 	}
@@ -215,7 +215,7 @@ func devMoveRoutes(ctx context.Context, cl *local.Cluster, log *slog.Logger) err
 		return fmt.Errorf("update the catalog's routes to port %d: %w", cl.Port(), err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	n, err := resolver.MoveRoutes(ctx, conn, "local", cl.MovedFrom(), cl.Port())
+	n, err := catalog.MoveRoutes(ctx, conn, "local", cl.MovedFrom(), cl.Port())
 	if err != nil {
 		return err
 	}

@@ -18,8 +18,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/internal/pgtest"
-	"github.com/pgtenant/pgtenant/resolver"
 	"github.com/pgtenant/pgtenant/router"
 )
 
@@ -218,7 +218,7 @@ func TestServe(t *testing.T) {
 	t.Setenv(router.EnvPassword, "serve-secret")
 	t.Setenv(router.EnvAdminDSN, c.AdminDSN("postgres"))
 	t.Setenv(router.EnvCatalogDSN, c.AdminDSN(db))
-	t.Setenv(router.EnvCatalogKey, resolver.NewKey())
+	t.Setenv(router.EnvCatalogKey, catalog.NewKey())
 	cfg := writeFile(t, "listen: 127.0.0.1:0\nprovider:\n  local:\n    prefix: s_\n")
 
 	m, _, stop := startRun(t, regexp.MustCompile(`routing tenants on (\S+)`), "serve", "--config", cfg)
@@ -301,14 +301,14 @@ func TestServeWrongCatalogKey(t *testing.T) {
 	t.Setenv(router.EnvCatalogDSN, c.AdminDSN(db))
 	cfg := writeFile(t, "listen: 127.0.0.1:0\nprovider:\n  local:\n    prefix: k_\n")
 
-	t.Setenv(router.EnvCatalogKey, resolver.NewKey())
+	t.Setenv(router.EnvCatalogKey, catalog.NewKey())
 	_, _, stop := startRun(t, regexp.MustCompile(`routing tenants on (\S+)`), "serve", "--config", cfg)
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv(router.EnvCatalogKey, resolver.NewKey())
+	t.Setenv(router.EnvCatalogKey, catalog.NewKey())
 	err := run(context.Background(), []string{"serve", "--config", cfg}, io.Discard, io.Discard)
-	if !errors.Is(err, resolver.ErrKeyMismatch) || !strings.Contains(err.Error(), router.EnvCatalogKey) {
+	if !errors.Is(err, catalog.ErrKeyMismatch) || !strings.Contains(err.Error(), router.EnvCatalogKey) {
 		t.Fatalf("serve with another key: %v", err)
 	}
 }

@@ -12,7 +12,7 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/pgtenant/pgtenant/resolver"
+	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/router"
 )
 
@@ -109,7 +109,7 @@ func override(fs *pflag.FlagSet, name string, dst *string, v string) {
 }
 
 func runGenkey(stdout io.Writer) error {
-	fmt.Fprintln(stdout, resolver.NewKey())
+	fmt.Fprintln(stdout, catalog.NewKey())
 	return nil
 }
 

@@ -16,8 +16,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/internal/pgtest"
-	"github.com/pgtenant/pgtenant/resolver"
 	"github.com/pgtenant/pgtenant/router"
 )
 
@@ -64,7 +64,7 @@ func TestServeAdmin(t *testing.T) {
 	t.Setenv(router.EnvPassword, "serve-secret")
 	t.Setenv(router.EnvAdminDSN, c.AdminDSN("postgres"))
 	t.Setenv(router.EnvCatalogDSN, c.AdminDSN(db))
-	t.Setenv(router.EnvCatalogKey, resolver.NewKey())
+	t.Setenv(router.EnvCatalogKey, catalog.NewKey())
 	t.Setenv(router.EnvAdminToken, testAdminToken)
 	const base = "listen: 127.0.0.1:0\ndrain_timeout: 1m\nadmin:\n  listen: 127.0.0.1:0\nprovider:\n  local:\n    prefix: adm_\n"
 	cfg := writeFile(t, base)

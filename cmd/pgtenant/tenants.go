@@ -12,9 +12,9 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/provision/neon"
-	"github.com/pgtenant/pgtenant/resolver"
 	"github.com/pgtenant/pgtenant/router"
 )
 
@@ -115,13 +115,13 @@ func runTenants(ctx context.Context, args []string, stdout, stderr io.Writer) er
 
 // admin is the catalog plus the provider, without a router.
 type admin struct {
-	cat   *resolver.Catalog
+	cat   *catalog.Catalog
 	parts *router.Upstream
 	close func()
 }
 
 func openAdmin(ctx context.Context, fc router.Config, log *slog.Logger) (*admin, error) {
-	key, err := resolver.ParseKey(fc.Catalog.Key)
+	key, err := catalog.ParseKey(fc.Catalog.Key)
 	if err != nil {
 		return nil, fmt.Errorf("catalog.key (%s): %w", router.EnvCatalogKey, err)
 	}

@@ -1,10 +1,10 @@
-package resolver_test
+package catalog_test
 
 import (
 	"slices"
 	"testing"
 
-	"github.com/pgtenant/pgtenant/resolver"
+	"github.com/pgtenant/pgtenant/catalog"
 )
 
 func TestCatalogBlockList(t *testing.T) {
@@ -14,7 +14,7 @@ func TestCatalogBlockList(t *testing.T) {
 	cat := openCatalog(t, pool, key)
 	ctx := t.Context()
 
-	list := func(c *resolver.Catalog) []string {
+	list := func(c *catalog.Catalog) []string {
 		t.Helper()
 		l, err := c.BlockedList(ctx)
 		if err != nil {

@@ -1,4 +1,4 @@
-package resolver
+package catalog
 
 import (
 	"context"
@@ -24,14 +24,14 @@ const KeySize = 32
 // ErrKeyMismatch means the catalog key cannot decrypt what is in the
 // catalog: the router was given a different key than the one the catalog was
 // written with (or a row was tampered with).
-var ErrKeyMismatch = errors.New("resolver: catalog key does not match the key the catalog was written with")
+var ErrKeyMismatch = errors.New("catalog: catalog key does not match the key the catalog was written with")
 
 // schemaLock names the advisory lock held while creating the schema. Tenant
 // locks are "pgtenant:<tenant>", so the two can never share a name.
 const schemaLock = "pgtenant/schema"
 
 // keyCheck is encrypted under the catalog key into pgtenant.meta when the
-// catalog is created, so OpenCatalog can refuse a different key up front.
+// catalog is created, so Open can refuse a different key up front.
 // Its additional data contains a colon, which the default tenant pattern
 // rejects, so it is no tenant's additional data.
 const (
@@ -89,10 +89,10 @@ type Entry struct {
 func ParseKey(s string) ([]byte, error) {
 	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
 	if err != nil {
-		return nil, errors.New("resolver: catalog key is not standard base64; want 32 random bytes in standard base64 (44 characters, see NewKey)")
+		return nil, errors.New("catalog: catalog key is not standard base64; want 32 random bytes in standard base64 (44 characters, see NewKey)")
 	}
 	if len(key) != KeySize {
-		return nil, fmt.Errorf("resolver: catalog key decodes to %d bytes; want 32 random bytes in standard base64 (44 characters, see NewKey)", len(key))
+		return nil, fmt.Errorf("catalog: catalog key decodes to %d bytes; want 32 random bytes in standard base64 (44 characters, see NewKey)", len(key))
 	}
 	return key, nil
 }
@@ -104,29 +104,29 @@ func NewKey() string {
 	return base64.StdEncoding.EncodeToString(key)
 }
 
-// OpenCatalog returns the catalog kept in pool's database, creating schema
+// Open returns the catalog kept in pool's database, creating schema
 // pgtenant and its tables if they are missing. Several instances may call it
 // at once: the DDL runs under an advisory lock. key is the 32-byte AES-256
 // key (see ParseKey); if the catalog was created with another key,
-// OpenCatalog fails with ErrKeyMismatch. The pool stays owned by the caller.
+// Open fails with ErrKeyMismatch. The pool stays owned by the caller.
 //
 // If the tables already exist the role only needs SELECT, INSERT and UPDATE
 // on them.
-func OpenCatalog(ctx context.Context, pool *pgxpool.Pool, key []byte) (*Catalog, error) {
+func Open(ctx context.Context, pool *pgxpool.Pool, key []byte) (*Catalog, error) {
 	if len(key) != KeySize {
-		return nil, fmt.Errorf("resolver: catalog key is %d bytes; want %d", len(key), KeySize)
+		return nil, fmt.Errorf("catalog: catalog key is %d bytes; want %d", len(key), KeySize)
 	}
 	block, err := aes.NewCipher(key)
 	if err != nil {
-		return nil, fmt.Errorf("resolver: catalog key: %w", err)
+		return nil, fmt.Errorf("catalog: catalog key: %w", err)
 	}
 	aead, err := cipher.NewGCMWithRandomNonce(block)
 	if err != nil {
-		return nil, fmt.Errorf("resolver: catalog key: %w", err)
+		return nil, fmt.Errorf("catalog: catalog key: %w", err)
 	}
 	c := &Catalog{pool: pool, aead: aead}
 	if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return c.migrate(ctx, tx) }); err != nil {
-		return nil, fmt.Errorf("resolver: open catalog: %w", err)
+		return nil, fmt.Errorf("catalog: open catalog: %w", err)
 	}
 	return c, nil
 }
@@ -347,7 +347,7 @@ func MoveRoutes(ctx context.Context, conn *pgx.Conn, provider string, from, to u
 		return 0, nil // undefined table or schema: no catalog yet
 	}
 	if err != nil {
-		return 0, fmt.Errorf("resolver: move routes to port %d: %w", to, err)
+		return 0, fmt.Errorf("catalog: move routes to port %d: %w", to, err)
 	}
 	return tag.RowsAffected(), nil
 }

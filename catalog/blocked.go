@@ -1,4 +1,4 @@
-package resolver
+package catalog
 
 import (
 	"context"
@@ -16,7 +16,7 @@ const blockedDDL = `CREATE TABLE IF NOT EXISTS pgtenant.blocked (
 )`
 
 // migrateBlocked creates pgtenant.blocked in tx if it is missing (catalogs
-// created before the block list existed get it on the next OpenCatalog).
+// created before the block list existed get it on the next Open).
 // Like the other tables it is created under the schema lock, so instances
 // starting together do not race; once it exists no DDL privilege is needed.
 func migrateBlocked(ctx context.Context, tx pgx.Tx) error {

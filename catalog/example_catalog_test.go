@@ -1,4 +1,4 @@
-package resolver_test
+package catalog_test
 
 import (
 	"context"
@@ -9,15 +9,16 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/resolver"
 )
 
 // How cmd/pgtenant wires a resolver to the shared catalog. (Not run: it
 // needs a control database.)
-func ExampleOpenCatalog() {
+func ExampleOpen() {
 	ctx := context.Background()
-	key, err := resolver.ParseKey(os.Getenv("PGTENANT_CATALOG_KEY")) // made once with NewKey
+	key, err := catalog.ParseKey(os.Getenv("PGTENANT_CATALOG_KEY")) // made once with NewKey
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -26,7 +27,7 @@ func ExampleOpenCatalog() {
 		log.Fatal(err)
 	}
 	defer pool.Close()
-	cat, err := resolver.OpenCatalog(ctx, pool, key) // creates schema pgtenant if missing
+	cat, err := catalog.Open(ctx, pool, key) // creates schema pgtenant if missing
 	if err != nil {
 		log.Fatal(err)
 	}
