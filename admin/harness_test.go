@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pgtenant/pgtenant/admin"
+	"github.com/pgtenant/pgtenant/internal/localproc"
 	"github.com/pgtenant/pgtenant/internal/pgtest"
 	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/provision/local"
@@ -59,7 +60,7 @@ func (p *countingProvider) Creates() int {
 // env is a real router (proxy, resolver, catalog, local provider on the
 // shared test cluster) with the admin handler in front of it.
 type env struct {
-	cluster *local.Cluster
+	cluster *localproc.Cluster
 	addr    string // the proxy
 	api     *httptest.Server
 	cat     *resolver.Catalog

@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgtenant/pgtenant/internal/localproc"
 	"github.com/pgtenant/pgtenant/internal/pgtest"
 	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/provision/local"
@@ -62,7 +63,7 @@ func (b *syncBuffer) String() string {
 // own catalog database.
 type router struct {
 	addr    string
-	cluster *local.Cluster
+	cluster *localproc.Cluster
 	prov    *countingProvider
 	cat     *resolver.Catalog
 	res     *resolver.Resolver
