@@ -232,7 +232,7 @@ func adminExec(ctx context.Context, c *localproc.Cluster, sql string) error {
 
 // waiterFunc is the goroutine that reaps a cluster's postmaster: it lives
 // as long as the cluster, which for Shared is the whole test binary.
-const waiterFunc = "github.com/pgtenant/pgtenant/provision/local.(*Cluster).waitPostmaster"
+const waiterFunc = "github.com/pgtenant/pgtenant/internal/localproc.(*Cluster).waitPostmaster"
 
 // CheckGoroutines fails t if goroutines started during the test are still
 // running when it ends (after the test's later-registered cleanups, so
