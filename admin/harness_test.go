@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgtenant/pgtenant/internal/localproc"
+
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -59,7 +61,7 @@ func (p *countingProvider) Creates() int {
 // env is a real router (router.New: proxy, resolver, catalog, local
 // provider on the shared test cluster, the admin listener in front).
 type env struct {
-	cluster *local.Cluster
+	cluster *localproc.Cluster
 	addr    string // the proxy
 	apiURL  string // the admin listener
 	client  *http.Client

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgtenant/pgtenant/internal/localproc"
+
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -63,7 +65,7 @@ func (b *syncBuffer) String() string {
 // own catalog database.
 type router struct {
 	addr    string
-	cluster *local.Cluster
+	cluster *localproc.Cluster
 	prov    *countingProvider
 	cat     *catalog.Catalog
 	res     *resolver.Resolver

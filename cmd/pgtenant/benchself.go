@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pgtenant/pgtenant/internal/localproc"
+
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"golang.org/x/sync/errgroup"
@@ -32,7 +34,7 @@ import (
 // beforehand. It starts, in a temporary directory, what the chosen targets
 // need (--self-targets; by default all of them):
 //
-//   - a throwaway Postgres (local.StartCluster: fsync off, max_connections
+//   - a throwaway Postgres (localproc.StartCluster: fsync off, max_connections
 //     sized for the run, SCRAM logins over loopback only);
 //   - when pgbouncer is installed, PgBouncer in front of it, in session pool
 //     mode for pgbouncer-session and in transaction pool mode for
@@ -99,7 +101,7 @@ const (
 type selfBench struct {
 	stderr   io.Writer
 	dir      string
-	cluster  *local.Cluster
+	cluster  *localproc.Cluster
 	bouncers []*bench.PgBouncer
 	routers  []*routerProc
 	// targets are the chosen targets, in selfTargets order; routerTargets
@@ -210,7 +212,7 @@ func startSelf(ctx context.Context, cfg bench.Config, chosen []string, spares in
 	}
 
 	s.notef("starting Postgres (max_connections %d, fsync off) in %s", maxConns, s.dir)
-	s.cluster, err = local.StartCluster(ctx, local.ClusterConfig{
+	s.cluster, err = localproc.StartCluster(ctx, localproc.ClusterConfig{
 		Dir: filepath.Join(s.dir, "postgres"),
 		Settings: map[string]string{
 			"fsync":              "off",

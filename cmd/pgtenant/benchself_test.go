@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/pgtenant/pgtenant/bench"
+	"github.com/pgtenant/pgtenant/internal/localproc"
 	"github.com/pgtenant/pgtenant/internal/pgtest"
 	"github.com/pgtenant/pgtenant/provision/local"
 	"github.com/pgtenant/pgtenant/router"
@@ -192,7 +193,7 @@ func runSelf(t *testing.T, args ...string) (bench.Report, string) {
 	defer cancel()
 	err := run(ctx, append([]string{"bench", "--self", "--json", jsonPath}, args...), &stdout, &stderr)
 	if err != nil {
-		if ci, _ := strconv.ParseBool(os.Getenv("CI")); errors.Is(err, local.ErrNoPostgres) && !ci {
+		if ci, _ := strconv.ParseBool(os.Getenv("CI")); errors.Is(err, localproc.ErrNoPostgres) && !ci {
 			t.Skipf("no PostgreSQL: %v", err)
 		}
 		t.Fatalf("bench --self: %v\nstderr:\n%s", err, stderr.String())

@@ -13,11 +13,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pgtenant/pgtenant/internal/localproc"
+
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/pflag"
 
 	"github.com/pgtenant/pgtenant/catalog"
-	"github.com/pgtenant/pgtenant/provision/local"
 	"github.com/pgtenant/pgtenant/proxy"
 	"github.com/pgtenant/pgtenant/router"
 )
@@ -75,7 +76,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 
 	fmt.Fprintf(stdout, "pgtenant dev: starting Postgres in %s ...\n", dir)
-	cl, err := local.StartCluster(ctx, local.ClusterConfig{
+	cl, err := localproc.StartCluster(ctx, localproc.ClusterConfig{
 		Dir:      dir,
 		Port:     *pgPort,
 		Settings: map[string]string{"max_connections": "300"},
@@ -167,7 +168,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	return err
 }
 
-func printDevBanner(w io.Writer, cl *local.Cluster, dir, addr, password string, fake *neonFake, adminAddr, adminToken string) {
+func printDevBanner(w io.Writer, cl *localproc.Cluster, dir, addr, password string, fake *neonFake, adminAddr, adminToken string) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\npgtenant dev is running.\n")
 	fmt.Fprintf(&b, "  router    %s   (app secret: %s)\n", addr, password)
@@ -209,7 +210,7 @@ func devCatalogKey(path string) (string, error) {
 // devMoveRoutes points the catalog's local routes at the cluster's new
 // port: the cluster had to move (its recorded port was taken), and every
 // stored route still names the old one.
-func devMoveRoutes(ctx context.Context, cl *local.Cluster, log *slog.Logger) error {
+func devMoveRoutes(ctx context.Context, cl *localproc.Cluster, log *slog.Logger) error {
 	conn, err := pgx.Connect(ctx, cl.AdminDSN("postgres"))
 	if err != nil {
 		return fmt.Errorf("update the catalog's routes to port %d: %w", cl.Port(), err)

@@ -11,7 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/pgtenant/pgtenant/provision/local"
+	"github.com/pgtenant/pgtenant/internal/localproc"
 	"github.com/pgtenant/pgtenant/provision/neon"
 	"github.com/pgtenant/pgtenant/provision/neon/neontest"
 	"github.com/pgtenant/pgtenant/proxy"
@@ -41,7 +41,7 @@ type neonFake struct {
 // provider and upstream settings for it: the real Neon client, TLS
 // verify-full with SNI against the fake's CA, dialled to the fake's compute
 // proxy.
-func startNeonFake(ctx context.Context, cl *local.Cluster, templateSQL string, opDelay time.Duration, log *slog.Logger) (*neonFake, error) {
+func startNeonFake(ctx context.Context, cl *localproc.Cluster, templateSQL string, opDelay time.Duration, log *slog.Logger) (*neonFake, error) {
 	backend, err := neontest.NewBackendConfig(ctx, neontest.BackendConfig{
 		AdminDSN:    cl.AdminDSN("postgres"),
 		TemplateSQL: templateSQL,

@@ -1,5 +1,5 @@
 // Package pgtest starts throwaway PostgreSQL clusters for tests, from the
-// server binaries installed on the machine (see provision/local.StartCluster).
+// server binaries installed on the machine (see internal/localproc.StartCluster).
 //
 // Start gives a test its own cluster; Shared gives every test of a test
 // binary the same one (the package's TestMain must call Main), and CreateDB

@@ -17,7 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/goleak"
 
-	"github.com/pgtenant/pgtenant/provision/local"
+	"github.com/pgtenant/pgtenant/internal/localproc"
 )
 
 const (
@@ -38,7 +38,7 @@ var testSettings = map[string]string{
 // synchronous_commit=off, full_page_writes=off, max_connections=300, each
 // overridable by settings, later maps winning), stopped and deleted in
 // t.Cleanup. The test fails if the cluster crashed before then.
-func Start(t testing.TB, settings ...map[string]string) *local.Cluster {
+func Start(t testing.TB, settings ...map[string]string) *localproc.Cluster {
 	t.Helper()
 	merged := maps.Clone(testSettings)
 	for _, s := range settings {
@@ -55,7 +55,7 @@ func Start(t testing.TB, settings ...map[string]string) *local.Cluster {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
-	c, err := local.StartCluster(ctx, local.ClusterConfig{Dir: dir, Settings: merged})
+	c, err := localproc.StartCluster(ctx, localproc.ClusterConfig{Dir: dir, Settings: merged})
 	if err != nil {
 		skipOrFatal(t, err)
 		return nil // not reached: skipOrFatal ends the test
@@ -89,7 +89,7 @@ func clusterDir() (string, error) {
 // unless CI is set, where nothing may pass by skipping.
 func skipOrFatal(t testing.TB, err error) {
 	t.Helper()
-	if errors.Is(err, local.ErrNoPostgres) && !inCI() {
+	if errors.Is(err, localproc.ErrNoPostgres) && !inCI() {
 		t.Skipf("pgtest: skipping, no PostgreSQL to test against: %v", err)
 		return
 	}
@@ -107,7 +107,7 @@ var shared struct {
 	sync.Mutex
 	mainCalled bool
 	started    bool
-	c          *local.Cluster
+	c          *localproc.Cluster
 	dir        string
 	err        error
 }
@@ -117,7 +117,7 @@ var shared struct {
 // it (roles, settings, template1); CreateDB gives each its own database. It
 // requires the package's TestMain to call Main, which stops it. Safe for
 // concurrent use.
-func Shared(t testing.TB) *local.Cluster {
+func Shared(t testing.TB) *localproc.Cluster {
 	t.Helper()
 	shared.Lock()
 	defer shared.Unlock()
@@ -131,7 +131,7 @@ func Shared(t testing.TB) *local.Cluster {
 			// Not t.Context(): the start-up must not depend on the test
 			// that happens to come first.
 			ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
-			shared.c, shared.err = local.StartCluster(ctx, local.ClusterConfig{Dir: shared.dir, Settings: testSettings})
+			shared.c, shared.err = localproc.StartCluster(ctx, localproc.ClusterConfig{Dir: shared.dir, Settings: testSettings})
 			cancel()
 		}
 	}
@@ -177,7 +177,7 @@ func Main(m *testing.M) {
 // name; it is dropped in t.Cleanup, together with any connections still
 // using it. Useful to isolate tests on a shared cluster. Safe to call from
 // parallel tests.
-func CreateDB(t testing.TB, c *local.Cluster) string {
+func CreateDB(t testing.TB, c *localproc.Cluster) string {
 	t.Helper()
 	name := dbName(t.Name())
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -220,7 +220,7 @@ func dbName(test string) string {
 
 func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
 
-func adminExec(ctx context.Context, c *local.Cluster, sql string) error {
+func adminExec(ctx context.Context, c *localproc.Cluster, sql string) error {
 	conn, err := pgconn.Connect(ctx, c.AdminDSN("postgres"))
 	if err != nil {
 		return err
@@ -232,7 +232,7 @@ func adminExec(ctx context.Context, c *local.Cluster, sql string) error {
 
 // waiterFunc is the goroutine that reaps a cluster's postmaster: it lives
 // as long as the cluster, which for Shared is the whole test binary.
-const waiterFunc = "github.com/pgtenant/pgtenant/provision/local.(*Cluster).waitPostmaster"
+const waiterFunc = "github.com/pgtenant/pgtenant/internal/localproc.(*Cluster).waitPostmaster"
 
 // CheckGoroutines fails t if goroutines started during the test are still
 // running when it ends (after the test's later-registered cleanups, so

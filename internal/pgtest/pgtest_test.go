@@ -11,7 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/pgtenant/pgtenant/provision/local"
+	"github.com/pgtenant/pgtenant/internal/localproc"
 )
 
 func TestMain(m *testing.M) { Main(m) }
@@ -160,7 +160,7 @@ func (r *recorder) runCleanups() {
 }
 
 func TestMissingBinariesSkipOnlyOutsideCI(t *testing.T) {
-	noPG := fmt.Errorf("%w: looked everywhere", local.ErrNoPostgres)
+	noPG := fmt.Errorf("%w: looked everywhere", localproc.ErrNoPostgres)
 	other := errors.New("local: initdb failed")
 	tests := []struct {
 		name      string

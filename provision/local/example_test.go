@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgtenant/pgtenant/internal/localproc"
 	"github.com/pgtenant/pgtenant/provision/local"
 )
 
@@ -22,7 +23,7 @@ func Example() {
 		return
 	}
 	defer os.RemoveAll(dir)
-	cluster, err := local.StartCluster(ctx, local.ClusterConfig{Dir: dir, Settings: map[string]string{"fsync": "off"}})
+	cluster, err := localproc.StartCluster(ctx, localproc.ClusterConfig{Dir: dir, Settings: map[string]string{"fsync": "off"}})
 	if err != nil {
 		fmt.Println(err)
 		return

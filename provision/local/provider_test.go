@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgtenant/pgtenant/internal/localproc"
 	"github.com/pgtenant/pgtenant/internal/pgtest"
 	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/provision/local"
@@ -71,7 +72,7 @@ func names() (template, prefix string) {
 }
 
 // adminPool opens a pool to database "postgres" on c, as user if not empty.
-func adminPool(t testing.TB, c *local.Cluster, tr pgx.QueryTracer, user, password string) *pgxpool.Pool {
+func adminPool(t testing.TB, c *localproc.Cluster, tr pgx.QueryTracer, user, password string) *pgxpool.Pool {
 	t.Helper()
 	cfg, err := pgxpool.ParseConfig(c.AdminDSN("postgres"))
 	if err != nil {
@@ -90,7 +91,7 @@ func adminPool(t testing.TB, c *local.Cluster, tr pgx.QueryTracer, user, passwor
 }
 
 type env struct {
-	c     *local.Cluster
+	c     *localproc.Cluster
 	admin *pgxpool.Pool
 	tr    *tracer
 	p     *local.Provider

@@ -50,7 +50,7 @@ const (
 // BackendConfig configures NewBackendConfig.
 type BackendConfig struct {
 	// AdminDSN is a connection string logging in to a running Postgres 13+
-	// server as a superuser, e.g. local.Cluster.AdminDSN("postgres") (tests:
+	// server as a superuser, e.g. localproc.Cluster.AdminDSN("postgres") (tests:
 	// pgtest.Shared(t).AdminDSN("postgres")). Required. Secret.
 	AdminDSN string
 	// TemplateSQL is run once, as the owner of the template database, when

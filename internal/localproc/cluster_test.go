@@ -1,4 +1,4 @@
-package local_test
+package localproc_test
 
 import (
 	"context"
@@ -20,7 +20,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/pgtenant/pgtenant/provision/local"
+	"github.com/pgtenant/pgtenant/internal/localproc"
 )
 
 // These tests drive StartCluster directly (internal/pgtest hides Dir, and
@@ -48,7 +48,7 @@ func clusterDir(t *testing.T) string {
 
 // start starts a cluster in dir and stops it in cleanup unless the test has
 // already seen it exit.
-func startCluster(t *testing.T, cfg local.ClusterConfig) *local.Cluster {
+func startCluster(t *testing.T, cfg localproc.ClusterConfig) *localproc.Cluster {
 	t.Helper()
 	if cfg.Settings == nil {
 		cfg.Settings = map[string]string{"fsync": "off"}
@@ -56,8 +56,8 @@ func startCluster(t *testing.T, cfg local.ClusterConfig) *local.Cluster {
 	cfg.Log = slog.New(slog.DiscardHandler)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	c, err := local.StartCluster(ctx, cfg)
-	if errors.Is(err, local.ErrNoPostgres) {
+	c, err := localproc.StartCluster(ctx, cfg)
+	if errors.Is(err, localproc.ErrNoPostgres) {
 		if ci, _ := strconv.ParseBool(os.Getenv("CI")); !ci {
 			t.Skipf("no PostgreSQL to test against: %v", err)
 		}
@@ -132,7 +132,7 @@ func readClusterFile(t *testing.T, path string) string {
 
 func TestStartCluster(t *testing.T) {
 	dir := clusterDir(t)
-	c := startCluster(t, local.ClusterConfig{Dir: dir, Settings: map[string]string{"fsync": "off", "work_mem": "7MB"}})
+	c := startCluster(t, localproc.ClusterConfig{Dir: dir, Settings: map[string]string{"fsync": "off", "work_mem": "7MB"}})
 
 	if c.Host() != "127.0.0.1" || c.AdminUser() != "postgres" {
 		t.Errorf("Host, AdminUser = %q, %q", c.Host(), c.AdminUser())
@@ -216,7 +216,7 @@ func TestStartCluster(t *testing.T) {
 }
 
 func TestWrongPasswordIsRejected(t *testing.T) {
-	c := startCluster(t, local.ClusterConfig{Dir: clusterDir(t)})
+	c := startCluster(t, localproc.ClusterConfig{Dir: clusterDir(t)})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	dsn := fmt.Sprintf("postgres://postgres:wrong@127.0.0.1:%d/postgres?sslmode=disable", c.Port())
@@ -235,7 +235,7 @@ func TestWrongPasswordIsRejected(t *testing.T) {
 
 func TestRestartKeepsDataPortAndPassword(t *testing.T) {
 	dir := clusterDir(t)
-	c1 := startCluster(t, local.ClusterConfig{Dir: dir})
+	c1 := startCluster(t, localproc.ClusterConfig{Dir: dir})
 	conn := clusterConn(t, c1.AdminDSN("postgres"))
 	clusterQuery(t, conn, "CREATE TABLE kept (v text); INSERT INTO kept VALUES ('still here')")
 	_ = conn.Close(context.Background())
@@ -243,7 +243,7 @@ func TestRestartKeepsDataPortAndPassword(t *testing.T) {
 		t.Fatalf("Stop: %v", err)
 	}
 
-	c2 := startCluster(t, local.ClusterConfig{Dir: dir})
+	c2 := startCluster(t, localproc.ClusterConfig{Dir: dir})
 	if c2.Port() != c1.Port() {
 		t.Errorf("port after restart = %d, want %d", c2.Port(), c1.Port())
 	}
@@ -257,7 +257,7 @@ func TestRestartKeepsDataPortAndPassword(t *testing.T) {
 }
 
 func TestStopIsIdempotent(t *testing.T) {
-	c := startCluster(t, local.ClusterConfig{Dir: clusterDir(t)})
+	c := startCluster(t, localproc.ClusterConfig{Dir: clusterDir(t)})
 	var wg sync.WaitGroup
 	errs := make([]error, 5)
 	for i := range errs {
@@ -312,7 +312,7 @@ func waitGroupGone(t *testing.T, pgid int) {
 
 func TestDoneClosesWhenPostgresIsKilled(t *testing.T) {
 	dir := clusterDir(t)
-	c := startCluster(t, local.ClusterConfig{Dir: dir})
+	c := startCluster(t, localproc.ClusterConfig{Dir: dir})
 	pid := postmasterPID(t, dir)
 	select {
 	case <-c.Done():
@@ -340,7 +340,7 @@ func TestDoneClosesWhenPostgresIsKilled(t *testing.T) {
 	waitGroupGone(t, pid)
 
 	// The killed postmaster left postmaster.pid behind; a restart copes.
-	c2 := startCluster(t, local.ClusterConfig{Dir: dir})
+	c2 := startCluster(t, localproc.ClusterConfig{Dir: dir})
 	if c2.Port() != c.Port() {
 		t.Errorf("port after crash restart = %d, want %d", c2.Port(), c.Port())
 	}
@@ -349,15 +349,15 @@ func TestDoneClosesWhenPostgresIsKilled(t *testing.T) {
 
 func TestSecondStartOnLiveDirFails(t *testing.T) {
 	dir := clusterDir(t)
-	c := startCluster(t, local.ClusterConfig{Dir: dir})
+	c := startCluster(t, localproc.ClusterConfig{Dir: dir})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c2, err := local.StartCluster(ctx, local.ClusterConfig{Dir: dir})
+	c2, err := localproc.StartCluster(ctx, localproc.ClusterConfig{Dir: dir})
 	if err == nil {
 		_ = c2.Stop(ctx)
 		t.Fatal("second StartCluster on a live data directory succeeded")
 	}
-	if !errors.Is(err, local.ErrInUse) {
+	if !errors.Is(err, localproc.ErrInUse) {
 		t.Fatalf("got %v, want ErrInUse", err)
 	}
 	if got := readClusterFile(t, filepath.Join(dir, "port")); got != strconv.Itoa(int(c.Port())) {
@@ -368,7 +368,7 @@ func TestSecondStartOnLiveDirFails(t *testing.T) {
 
 func TestRecordedPortTakenPicksAnother(t *testing.T) {
 	dir := clusterDir(t)
-	c1 := startCluster(t, local.ClusterConfig{Dir: dir})
+	c1 := startCluster(t, localproc.ClusterConfig{Dir: dir})
 	if err := c1.Stop(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -378,7 +378,7 @@ func TestRecordedPortTakenPicksAnother(t *testing.T) {
 	}
 	defer ln.Close()
 
-	c2 := startCluster(t, local.ClusterConfig{Dir: dir})
+	c2 := startCluster(t, localproc.ClusterConfig{Dir: dir})
 	if c2.Port() == c1.Port() {
 		t.Fatalf("restart reused port %d, which is taken", c2.Port())
 	}
@@ -409,7 +409,7 @@ func TestPortRace(t *testing.T) {
 	// find p free, then one postgres loses the bind and must retry elsewhere.
 	dirs := []string{clusterDir(t), clusterDir(t)}
 	for _, dir := range dirs {
-		c := startCluster(t, local.ClusterConfig{Dir: dir})
+		c := startCluster(t, localproc.ClusterConfig{Dir: dir})
 		if err := c.Stop(context.Background()); err != nil {
 			t.Fatal(err)
 		}
@@ -420,14 +420,14 @@ func TestPortRace(t *testing.T) {
 	}
 	var retries atomic.Int32
 	log := slog.New(countingHandler{slog.DiscardHandler, "port taken", &retries})
-	clusters := make([]*local.Cluster, 2)
+	clusters := make([]*localproc.Cluster, 2)
 	errs := make([]error, 2)
 	var wg sync.WaitGroup
 	for i, dir := range dirs {
 		wg.Go(func() {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			clusters[i], errs[i] = local.StartCluster(ctx, local.ClusterConfig{Dir: dir, Log: log, Settings: map[string]string{"fsync": "off"}})
+			clusters[i], errs[i] = localproc.StartCluster(ctx, localproc.ClusterConfig{Dir: dir, Log: log, Settings: map[string]string{"fsync": "off"}})
 		})
 	}
 	wg.Wait()
@@ -457,16 +457,16 @@ func TestExplicitPort(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	dir := clusterDir(t)
-	if c, err := local.StartCluster(ctx, local.ClusterConfig{Dir: dir, Port: taken}); err == nil {
+	if c, err := localproc.StartCluster(ctx, localproc.ClusterConfig{Dir: dir, Port: taken}); err == nil {
 		_ = c.Stop(ctx)
 		t.Fatalf("started on port %d, which is taken", taken)
-	} else if errors.Is(err, local.ErrNoPostgres) {
+	} else if errors.Is(err, localproc.ErrNoPostgres) {
 		t.Fatalf("port check should come first, got %v", err)
 	}
 
 	// Free it and ask again: an explicit port is used as is.
 	_ = ln.Close()
-	c := startCluster(t, local.ClusterConfig{Dir: dir, Port: taken})
+	c := startCluster(t, localproc.ClusterConfig{Dir: dir, Port: taken})
 	if int(c.Port()) != taken {
 		t.Errorf("Port = %d, want %d", c.Port(), taken)
 	}
@@ -474,24 +474,24 @@ func TestExplicitPort(t *testing.T) {
 
 func TestStartCanceled(t *testing.T) {
 	dir := clusterDir(t)
-	c := startCluster(t, local.ClusterConfig{Dir: dir}) // initdb, so the next start is postgres alone
+	c := startCluster(t, localproc.ClusterConfig{Dir: dir}) // initdb, so the next start is postgres alone
 	if err := c.Stop(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if c, err := local.StartCluster(ctx, local.ClusterConfig{Dir: dir}); !errors.Is(err, context.Canceled) {
+	if c, err := localproc.StartCluster(ctx, localproc.ClusterConfig{Dir: dir}); !errors.Is(err, context.Canceled) {
 		if err == nil {
 			_ = c.Stop(context.Background())
 		}
 		t.Fatalf("got %v, want context.Canceled", err)
 	}
 	// Nothing was left running: the directory is free for the next start.
-	clusterQuery1(t, clusterConn(t, startCluster(t, local.ClusterConfig{Dir: dir}).AdminDSN("postgres")), "SELECT 1")
+	clusterQuery1(t, clusterConn(t, startCluster(t, localproc.ClusterConfig{Dir: dir}).AdminDSN("postgres")), "SELECT 1")
 }
 
 func TestConcurrentClients(t *testing.T) {
-	c := startCluster(t, local.ClusterConfig{Dir: clusterDir(t)})
+	c := startCluster(t, localproc.ClusterConfig{Dir: clusterDir(t)})
 	var wg sync.WaitGroup
 	for i := range 40 {
 		wg.Go(func() {
@@ -519,17 +519,17 @@ func TestConcurrentClients(t *testing.T) {
 func TestStartClusterConfigErrors(t *testing.T) {
 	tests := []struct {
 		name    string
-		cfg     local.ClusterConfig
+		cfg     localproc.ClusterConfig
 		rootReq bool
 		want    string // substring of the error
 		is      error
 	}{
-		{name: "no dir", cfg: local.ClusterConfig{}, want: "Dir is required"},
-		{name: "bad port", cfg: local.ClusterConfig{Port: 70000}, want: "out of range"},
-		{name: "reserved setting", cfg: local.ClusterConfig{Settings: map[string]string{"Port": "1"}}, want: "managed by pgtenant"},
-		{name: "bad setting name", cfg: local.ClusterConfig{Settings: map[string]string{"a=b": "1"}}, want: "invalid setting"},
-		{name: "no binaries", cfg: local.ClusterConfig{BinDir: "/nonexistent"}, is: local.ErrNoPostgres},
-		{name: "unknown os user", cfg: local.ClusterConfig{OSUser: "pgtenant-no-such-user"}, rootReq: true, want: "useradd"},
+		{name: "no dir", cfg: localproc.ClusterConfig{}, want: "Dir is required"},
+		{name: "bad port", cfg: localproc.ClusterConfig{Port: 70000}, want: "out of range"},
+		{name: "reserved setting", cfg: localproc.ClusterConfig{Settings: map[string]string{"Port": "1"}}, want: "managed by pgtenant"},
+		{name: "bad setting name", cfg: localproc.ClusterConfig{Settings: map[string]string{"a=b": "1"}}, want: "invalid setting"},
+		{name: "no binaries", cfg: localproc.ClusterConfig{BinDir: "/nonexistent"}, is: localproc.ErrNoPostgres},
+		{name: "unknown os user", cfg: localproc.ClusterConfig{OSUser: "pgtenant-no-such-user"}, rootReq: true, want: "useradd"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -541,7 +541,7 @@ func TestStartClusterConfigErrors(t *testing.T) {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			c, err := local.StartCluster(ctx, tt.cfg)
+			c, err := localproc.StartCluster(ctx, tt.cfg)
 			if err == nil {
 				_ = c.Stop(ctx)
 				t.Fatal("StartCluster succeeded")
@@ -572,8 +572,8 @@ func TestUnreachableDirFallsBack(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cfg := local.ClusterConfig{Dir: dir, Settings: map[string]string{"fsync": "off"}}
-	c, err := local.StartCluster(ctx, cfg)
+	cfg := localproc.ClusterConfig{Dir: dir, Settings: map[string]string{"fsync": "off"}}
+	c, err := localproc.StartCluster(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -585,7 +585,7 @@ func TestUnreachableDirFallsBack(t *testing.T) {
 	if err := c.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
-	c, err = local.StartCluster(ctx, cfg)
+	c, err = localproc.StartCluster(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -601,7 +601,7 @@ func TestUnreachableDirFallsBack(t *testing.T) {
 func ExampleStartCluster() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	c, err := local.StartCluster(ctx, local.ClusterConfig{Dir: "/var/lib/pgtenant/dev"})
+	c, err := localproc.StartCluster(ctx, localproc.ClusterConfig{Dir: "/var/lib/pgtenant/dev"})
 	if err != nil {
 		fmt.Println(err)
 		return
