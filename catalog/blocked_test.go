@@ -5,11 +5,12 @@ import (
 	"testing"
 
 	"github.com/pgtenant/pgtenant/catalog"
+	"github.com/pgtenant/pgtenant/internal/pgtest"
 )
 
 func TestCatalogBlockList(t *testing.T) {
-	checkGoroutines(t)
-	pool := newPool(t, newDB(t))
+	pgtest.CheckGoroutines(t)
+	pool := pgtest.NewPool(t, pgtest.NewDB(t))
 	key := mustKey(t)
 	cat := openCatalog(t, pool, key)
 	ctx := t.Context()

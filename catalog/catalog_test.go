@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgtenant/pgtenant/catalog"
+	"github.com/pgtenant/pgtenant/internal/pgtest"
 	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/resolver"
 )
@@ -97,8 +98,8 @@ func TestOpenCatalogKeyLength(t *testing.T) {
 }
 
 func TestCatalogRoundTrip(t *testing.T) {
-	checkGoroutines(t)
-	pool := newPool(t, newDB(t))
+	pgtest.CheckGoroutines(t)
+	pool := pgtest.NewPool(t, pgtest.NewDB(t))
 	cat := openCatalog(t, pool, mustKey(t))
 	ctx := t.Context()
 
@@ -154,8 +155,8 @@ func TestCatalogRoundTrip(t *testing.T) {
 }
 
 func TestCatalogCiphertextBoundToTenant(t *testing.T) {
-	checkGoroutines(t)
-	pool := newPool(t, newDB(t))
+	pgtest.CheckGoroutines(t)
+	pool := pgtest.NewPool(t, pgtest.NewDB(t))
 	cat := openCatalog(t, pool, mustKey(t))
 	ctx := t.Context()
 	var calls int
@@ -179,8 +180,8 @@ func TestCatalogCiphertextBoundToTenant(t *testing.T) {
 }
 
 func TestOpenCatalogWrongKey(t *testing.T) {
-	checkGoroutines(t)
-	pool := newPool(t, newDB(t))
+	pgtest.CheckGoroutines(t)
+	pool := pgtest.NewPool(t, pgtest.NewDB(t))
 	ctx := t.Context()
 	cat := openCatalog(t, pool, mustKey(t))
 	var calls int
@@ -206,14 +207,14 @@ func TestOpenCatalogWrongKey(t *testing.T) {
 }
 
 func TestOpenCatalogConcurrently(t *testing.T) {
-	checkGoroutines(t)
-	dsn := newDB(t)
+	pgtest.CheckGoroutines(t)
+	dsn := pgtest.NewDB(t)
 	key := mustKey(t)
 	const instances = 6
 	errs := make([]error, instances)
 	var wg sync.WaitGroup
 	for i := range instances {
-		pool := newPool(t, dsn) // one pool per router instance
+		pool := pgtest.NewPool(t, dsn) // one pool per router instance
 		wg.Go(func() { _, errs[i] = catalog.Open(t.Context(), pool, key) })
 	}
 	wg.Wait()
@@ -223,8 +224,8 @@ func TestOpenCatalogConcurrently(t *testing.T) {
 }
 
 func TestCatalogDeleteAndList(t *testing.T) {
-	checkGoroutines(t)
-	pool := newPool(t, newDB(t))
+	pgtest.CheckGoroutines(t)
+	pool := pgtest.NewPool(t, pgtest.NewDB(t))
 	cat := openCatalog(t, pool, mustKey(t))
 	ctx := t.Context()
 	var calls int

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgtenant/pgtenant/catalog"
+	"github.com/pgtenant/pgtenant/internal/pgtest"
 	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/resolver"
 )
@@ -82,14 +83,14 @@ func TestResolveSharedCatalog(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			checkGoroutines(t)
-			dsn := newDB(t)
+			pgtest.CheckGoroutines(t)
+			dsn := pgtest.NewDB(t)
 			key := mustKey(t)
-			p := &lockWaitProvider{pool: newPool(t, dsn), waiters: tt.instances - 1}
+			p := &lockWaitProvider{pool: pgtest.NewPool(t, dsn), waiters: tt.instances - 1}
 			var resolvers []*resolver.Resolver
 			for range tt.instances {
 				cfg := resolver.Config{FillTimeout: 30 * time.Second, Log: discard}
-				r := resolver.New(cfg, openCatalog(t, newPool(t, dsn), key), p)
+				r := resolver.New(cfg, openCatalog(t, pgtest.NewPool(t, dsn), key), p)
 				defer r.Close()
 				resolvers = append(resolvers, r)
 			}
@@ -139,8 +140,8 @@ func TestResolveSharedCatalog(t *testing.T) {
 }
 
 func TestResolveFailingCreateWithCatalog(t *testing.T) {
-	checkGoroutines(t)
-	pool := newPool(t, newDB(t))
+	pgtest.CheckGoroutines(t)
+	pool := pgtest.NewPool(t, pgtest.NewDB(t))
 	cat := openCatalog(t, pool, mustKey(t))
 	p := &fakeProvider{err: errors.New("create database: permission denied")}
 	r := resolver.New(resolver.Config{Log: discard}, cat, p)
@@ -161,8 +162,8 @@ func TestResolveFailingCreateWithCatalog(t *testing.T) {
 // A catalog that goes away is reported as ErrCatalog, never ErrProvision,
 // and the provider is not called.
 func TestResolveCatalogUnreachable(t *testing.T) {
-	checkGoroutines(t)
-	pool := newPool(t, newDB(t))
+	pgtest.CheckGoroutines(t)
+	pool := pgtest.NewPool(t, pgtest.NewDB(t))
 	cat := openCatalog(t, pool, mustKey(t))
 	pool.Close()
 	p := &fakeProvider{}

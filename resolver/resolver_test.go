@@ -10,6 +10,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/pgtenant/pgtenant/internal/pgtest"
 	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/resolver"
 )
@@ -34,7 +35,7 @@ func TestViaString(t *testing.T) {
 }
 
 func TestResolveVia(t *testing.T) {
-	checkGoroutines(t)
+	pgtest.CheckGoroutines(t)
 	store := &memStore{m: map[string]provision.Endpoint{"old": {Host: "10.1.1.1", Port: 6432}}}
 	p := &fakeProvider{}
 	r := resolver.New(resolver.Config{Log: discard}, store, p)
@@ -73,7 +74,7 @@ func TestResolveVia(t *testing.T) {
 }
 
 func TestResolveConcurrentFirstResolve(t *testing.T) {
-	checkGoroutines(t)
+	pgtest.CheckGoroutines(t)
 	p := &fakeProvider{}
 	r := resolver.New(resolver.Config{Log: discard}, &memStore{}, p)
 	defer r.Close()
@@ -331,7 +332,7 @@ func TestErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			checkGoroutines(t)
+			pgtest.CheckGoroutines(t)
 			r := resolver.New(resolver.Config{Log: discard}, tt.store, tt.prov)
 			defer r.Close()
 			rt, err := r.Resolve(t.Context(), "acme")

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/goleak"
 
 	"github.com/pgtenant/pgtenant/internal/localproc"
@@ -249,4 +250,23 @@ func CheckGoroutines(t testing.TB) {
 			t.Error(err)
 		}
 	})
+}
+
+// NewDB creates an empty database on the shared cluster, dropped when t
+// ends, and returns its admin DSN.
+func NewDB(t testing.TB) string {
+	t.Helper()
+	c := Shared(t)
+	return c.AdminDSN(CreateDB(t, c))
+}
+
+// NewPool opens a pool on dsn, closed when t ends.
+func NewPool(t testing.TB, dsn string) *pgxpool.Pool {
+	t.Helper()
+	pool, err := pgxpool.New(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
 }
