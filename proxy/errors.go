@@ -33,6 +33,12 @@ type ClientError struct {
 	Msg  string // primary message, said to the client
 	Hint string // what to do about it; optional
 	Err  error  // underlying cause; never sent to the client
+
+	// Outcome is the ConnectionsFinished label a connection ended by this
+	// error is counted under, set where the error is made when Code alone
+	// does not say it (a blocked tenant and a bad tenant name share 28000).
+	// Empty: derived from Code.
+	Outcome string
 }
 
 func (e *ClientError) Error() string {

@@ -96,10 +96,16 @@ func (s *Server) sweepIdle(now time.Time) {
 		if now.Sub(st.since) < timeout {
 			return
 		}
-		if tx := byte(st.txStatus.Load()); tx == 'T' || tx == 'E' {
-			ls.kill(&ClientError{Code: codeIdleInTransactionTimeout, Msg: "terminating connection due to idle-in-transaction timeout"})
-			return
-		}
-		ls.kill(&ClientError{Code: codeIdleSessionTimeout, Msg: "terminating connection due to idle-session timeout"})
+		tx := byte(st.txStatus.Load())
+		ls.kill(idleError(tx == 'T' || tx == 'E'))
 	})
+}
+
+// idleError ends a session idle for too long, with Postgres' own codes and
+// words for idle_in_transaction_session_timeout and idle_session_timeout.
+func idleError(inTransaction bool) *ClientError {
+	if inTransaction {
+		return &ClientError{Code: codeIdleInTransactionTimeout, Msg: "terminating connection due to idle-in-transaction timeout", Outcome: OutcomeIdleTimeout}
+	}
+	return &ClientError{Code: codeIdleSessionTimeout, Msg: "terminating connection due to idle-session timeout", Outcome: OutcomeIdleTimeout}
 }

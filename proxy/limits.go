@@ -276,8 +276,10 @@ func setOfTenants(tenants []string) map[string]struct{} {
 }
 
 func blockedError(tenant string) *ClientError {
-	return clientErr(codeInvalidAuthSpec, fmt.Sprintf("tenant %q is blocked", tenant),
+	ce := clientErr(codeInvalidAuthSpec, fmt.Sprintf("tenant %q is blocked", tenant),
 		"An administrator blocked this tenant; connections are refused until it is unblocked.", nil)
+	ce.Outcome = OutcomeBlocked
+	return ce
 }
 
 // enterHandshake takes a handshake slot; release gives it back and may be

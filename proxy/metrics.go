@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"errors"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -225,8 +224,8 @@ func outcome(sess *session, err error, draining bool) string {
 		return OutcomeOK
 	case errors.Is(err, errKilled):
 		switch {
-		case sess.killedBy != nil && (sess.killedBy.Code == codeIdleSessionTimeout || sess.killedBy.Code == codeIdleInTransactionTimeout):
-			return OutcomeIdleTimeout
+		case sess.killedBy != nil && sess.killedBy.Outcome != "":
+			return sess.killedBy.Outcome
 		case draining:
 			return OutcomeShutdown
 		}
@@ -238,6 +237,9 @@ func outcome(sess *session, err error, draining bool) string {
 	}
 	var ce *ClientError
 	if errors.As(err, &ce) {
+		if ce.Outcome != "" {
+			return ce.Outcome
+		}
 		switch {
 		case errors.Is(err, resolver.ErrUnknownTenant):
 			return OutcomeUnknownTenant
@@ -248,9 +250,6 @@ func outcome(sess *session, err error, draining bool) string {
 		case codeInvalidPassword:
 			return OutcomeAuthFailed
 		case codeInvalidAuthSpec:
-			if strings.HasSuffix(ce.Msg, " is blocked") { // blockedError (limits.go)
-				return OutcomeBlocked
-			}
 			return OutcomeInvalidTenant
 		case codeTooManyConnections:
 			return OutcomeLimit

@@ -42,7 +42,11 @@ func TestOutcome(t *testing.T) {
 		{"refused while draining", routed, clientErr(codeCannotConnectNow, "shutting down", "", nil), true, OutcomeShutdown},
 		{"killed", routed, errKilled, false, OutcomeKilled},
 		{"drained", routed, errKilled, true, OutcomeShutdown},
-		{"idle", &session{routed: true, killedBy: &ClientError{Code: codeIdleSessionTimeout}}, errKilled, false, OutcomeIdleTimeout},
+		{"idle", &session{routed: true, killedBy: idleError(false)}, errKilled, false, OutcomeIdleTimeout},
+		{"idle in transaction", &session{routed: true, killedBy: idleError(true)}, errKilled, true, OutcomeIdleTimeout},
+		{"blocked while draining", &session{routed: true, killedBy: blockedError("acme")}, errKilled, true, OutcomeBlocked},
+		// The outcome travels with the error, not with its words.
+		{"tenant named like a block", &session{}, (&TenantConfig{}).invalid("x is blocked", "invalid tenant ID \"x is blocked\""), false, OutcomeInvalidTenant},
 		{"internal", &session{}, io.ErrShortWrite, false, OutcomeError},
 	}
 	for _, tt := range tests {
