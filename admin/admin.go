@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/pprof"
-	"regexp"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -86,9 +85,9 @@ type Config struct {
 	Router   Router
 	// Provider deletes tenants' databases. Nil: DELETE answers 501.
 	Provider Deprovisioner
-	// TenantPattern is what a tenant ID must match, as in the proxy. Nil
-	// means proxy.DefaultTenantPattern.
-	TenantPattern *regexp.Regexp
+	// Tenant is the proxy's tenant rule, so that the API takes exactly the
+	// IDs clients can connect as. The zero value is the proxy's default.
+	Tenant proxy.TenantConfig
 	// ReadyTimeout bounds the catalog ping of /readyz. Zero or negative
 	// means 2s.
 	ReadyTimeout time.Duration
@@ -104,14 +103,11 @@ func (c *Config) readyTimeout() time.Duration {
 	return c.ReadyTimeout
 }
 
-var defaultTenantRE = regexp.MustCompile(proxy.DefaultTenantPattern)
-
 // Handler serves the admin endpoints (see the package doc). It is safe for
 // concurrent use.
 type Handler struct {
 	cfg       Config
 	log       *slog.Logger
-	pattern   *regexp.Regexp
 	tokenHash *[sha256.Size]byte // nil: the /v1 API is off
 	mux       *http.ServeMux
 	notReady  atomic.Pointer[string] // last readiness failure reported, for logging changes only
@@ -122,12 +118,9 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.Catalog == nil || cfg.Blocks == nil || cfg.Ping == nil || cfg.Resolver == nil || cfg.Router == nil {
 		return nil, errors.New("admin: Catalog, Blocks, Ping, Resolver and Router are required")
 	}
-	h := &Handler{cfg: cfg, log: cfg.Log, pattern: cfg.TenantPattern, mux: http.NewServeMux()}
+	h := &Handler{cfg: cfg, log: cfg.Log, mux: http.NewServeMux()}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
-	}
-	if h.pattern == nil {
-		h.pattern = defaultTenantRE
 	}
 	if cfg.Token != "" {
 		sum := sha256.Sum256([]byte(cfg.Token))

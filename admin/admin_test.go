@@ -3,6 +3,7 @@ package admin_test
 import (
 	"context"
 	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -127,6 +128,9 @@ func TestAPIAuth(t *testing.T) {
 	for _, bad := range []string{"Acme", "a.b", "-x", strings.Repeat("x", 60)} {
 		e.do(t, "POST", "/v1/tenants/"+bad+"/warm", 400, nil)
 	}
+	// The API takes the proxy's tenant rule, whatever it is configured to.
+	letters := startEnv(t, withProxy(func(pc *proxy.Config) { pc.Tenant.Pattern = regexp.MustCompile(`^[a-z]+$`) }))
+	letters.do(t, "POST", "/v1/tenants/acme1/warm", 400, nil)
 
 	// Without a token configured, the API is off; the rest still works.
 	off := startEnv(t, withAdmin(func(a *admin.Config) { a.Token = "" }))

@@ -45,6 +45,20 @@ func (c *TenantConfig) pattern() *regexp.Regexp {
 	return c.Pattern
 }
 
+// Valid reports whether id is a tenant ID under c: the one rule the proxy,
+// the admin API and the config's blocked_tenants all apply.
+func (c *TenantConfig) Valid(id string) bool {
+	return c.pattern().MatchString(id)
+}
+
+// Rule says in words what a valid tenant ID is, for error messages.
+func (c *TenantConfig) Rule() string {
+	if c.Pattern != nil {
+		return "an ID matching " + c.Pattern.String()
+	}
+	return "1-48 lower-case letters, digits, '_' or '-', starting with a letter or digit"
+}
+
 // extract returns the tenant ID named by user, or a 28000 ClientError whose
 // hint says how to name a tenant.
 func (c *TenantConfig) extract(user string) (string, error) {
@@ -59,17 +73,14 @@ func (c *TenantConfig) extract(user string) (string, error) {
 	if tenant == "" {
 		return "", c.invalid(user, "the tenant ID is empty")
 	}
-	if !c.pattern().MatchString(tenant) {
+	if !c.Valid(tenant) {
 		return "", c.invalid(user, "invalid tenant ID")
 	}
 	return tenant, nil
 }
 
 func (c *TenantConfig) invalid(user, why string) *ClientError {
-	rule := "1-48 lower-case letters, digits, '_' or '-', starting with a letter or digit"
-	if c.Pattern != nil {
-		rule = "an ID matching " + c.Pattern.String()
-	}
+	rule := c.Rule()
 	form := "<tenant>"
 	if c.Separator != "" {
 		form = "<role>" + c.Separator + "<tenant>"

@@ -301,7 +301,6 @@ func (fc *Config) ProxyConfig() (proxy.Config, error) {
 			Password: fc.Auth.Password,
 			Verifier: fc.Auth.SCRAMVerifier,
 		},
-		Tenant:           proxy.TenantConfig{Separator: fc.Tenant.Separator, Carriers: fc.Tenant.Carriers, SNISuffix: fc.Tenant.SNISuffix},
 		Limits:           fc.ProxyLimits(),     // limits.go
 		KeepAlive:        fc.KeepAliveConfig(), // limits.go
 		HandshakeTimeout: fc.HandshakeTimeout,
@@ -311,14 +310,22 @@ func (fc *Config) ProxyConfig() (proxy.Config, error) {
 		InstanceID:       fc.InstanceID,
 		TLS:              proxy.TLSConfig{Mode: fc.TLS.Mode, CertFile: fc.TLS.CertFile, KeyFile: fc.TLS.KeyFile},
 	}
+	var err error
+	cfg.Tenant, err = fc.TenantConfig()
+	return cfg, err
+}
+
+// TenantConfig maps the tenant section to the proxy's rule.
+func (fc *Config) TenantConfig() (proxy.TenantConfig, error) {
+	tc := proxy.TenantConfig{Separator: fc.Tenant.Separator, Carriers: fc.Tenant.Carriers, SNISuffix: fc.Tenant.SNISuffix}
 	if fc.Tenant.Pattern != "" && fc.Tenant.Pattern != proxy.DefaultTenantPattern {
 		re, err := regexp.Compile(fc.Tenant.Pattern)
 		if err != nil {
-			return cfg, fmt.Errorf("tenant.pattern: %w", err)
+			return tc, fmt.Errorf("tenant.pattern: %w", err)
 		}
-		cfg.Tenant.Pattern = re
+		tc.Pattern = re
 	}
-	return cfg, nil
+	return tc, nil
 }
 
 // neonConfig maps provider.neon to the neon package's Config.

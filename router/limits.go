@@ -2,7 +2,6 @@ package router
 
 import (
 	"fmt"
-	"regexp"
 
 	"github.com/pgtenant/pgtenant/proxy"
 )
@@ -35,10 +34,10 @@ func (fc *Config) validateLimits() []error {
 	if fc.KeepAlive.Idle > 0 && (fc.KeepAlive.Interval == 0 || fc.KeepAlive.Count == 0) {
 		errs = append(errs, fmt.Errorf("keepalive: interval and count must be set when idle is"))
 	}
-	if re, err := regexp.Compile(fc.Tenant.Pattern); err == nil && fc.Tenant.Pattern != "" {
+	if tc, err := fc.TenantConfig(); err == nil { // a bad pattern is reported once, by Validate
 		for _, t := range fc.BlockedTenants {
-			if !re.MatchString(t) {
-				errs = append(errs, fmt.Errorf("blocked_tenants: %q is not a valid tenant ID (tenant.pattern)", t))
+			if !tc.Valid(t) {
+				errs = append(errs, fmt.Errorf("blocked_tenants: %q is not a valid tenant ID (want %s)", t, tc.Rule()))
 			}
 		}
 	}

@@ -249,7 +249,7 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Router, err error) {
 	// Block list, admin listener; stopped after Serve has drained, so
 	// /readyz says 503 throughout.
 	r.blocks = newBlockList(r.cat, r.srv, cfg.BlockedTenants)
-	if r.surface, err = r.startSurface(ctx, cfg, pcfg.Tenant.Pattern, opts.AdminHook); err != nil {
+	if r.surface, err = r.startSurface(ctx, cfg, pcfg.Tenant, opts.AdminHook); err != nil {
 		return nil, err
 	}
 	r.log.Info("router listening", "addr", r.ln.Addr().String(), "auth", pcfg.Auth.String(), "provider", r.upstream.Provider.Name())

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"regexp"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -130,7 +129,7 @@ type surface struct {
 
 // startSurface applies the block list and opens the admin listener (if
 // admin.listen is set); run starts serving it and the refresh loop.
-func (r *Router) startSurface(ctx context.Context, cfg Config, pattern *regexp.Regexp, hook func(*adminapi.Config)) (*surface, error) {
+func (r *Router) startSurface(ctx context.Context, cfg Config, tenant proxy.TenantConfig, hook func(*adminapi.Config)) (*surface, error) {
 	bctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	_, err := r.blocks.refresh(bctx)
 	cancel()
@@ -143,16 +142,16 @@ func (r *Router) startSurface(ctx context.Context, cfg Config, pattern *regexp.R
 		return s, nil
 	}
 	acfg := adminapi.Config{
-		Token:         cfg.Admin.Token,
-		Gatherer:      r.reg,
-		Catalog:       r.cat,
-		Blocks:        r.blocks,
-		Ping:          catalogPing{r.catPool},
-		Resolver:      r.res,
-		Router:        r.srv,
-		Provider:      r.upstream.Provider,
-		TenantPattern: pattern,
-		Log:           r.log.With("component", "admin"),
+		Token:    cfg.Admin.Token,
+		Gatherer: r.reg,
+		Catalog:  r.cat,
+		Blocks:   r.blocks,
+		Ping:     catalogPing{r.catPool},
+		Resolver: r.res,
+		Router:   r.srv,
+		Provider: r.upstream.Provider,
+		Tenant:   tenant,
+		Log:      r.log.With("component", "admin"),
 	}
 	if hook != nil {
 		hook(&acfg)
