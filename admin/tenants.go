@@ -91,8 +91,8 @@ type ActionResult struct {
 // tenantID returns the validated {id} of r, or writes a 400 and returns "".
 func (h *Handler) tenantID(w http.ResponseWriter, r *http.Request) string {
 	id := r.PathValue("id")
-	if !h.pattern.MatchString(id) {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("invalid tenant ID %q: want an ID matching %s", truncate(id, 64), h.pattern))
+	if !h.cfg.Tenant.Valid(id) {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("invalid tenant ID %q: want %s", truncate(id, 64), h.cfg.Tenant.Rule()))
 		return ""
 	}
 	return id
@@ -289,29 +289,25 @@ func (h *Handler) deleteTenant(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	closed := h.cfg.Router.CloseSessions(id, proxy.CodeAdminShutdown, fmt.Sprintf("terminating connection: tenant %q is being deleted", id))
 	h.cfg.Resolver.Invalidate(id)
-	perr := h.cfg.Provider.Delete(ctx, id)
-	if perr != nil && !errors.Is(perr, provision.ErrTenantNotFound) {
-		h.internalError(w, "delete tenant at "+h.cfg.Provider.Name(), perr)
-		return
-	}
-	cerr := h.cfg.Catalog.Delete(ctx, id)
-	if cerr != nil && !errors.Is(cerr, provision.ErrTenantNotFound) {
-		h.internalError(w, "delete tenant from the catalog", cerr)
-		return
-	}
+	d, err := DeleteTenant(ctx, h.cfg.Provider, h.cfg.Catalog, id)
 	h.cfg.Resolver.Invalidate(id) // a fill that ran meanwhile may have cached the old route
-	if perr != nil && cerr != nil {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("tenant %q not found (provider %s, catalog)", id, h.cfg.Provider.Name()))
+	switch {
+	case errors.Is(err, provision.ErrTenantNotFound):
+		writeError(w, http.StatusNotFound, err.Error())
+		return
+	case err != nil: // says where it failed: at the provider, or in the catalog
+		h.log.Warn("admin: delete tenant failed", "tenant", id, "err", err)
+		writeError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	res := ActionResult{Tenant: id, Provider: status(perr), Catalog: status(cerr), SessionsClosed: &closed}
+	res := ActionResult{Tenant: id, Provider: status(d.Provider), Catalog: status(d.Catalog), SessionsClosed: &closed}
 	h.log.Info("admin: tenant deleted", "tenant", id, "remote", r.RemoteAddr,
 		"provider", res.Provider, "catalog", res.Catalog, "sessions_closed", closed)
 	writeJSON(w, http.StatusOK, res)
 }
 
-func status(err error) string {
-	if err != nil {
+func status(deleted bool) string {
+	if !deleted {
 		return "not found"
 	}
 	return "deleted"

@@ -3,7 +3,6 @@ package main
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	adminapi "github.com/pgtenant/pgtenant/admin"
 	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/provision/neon"
@@ -196,28 +196,19 @@ func (a *admin) show(ctx context.Context, w io.Writer, tenant string) error {
 	return nil
 }
 
-// delete removes the database first and the catalog row second, so a crash
-// in between leaves a row whose next connect re-creates the tenant, never
-// a database nobody knows about.
+// delete deletes the tenant in the one order admin.DeleteTenant keeps.
 func (a *admin) delete(ctx context.Context, w io.Writer, tenant string) error {
-	perr := a.parts.Provider.Delete(ctx, tenant)
-	if perr != nil && !errors.Is(perr, provision.ErrTenantNotFound) {
-		return fmt.Errorf("delete tenant %q at %s: %w", tenant, a.parts.Provider.Name(), perr)
-	}
-	cerr := a.cat.Delete(ctx, tenant)
-	if cerr != nil && !errors.Is(cerr, provision.ErrTenantNotFound) {
-		return fmt.Errorf("delete tenant %q from the catalog: %w", tenant, cerr)
-	}
-	if perr != nil && cerr != nil {
-		return fmt.Errorf("tenant %q: %w", tenant, provision.ErrTenantNotFound)
+	d, err := adminapi.DeleteTenant(ctx, a.parts.Provider, a.cat, tenant)
+	if err != nil {
+		return err
 	}
 	fmt.Fprintf(w, "tenant %s deleted (provider %s: %s; catalog: %s)\n", tenant, a.parts.Provider.Name(),
-		done(perr), done(cerr))
+		done(d.Provider), done(d.Catalog))
 	return nil
 }
 
-func done(err error) string {
-	if err != nil {
+func done(deleted bool) string {
+	if !deleted {
 		return "nothing there"
 	}
 	return "deleted"
