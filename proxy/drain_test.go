@@ -42,7 +42,7 @@ func TestDrainEndsSessionsWith57P01(t *testing.T) {
 	conn := r.connect(t, newTenant("drain"))
 	stopped := make(chan struct{})
 	go func() { r.stop(); close(stopped) }()
-	// Readiness goes false at once, new connections are refused.
+	// Readiness goes false at once, new connections are not accepted.
 	poll.Until(t, 10*time.Second, "the router to drain", r.srv.Draining)
 	if c, err := pgx.Connect(ctx, r.dsn(newTenant("late"), appSecret)); err == nil {
 		c.Close(ctx)
@@ -62,9 +62,18 @@ func TestDrainLetsSessionsFinish(t *testing.T) {
 	stopped := make(chan struct{})
 	go func() { r.stop(); close(stopped) }()
 	poll.Until(t, 10*time.Second, "the router to drain", r.srv.Draining)
-	// Still served while draining.
+	// Still served while draining; a new client is told 57P03, as
+	// Postgres tells it during a shutdown, rather than refused.
 	if _, err := conn.Exec(context.Background(), "SELECT 1"); err != nil {
 		t.Fatalf("session while draining: %v", err)
+	}
+	late, err := pgx.Connect(context.Background(), r.dsn(newTenant("late"), appSecret))
+	if err == nil {
+		late.Close(context.Background())
+		t.Fatal("a new connection was accepted while draining")
+	}
+	if pgCode(err) != "57P03" {
+		t.Fatalf("connect while draining: %v, want 57P03", err)
 	}
 	conn.Close(context.Background())
 	select {

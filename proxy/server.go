@@ -111,7 +111,8 @@ type Server struct {
 	scram   *scramClients // upstream SCRAM clients, caching derived keys (login.go)
 
 	nextConn atomic.Uint64
-	conns    sync.WaitGroup
+	conns    sync.WaitGroup // the sessions Serve started before the drain
+	connMu   sync.Mutex     // orders conns.Go before drain's conns.Wait
 	live     registry
 	draining atomic.Bool
 	tls      *tlsTerminator // nil: TLS disabled
@@ -160,34 +161,52 @@ func New(cfg Config, r Resolver) (*Server, error) {
 }
 
 // Serve accepts connections on ln and serves each in its own goroutine until
-// ctx ends. It then drains: Draining reports true, ln is closed, live
-// sessions get DrainTimeout to end on their own, then are ended with 57P01
-// (admin shutdown), and Serve returns once every connection has finished.
+// ctx ends. It then drains: Draining reports true, new clients are told
+// 57P03 (cannot connect now), live sessions get DrainTimeout to end on their
+// own, then are ended with 57P01 (admin shutdown); ln is closed and Serve
+// returns once every connection has finished.
 // Serve refuses trust authentication on a listener that is not loopback.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if s.auth.trust && !isLoopback(ln.Addr()) {
 		_ = ln.Close()
 		return fmt.Errorf("proxy: trust authentication is only allowed on a loopback listener, not %s", ln.Addr())
 	}
-	stop := context.AfterFunc(ctx, func() {
-		s.draining.Store(true)
-		_ = ln.Close()
-	})
-	defer stop()
 	defer s.startSweeper()() // idle timeout, old auth failures (idle.go)
 	// Sessions outlive ctx by the drain; connCtx closes what is left after.
 	connCtx, hardStop := context.WithCancel(context.WithoutCancel(ctx))
 	defer hardStop()
-	defer s.drain(hardStop)
+	// When ctx ends the listener stays open for the drain: a client that
+	// connects meanwhile is told 57P03 (as Postgres tells it during a
+	// shutdown), not "connection refused", and its CancelRequests still
+	// reach the sessions being drained. Those connections are counted in
+	// refusing, apart from the sessions the drain waits for.
+	var refusing sync.WaitGroup
+	drained := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		s.drain(hardStop)
+		_ = ln.Close()
+		close(drained)
+	})
+	finish := func() {
+		if stop() { // ended without ctx (the listener failed): drain all the same
+			s.drain(hardStop)
+			_ = ln.Close()
+		} else {
+			<-drained
+		}
+		waitRefused(&refusing, hardStop)
+	}
 
 	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
+				finish()
 				return nil
 			}
 			if errors.Is(err, net.ErrClosed) {
+				finish()
 				return err
 			}
 			// Out of file descriptors and the like: back off as net/http does.
@@ -196,12 +215,32 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			select {
 			case <-time.After(backoff):
 			case <-ctx.Done():
-				return nil
 			}
 			continue
 		}
 		backoff = 0
-		s.conns.Go(func() { _ = s.ServeConn(connCtx, c) })
+		s.connMu.Lock() // against drain's switch to draining: conns gets no Go once its Wait may run
+		wg := &s.conns
+		if s.draining.Load() {
+			wg = &refusing
+		}
+		wg.Go(func() { _ = s.ServeConn(connCtx, c) })
+		s.connMu.Unlock()
+	}
+}
+
+// waitRefused gives connections accepted during the drain a moment to be
+// told 57P03, then closes what is left of them.
+func waitRefused(refusing *sync.WaitGroup, hardStop context.CancelFunc) {
+	done := make(chan struct{})
+	go func() { refusing.Wait(); close(done) }()
+	t := time.NewTimer(killGrace)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		hardStop()
+		<-done
 	}
 }
 
@@ -211,7 +250,9 @@ func (s *Server) Draining() bool { return s.draining.Load() }
 // drain waits for the connections to end, up to DrainTimeout, then ends the
 // live sessions with 57P01 and, after a short grace, closes everything.
 func (s *Server) drain(hardStop context.CancelFunc) {
+	s.connMu.Lock()
 	s.draining.Store(true)
+	s.connMu.Unlock()
 	done := make(chan struct{})
 	go func() { s.conns.Wait(); close(done) }()
 	wait := func(d time.Duration) bool {
@@ -234,6 +275,14 @@ func (s *Server) drain(hardStop context.CancelFunc) {
 		hardStop()
 		<-done
 	}
+}
+
+// errShuttingDown refuses a new session while the router drains.
+func errShuttingDown() *ClientError {
+	ce := clientErr(codeCannotConnectNow, "the router is shutting down",
+		"Connect again: another router instance (or this one, restarted) will take the session.", nil)
+	ce.Outcome = OutcomeShutdown
+	return ce
 }
 
 func isLoopback(a net.Addr) bool {
@@ -378,6 +427,9 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 		s.handleCancel(ctx, p, log)
 		return nil
 	}
+	if s.draining.Load() { // where Postgres says it during a shutdown: before authentication
+		return s.fail(c, errShuttingDown())
+	}
 
 	user := p.params["user"]
 	if user == "" {
@@ -436,9 +488,8 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	sess.routed, sess.via, sess.upPID = true, rt.Via, up.PID
 	ls := &liveSession{session: sess, remote: c.RemoteAddr().String(), start: time.Now(), upstream: upConn}
 	sess.onEnd(s.live.add(ls))
-	if s.draining.Load() {
-		return s.fail(c, clientErr(codeCannotConnectNow, "the router is shutting down",
-			"Connect again: another router instance (or this one, restarted) will take the session.", nil))
+	if s.draining.Load() { // started draining while we connected
+		return s.fail(c, errShuttingDown())
 	}
 	if s.isBlocked(tenant) { // blocked while we connected, after SetBlocked's sweep
 		return s.fail(c, blockedError(tenant))
