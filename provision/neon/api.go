@@ -1,7 +1,7 @@
 package neon
 
 // Wire shapes of the Neon API v2, reduced to the fields this package reads
-// (neon-api.md 3.2-3.4). Unknown fields are ignored when decoding.
+// (docs/neon-api.md §3.2-§3.4). Unknown fields are ignored when decoding.
 
 type apiProject struct {
 	ID        string `json:"id"`
@@ -66,7 +66,7 @@ type apiConnURI struct {
 }
 
 // createdResp is the answer to POST /projects and POST .../branches
-// (neon-api.md 3.2 and 4.2); Project is empty for a branch.
+// (docs/neon-api.md §3.2 and §4.2); Project is empty for a branch.
 type createdResp struct {
 	Project        apiProject     `json:"project"`
 	Branch         apiBranch      `json:"branch"`
@@ -154,11 +154,11 @@ type createProjectReq struct {
 		PGVersion               int                      `json:"pg_version,omitempty"`
 		OrgID                   string                   `json:"org_id,omitempty"`
 		DefaultEndpointSettings *defaultEndpointSettings `json:"default_endpoint_settings,omitempty"`
-		Branch                  struct{}                 `json:"branch"` // neonctl always sends it (neon-api.md 3.1)
+		Branch                  struct{}                 `json:"branch"` // neonctl always sends it (docs/neon-api.md §3.1)
 	} `json:"project"`
 }
 
-// Operation statuses (neon-api.md 7.1).
+// Operation statuses (docs/neon-api.md §7.1).
 // An unknown status counts as in flight: the wait then ends at OpTimeout
 // with an error that names it.
 func opDone(status string) bool {

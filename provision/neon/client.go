@@ -130,7 +130,7 @@ func (c *client) do(ctx context.Context, r request, out any) (int, error) {
 
 // once sends one attempt. An error answer is an *APIError; any other error
 // is a transport (or decoding) error. retryAfter is the answer's
-// Retry-After in seconds, if any (Neon documents none; neon-api.md 2.3).
+// Retry-After in seconds, if any (Neon documents none; docs/neon-api.md §2.3).
 func (c *client) once(ctx context.Context, r *request, body []byte, out any) (status int, retryAfter time.Duration, err error) {
 	u := c.base + r.path()
 	if len(r.query) > 0 {

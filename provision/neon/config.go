@@ -20,7 +20,7 @@ const (
 	// created from a template branch, in one of Config.Projects.
 	ModeBranch Mode = "branch"
 	// ModeProject gives each tenant a project of its own, Neon's recommended
-	// unit of isolation (neon-api.md section 10).
+	// unit of isolation (docs/neon-api.md §10).
 	ModeProject Mode = "project"
 )
 
@@ -28,8 +28,8 @@ const (
 const (
 	DefaultBaseURL           = "https://console.neon.tech/api/v2"
 	DefaultPrefix            = "tenant-"
-	DefaultRequestsPerMinute = 700 // per account (neon-api.md 2.3)
-	DefaultRoutePerSecond    = 40  // per route (neon-api.md 2.3)
+	DefaultRequestsPerMinute = 700 // per account (docs/neon-api.md §2.3)
+	DefaultRoutePerSecond    = 40  // per route (docs/neon-api.md §2.3)
 	DefaultRetryBudget       = 2 * time.Minute
 	DefaultRetryDelay        = 500 * time.Millisecond
 	DefaultOpPollInterval    = 500 * time.Millisecond
@@ -41,15 +41,16 @@ const (
 
 const (
 	// maxNameLen is the longest project or branch name Neon accepts
-	// (neon-api.md 3.1 and 4.1).
+	// (docs/neon-api.md §3.1 and §4.1).
 	maxNameLen = 256
-	// maxSuspend is the longest suspend timeout Neon accepts (neon-api.md 9.2).
+	// maxSuspend is the longest suspend timeout Neon accepts
+	// (docs/neon-api.md §9.2).
 	maxSuspend = 604800 * time.Second
 	minSuspend = 60 * time.Second
 	minCU      = 0.25
 )
 
-// idPattern is the spec's pattern for every Neon id (neon-api.md 1).
+// idPattern is the spec's pattern for every Neon id (docs/neon-api.md §1).
 var idPattern = regexp.MustCompile(`^[a-z0-9-]{1,60}$`)
 
 // BranchProject is a Neon project that holds tenant branches (ModeBranch).
@@ -101,7 +102,7 @@ type Config struct {
 	// SuspendTimeout is how long a tenant's compute stays up without
 	// connections before it scales to zero. Zero means Neon's default
 	// (5 minutes); negative means never suspend; otherwise 60s to 7 days,
-	// in whole seconds. Plans may refuse some values (neon-api.md 9.2).
+	// in whole seconds. Plans may refuse some values (docs/neon-api.md §9.2).
 	SuspendTimeout time.Duration
 	// MinCU and MaxCU are the autoscaling limits of a tenant's compute, in
 	// compute units (at least 0.25). Zero means Neon's default.
@@ -115,7 +116,7 @@ type Config struct {
 	Role string
 	// UniquePasswords resets Role's password on every new tenant branch
 	// (ModeBranch only). Without it every branch of a template keeps the
-	// template role's password (neon-api.md 4.2), so one leaked password
+	// template role's password (docs/neon-api.md §4.2), so one leaked password
 	// opens every tenant's endpoint. It costs one POST and an operation wait
 	// per new tenant. Project mode passwords are always unique.
 	UniquePasswords bool

@@ -1,6 +1,6 @@
 // Package neon implements provision.Provider over the Neon API v2
 // (https://console.neon.tech/api/v2). Facts about the API are summarised in
-// the project's neon-api.md, whose sections the code cites.
+// docs/neon-api.md in the repository, whose sections (§N) the code cites.
 //
 // Two modes:
 //

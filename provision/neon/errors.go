@@ -11,8 +11,8 @@ import (
 )
 
 // APIError is an error answer of the Neon API: the HTTP status and the
-// decoded body {"code", "message", "request_id"} (neon-api.md 2.1). Code is
-// often empty; branch on Status first.
+// decoded body {"code", "message", "request_id"} (docs/neon-api.md §2.1).
+// Code is often empty; branch on Status first.
 type APIError struct {
 	Status    int
 	Code      string // e.g. "BRANCHES_LIMIT_EXCEEDED"; may be empty
@@ -38,7 +38,7 @@ func (e *APIError) Error() string {
 	return b.String()
 }
 
-// Error codes this package branches on (neon-api.md 2.2).
+// Error codes this package branches on (docs/neon-api.md §2.2).
 const (
 	codeBranchesLimit     = "BRANCHES_LIMIT_EXCEEDED"
 	codeRootBranchesLimit = "ROOT_BRANCHES_LIMIT_EXCEEDED"
@@ -90,9 +90,9 @@ func isBranchLimit(err error) bool {
 }
 
 // retryableStatus reports whether an answer with this status did nothing
-// and may be sent again, whatever the method (neon-api.md 2.2): 423 Locked,
-// 429 Too Many Requests, 503 Service Unavailable, and 422 "branch not ready
-// yet", which Neon's own test client retries.
+// and may be sent again, whatever the method (docs/neon-api.md §2.2): 423
+// Locked, 429 Too Many Requests, 503 Service Unavailable, and 422 "branch
+// not ready yet", which Neon's own test client retries.
 func retryableStatus(e *APIError) bool {
 	switch e.Status {
 	case http.StatusLocked, http.StatusTooManyRequests, http.StatusServiceUnavailable:
@@ -119,7 +119,7 @@ func (e *LostError) Error() string {
 func (e *LostError) Unwrap() error { return e.Err }
 
 // OperationError is an operation that ended in failure (failed, error or
-// cancelled; neon-api.md 7.1).
+// cancelled; docs/neon-api.md §7.1).
 type OperationError struct {
 	ProjectID, ID, Action, Status string
 	Reason                        string // the operation's error text

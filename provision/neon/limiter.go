@@ -8,10 +8,10 @@ import (
 
 // limiter keeps the provider's requests under two limits at once: at most
 // perMinute requests in any 60 seconds overall, and at most perSecond in any
-// second per route (neon-api.md 2.3). Each limit is a GCRA (a token bucket
-// in virtual-time form) whose burst plus its refill over the window equals
-// the limit, so no window of that length, wherever it starts, holds more
-// requests than the limit:
+// second per route (docs/neon-api.md §2.3). Each limit is a GCRA (a token
+// bucket in virtual-time form) whose burst plus its refill over the window
+// equals the limit, so no window of that length, wherever it starts, holds
+// more requests than the limit:
 //
 //	overall:   burst min(perMinute/10, 40), refill (perMinute-burst)/minute
 //	per route: burst perSecond/2,           refill (perSecond-burst)/second

@@ -21,7 +21,7 @@ import (
 )
 
 const (
-	// Port is the port of every Neon endpoint (neon-api.md 8.1).
+	// Port is the port of every Neon endpoint (docs/neon-api.md §8.1).
 	Port = 5432
 	// fullFor is how long a project that refused a branch (422
 	// BRANCHES_LIMIT_EXCEEDED) or reached MaxBranches is skipped, unless
@@ -239,7 +239,7 @@ func (p *Provider) Delete(ctx context.Context, tenant string) error {
 func (p *Provider) deleteOne(ctx context.Context, loc location) error {
 	if p.cfg.Mode == ModeProject {
 		// DELETE /projects/{pid}: 200, or 404 if it is already gone
-		// (neon-api.md 5): both leave it deleted.
+		// (docs/neon-api.md §5): both leave it deleted.
 		_, err := p.c.do(ctx, request{method: http.MethodDelete, route: "/projects/{}", args: []string{loc.projectID}, repeatable: true}, nil)
 		if err != nil && apiStatus(err) != http.StatusNotFound {
 			return err
@@ -296,7 +296,7 @@ func (p *Provider) findAll(ctx context.Context, name string) ([]location, error)
 }
 
 // findBranchesIn lists the branches of project pid named exactly name:
-// search matches names and ids partially (neon-api.md 5).
+// search matches names and ids partially (docs/neon-api.md §5).
 func (p *Provider) findBranchesIn(ctx context.Context, pid, name string) ([]location, error) {
 	var locs []location
 	q := url.Values{"search": {name}}
@@ -322,7 +322,7 @@ func (p *Provider) findBranchesIn(ctx context.Context, pid, name string) ([]loca
 
 // findProjects lists the projects named exactly name, oldest first.
 func (p *Provider) findProjects(ctx context.Context, name string) ([]location, error) {
-	const limit = 400 // the most GET /projects allows (neon-api.md 5)
+	const limit = 400 // the most GET /projects allows (docs/neon-api.md §5)
 	var found []apiProject
 	q := url.Values{"search": {name}, "limit": {fmt.Sprint(limit)}}
 	if p.cfg.OrgID != "" {
@@ -486,8 +486,8 @@ func (p *Provider) markFull(pid string) {
 	p.mu.full[pid] = time.Now().Add(fullFor)
 }
 
-// createBranchIn creates branch name in project bp (neon-api.md 4), with a
-// read_write endpoint, and returns its route.
+// createBranchIn creates branch name in project bp (docs/neon-api.md §4),
+// with a read_write endpoint, and returns its route.
 func (p *Provider) createBranchIn(ctx context.Context, bp BranchProject, name string) (provision.Endpoint, error) {
 	var body createBranchReq
 	body.Branch.Name = name
@@ -532,7 +532,7 @@ func (p *Provider) createBranchIn(ctx context.Context, bp BranchProject, name st
 			}
 			return p.adopt(ctx, locs[0])
 		case errors.As(err, &lost):
-			// Never re-send blindly (neon-api.md 2.2): look for it first.
+			// Never re-send blindly (docs/neon-api.md §2.2): look first.
 			loc, ok, ferr := p.findAfterLost(ctx, name, func(ctx context.Context) ([]location, error) {
 				return p.findBranchesIn(ctx, bp.ID, name)
 			})
@@ -593,7 +593,7 @@ func (p *Provider) findAfterLost(ctx context.Context, name string, find func(con
 	return location{}, false, nil
 }
 
-// createProject creates the tenant's project (neon-api.md 3).
+// createProject creates the tenant's project (docs/neon-api.md §3).
 func (p *Provider) createProject(ctx context.Context, name string) (provision.Endpoint, error) {
 	var body createProjectReq
 	body.Project.Name = name
@@ -731,7 +731,7 @@ func createdPassword(resp *createdResp, db, role string) string {
 
 // password reads role's password with reveal_password or, if reset is set
 // or the project stores no passwords (412), sets a new one with
-// reset_password and waits until it is in force (neon-api.md 6).
+// reset_password and waits until it is in force (docs/neon-api.md §6).
 func (p *Provider) password(ctx context.Context, loc location, role string, reset bool) (string, error) {
 	args := []string{loc.projectID, loc.branchID, role}
 	if !reset {
@@ -797,9 +797,9 @@ func (p *Provider) waitBranchOps(ctx context.Context, loc location) error {
 }
 
 // waitOps polls the operations of ops still in flight (GET
-// /projects/{pid}/operations/{id}; neon-api.md 7.2) until all are finished
-// or skipped, one fails (*OperationError), Config.OpTimeout passes, or ctx
-// ends. Neon runs a request's operations one after the other, so each
+// /projects/{pid}/operations/{id}; docs/neon-api.md §7.2) until all are
+// finished or skipped, one fails (*OperationError), Config.OpTimeout passes,
+// or ctx ends. Neon runs a request's operations one after the other, so each
 // round polls them in order and stops at the first one still in flight.
 // The delay between rounds grows from Config.OpPollInterval by half each
 // round, up to 4 times it, to spare the rate limit during long operations.
@@ -871,7 +871,7 @@ func (p *Provider) providerID(pid, bid string) string {
 }
 
 // pooledHost turns an endpoint host into its pooler host by suffixing the
-// first label with "-pooler" (neon-api.md 8.1):
+// first label with "-pooler" (docs/neon-api.md §8.1):
 // ep-x-123.c-2.us-east-2.aws.neon.tech -> ep-x-123-pooler.c-2.us-east-2.aws.neon.tech.
 func pooledHost(host string) string {
 	label, rest, _ := strings.Cut(host, ".")

@@ -15,7 +15,7 @@ import (
 	"github.com/xdg-go/scram"
 )
 
-// The API calls of neon-api.md section 0. Each handler decodes its
+// The API calls of docs/neon-api.md §0. Each handler decodes its
 // request, calls a core method that works under s.mu (also used by the Go
 // helpers) and encodes the answer.
 
@@ -1156,7 +1156,9 @@ func (s *Server) hConnectionURI(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, badRequest("database_name and role_name are required"))
 		return
 	}
-	pooled := true // neon-api.md 6: Neon's own docs say pooled defaults to true
+	// Neon's own docs say pooled defaults to true; the spec does not say
+	// (docs/neon-api.md §6, an open point in §12).
+	pooled := true
 	if v := q.Get("pooled"); v != "" {
 		var err error
 		if pooled, err = strconv.ParseBool(v); err != nil {

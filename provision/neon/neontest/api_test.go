@@ -53,7 +53,7 @@ func TestAPIBasics(t *testing.T) {
 		}
 	})
 	t.Run("create answer", func(t *testing.T) {
-		// Every key neon-api.md 3.2 lists.
+		// Every key docs/neon-api.md §3.2 lists.
 		st, raw := c.call("GET", "/projects/"+created[0].Project.ID, nil, nil)
 		if st != 200 {
 			t.Fatalf("%d %s", st, raw)

@@ -36,7 +36,9 @@ const (
 	handshakeTimeout  = 30 * time.Second
 )
 
-// Client-facing messages of Neon's proxy (neon-api.md 8.3, 8.4).
+// Client-facing messages of Neon's proxy (docs/neon-api.md §8.3, §8.4).
+// msgNoEndpoint, for an endpoint id that does not exist, is not covered
+// there; its wording is the fake's own.
 const (
 	msgInsecure        = "connection is insecure (try using `sslmode=require`)"
 	msgMissingEndpoint = "Endpoint ID is not specified. Either please upgrade the postgres client library (libpq) for SNI support or pass the endpoint ID (first part of the domain name) as a parameter: '?options=endpoint%3D<endpoint-id>'. See more at https://neon.tech/sni"
@@ -60,7 +62,8 @@ func (e *clientError) Error() string { return e.code + ": " + e.msg }
 
 func errorResponse(code, msg string) *pgproto3.ErrorResponse {
 	// Neon's proxy reports its own errors with severity ERROR (psql prints
-	// "ERROR: ..."); the SQLSTATE is a guess where neon-api.md has none.
+	// "ERROR: ..."). Their SQLSTATE is undocumented (docs/neon-api.md §12):
+	// the codes used here are guesses, XX000 where nothing fits better.
 	return &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: code, Message: msg}
 }
 

@@ -1,7 +1,7 @@
 // Package neontest is an in-process fake of the Neon API v2, backed by
 // real Postgres, for the Neon provider's tests, end-to-end router tests and
-// `pgtenant dev --provider neon-fake`. It follows the fact sheet
-// shared/neon-api.md (sections 0-8, checklist 11).
+// `pgtenant dev --provider neon-fake`. It follows docs/neon-api.md in the
+// repository (§0-§8, and the checklist in §11).
 //
 // A Server has two listeners:
 //

@@ -14,7 +14,7 @@ import (
 
 const apiBase = "/api/v2"
 
-// msgLocked is the 423 message of neon-api.md 7.3.
+// msgLocked is the 423 message of docs/neon-api.md §7.3.
 const msgLocked = "project already has running conflicting operations, scheduling of new ones is prohibited"
 
 func (s *Server) handler() http.Handler {

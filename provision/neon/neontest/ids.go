@@ -7,7 +7,7 @@ import (
 	"strings"
 )
 
-// Identifier shapes follow neon-api.md section 1: projects
+// Identifier shapes follow docs/neon-api.md §1: projects
 // "<adjective>-<noun>-<8 digits>", branches "br-<adjective>-<noun>-<8
 // lowercase alnum>", endpoints "ep-...", organisations "org-...-<8 digits>",
 // operations UUIDs and passwords "npg_" + 12 alphanumerics.

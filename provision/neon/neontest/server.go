@@ -34,8 +34,8 @@ const (
 	maxRequestLog = 100_000
 )
 
-// regions are the region ids Neon documents (neon-api.md 3.5). The compute
-// proxy's certificate covers all of them.
+// regions are the region ids Neon documents (docs/neon-api.md §3.5). The
+// compute proxy's certificate covers all of them.
 var regions = []string{
 	"aws-us-east-1", "aws-us-east-2", "aws-us-west-2", "aws-eu-central-1", "aws-eu-west-2",
 	"aws-ap-southeast-1", "aws-ap-southeast-2", "aws-sa-east-1",

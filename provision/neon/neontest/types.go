@@ -3,9 +3,10 @@ package neontest
 import "time"
 
 // The exported types below are the fake's wire shapes: they marshal to the
-// JSON keys of neon-api.md section 3 (snake_case). The HTTP API answers with
+// JSON keys of docs/neon-api.md §3 (snake_case). The HTTP API answers with
 // them and the Go helpers (CreateProject, Branches, ...) return them. Times
-// are UTC with second precision, so they marshal as "2025-09-10T07:58:16Z".
+// are UTC with second precision, so they marshal as "2025-09-10T07:58:16Z"
+// (§1).
 
 // EndpointSettings are a project's default endpoint settings
 // (default_endpoint_settings).
