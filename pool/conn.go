@@ -42,6 +42,11 @@ type Server struct {
 	// TxStatus is the status of the server's last ReadyForQuery that this
 	// package saw (at login, or after Reset).
 	TxStatus byte
+	// Settings is the caller's record of the session settings it made on
+	// the connection for its clients (by lower-case name), for settings the
+	// server does not report in ParameterStatus. Reset with a query (which
+	// is there to undo session state) clears it.
+	Settings map[string]string
 }
 
 // FromHijacked is the Server of a connection taken over from pgconn.

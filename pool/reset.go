@@ -46,7 +46,24 @@ func (s *Server) Reset(ctx context.Context, txStatus byte, query string) error {
 	if n == 0 {
 		return nil
 	}
+	if query != "" {
+		clear(s.Settings)
+	}
 	return s.exchange(ctx, out, n)
+}
+
+// Exec runs query, a simple query, on s and reads its replies through the
+// ReadyForQuery, recording ParameterStatus values in s.Params. An
+// ErrorResponse comes back as a *pgconn.PgError with the connection still
+// at ReadyForQuery (usable if TxStatus is 'I'); any other error leaves the
+// connection's state unknown: close it. As for Reset, nothing may be in
+// flight, and ctx bounds the exchange.
+func (s *Server) Exec(ctx context.Context, query string) error {
+	out, err := (&pgproto3.Query{String: query}).Encode(nil)
+	if err != nil {
+		return err
+	}
+	return s.exchange(ctx, out, 1)
 }
 
 // Rollback ends the transaction s is in, as Reset(ctx, 'T', "") does.
@@ -83,6 +100,7 @@ func (s *Server) exchangeIO(out []byte, n int) error {
 		return err
 	}
 	var hdr [5]byte
+	var pgErr *pgconn.PgError // the first ErrorResponse; the replies are read through regardless
 	for n > 0 {
 		if _, err := io.ReadFull(s.Conn, hdr[:]); err != nil {
 			return err
@@ -122,9 +140,11 @@ func (s *Server) exchangeIO(out []byte, n int) error {
 			if err := m.Decode(body); err != nil {
 				return err
 			}
-			return &pgconn.PgError{
-				Severity: m.Severity, SeverityUnlocalized: m.SeverityUnlocalized, Code: m.Code,
-				Message: m.Message, Detail: m.Detail, Hint: m.Hint,
+			if pgErr == nil {
+				pgErr = &pgconn.PgError{
+					Severity: m.Severity, SeverityUnlocalized: m.SeverityUnlocalized, Code: m.Code,
+					Message: m.Message, Detail: m.Detail, Hint: m.Hint,
+				}
 			}
 		case 'Z':
 			if len(body) != 1 {
@@ -133,6 +153,9 @@ func (s *Server) exchangeIO(out []byte, n int) error {
 			s.TxStatus = body[0]
 			n--
 		}
+	}
+	if pgErr != nil {
+		return pgErr
 	}
 	if s.TxStatus != 'I' {
 		return fmt.Errorf("pool: reset: server is still in a transaction (status %q)", s.TxStatus)

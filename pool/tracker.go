@@ -3,6 +3,8 @@ package pool
 import (
 	"encoding/binary"
 	"fmt"
+
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // Tracker follows a server's message stream to its client, fed in
@@ -14,6 +16,13 @@ import (
 // It looks at message headers only and never copies a body. The zero value
 // is a Tracker at the start of a message. Not safe for concurrent use.
 type Tracker struct {
+	// OnParameter, when set, is called with each ParameterStatus the
+	// stream carries (a SET of a reported setting, say), during Feed: the
+	// one kind of body the Tracker reads. Reset keeps it.
+	OnParameter func(name, value string)
+
+	param  []byte // body of the ParameterStatus being read, when OnParameter is set
+	inS    bool   // the current message is a ParameterStatus being collected
 	hdr    [5]byte
 	nhdr   int   // header bytes of the current message held in hdr
 	skip   int64 // body bytes of the current message still to pass
@@ -47,8 +56,14 @@ func (t *Tracker) Feed(b []byte) int {
 			if n > t.skip {
 				n = t.skip
 			}
+			if t.inS {
+				t.param = append(t.param, b[i:i+int(n)]...)
+			}
 			t.skip -= n
 			i += int(n)
+			if t.inS && t.skip == 0 {
+				t.parameter()
+			}
 			continue
 		}
 		t.atRFQ = false
@@ -76,9 +91,26 @@ func (t *Tracker) Feed(b []byte) int {
 			t.rfq, t.skip = true, 1
 		default:
 			t.skip = size - 4
+			t.inS = hdr[0] == 'S' && t.OnParameter != nil && t.skip <= maxParameterStatus
+			if t.inS && t.skip == 0 {
+				t.parameter()
+			}
 		}
 	}
 	return last
+}
+
+// maxParameterStatus bounds the ParameterStatus bodies a Tracker collects;
+// longer ones (no real setting is) pass unread.
+const maxParameterStatus = 8 << 10
+
+// parameter reports the ParameterStatus collected in t.param.
+func (t *Tracker) parameter() {
+	var m pgproto3.ParameterStatus
+	if err := m.Decode(t.param); err == nil {
+		t.OnParameter(m.Name, m.Value)
+	}
+	t.param, t.inS = t.param[:0], false
 }
 
 // TxStatus is the status byte of the last ReadyForQuery seen ('I', 'T' or
@@ -88,6 +120,10 @@ func (t *Tracker) TxStatus() byte { return t.status }
 // AtReady reports whether the stream so far ends exactly after a
 // ReadyForQuery: no byte of a further message has been seen.
 func (t *Tracker) AtReady() bool { return t.atRFQ && t.err == nil }
+
+// AtBoundary reports whether the stream so far ends between messages
+// (where a proxy may put a message of its own).
+func (t *Tracker) AtBoundary() bool { return t.nhdr == 0 && t.skip == 0 && !t.rfq && t.err == nil }
 
 // Idle reports whether the stream ends right after a ReadyForQuery 'I'.
 func (t *Tracker) Idle() bool { return t.AtReady() && t.status == 'I' }
@@ -100,8 +136,8 @@ func (t *Tracker) Ready() int64 { return t.ready }
 // is not the Postgres protocol and the connection cannot be reused.
 func (t *Tracker) Err() error { return t.err }
 
-// Reset readies t for another stream.
-func (t *Tracker) Reset() { *t = Tracker{} }
+// Reset readies t for another stream, keeping OnParameter.
+func (t *Tracker) Reset() { *t = Tracker{OnParameter: t.OnParameter, param: t.param[:0]} }
 
 // Requests follows a client's message stream to its server (after the
 // startup phase), fed in any pieces, and counts the messages the server
@@ -115,6 +151,7 @@ type Requests struct {
 	nhdr       int
 	skip       int64
 	n          int64
+	pending    bool // a message began after the last counted one
 	terminated bool
 	err        error
 }
@@ -132,6 +169,7 @@ func (r *Requests) Feed(b []byte) {
 		n := copy(r.hdr[r.nhdr:], b[i:])
 		r.nhdr += n
 		i += n
+		r.pending = true
 		if r.nhdr < 5 {
 			return
 		}
@@ -144,6 +182,7 @@ func (r *Requests) Feed(b []byte) {
 		switch r.hdr[0] {
 		case 'Q', 'S', 'F':
 			r.n++
+			r.pending = false
 		case 'X':
 			r.terminated = true
 		}
@@ -156,6 +195,11 @@ func (r *Requests) Count() int64 { return r.n }
 
 // Terminated reports whether the client sent Terminate.
 func (r *Requests) Terminated() bool { return r.terminated }
+
+// Pending reports whether the client sent anything after its last Query,
+// Sync or FunctionCall (a Parse waiting for its Sync, part of a message):
+// the server then owes the client replies beyond Count's ReadyForQuery.
+func (r *Requests) Pending() bool { return r.pending }
 
 // AtBoundary reports whether the stream so far ends between messages.
 func (r *Requests) AtBoundary() bool { return r.nhdr == 0 && r.skip == 0 && r.err == nil }

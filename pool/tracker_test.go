@@ -2,6 +2,8 @@ package pool_test
 
 import (
 	"encoding/binary"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/pgtenant/pgtenant/pool"
@@ -256,4 +258,45 @@ func FuzzRequests(f *testing.F) {
 			t.Fatalf("count %d boundary %v err %v; want %d %v %v", r.Count(), r.AtBoundary(), r.Err(), n, boundary, bad)
 		}
 	})
+}
+
+func TestTrackerParameters(t *testing.T) {
+	stream := cat(msg('C', "SET\x00"), msg('S', "TimeZone\x00Asia/Tokyo\x00"), msg('S', "x\x00\x00"), msg('D', "S\x00\x00\x00\x09ab\x00cd\x00"),
+		msg('S', strings.Repeat("y", 9<<10)+"\x00v\x00"), msg('Z', "I"))
+	for _, split := range []int{1, 2, 5, 7, 1 << 20} {
+		var got []string
+		tr := pool.Tracker{OnParameter: func(name, value string) { got = append(got, name+"="+value) }}
+		for off := 0; off < len(stream); off += split {
+			tr.Feed(stream[off:min(off+split, len(stream))])
+		}
+		// The one over the size bound passes unread; DataRow bytes are not messages.
+		if want := []string{"TimeZone=Asia/Tokyo", "x="}; !slices.Equal(got, want) || !tr.Idle() {
+			t.Errorf("split %d: parameters %q (idle %v), want %q", split, got, tr.Idle(), want)
+		}
+		tr.Reset()
+		tr.Feed(msg('S', "a\x00b\x00"))
+		if got[len(got)-1] != "a=b" {
+			t.Errorf("split %d: Reset dropped OnParameter", split)
+		}
+	}
+}
+
+func TestRequestsPending(t *testing.T) {
+	var r pool.Requests
+	steps := []struct {
+		b       []byte
+		pending bool
+	}{
+		{msg('P', "\x00SELECT 1\x00\x00\x00"), true}, // a Parse waits for its Sync
+		{msg('S', ""), false},
+		{msg('Q', "SELECT 1\x00")[:3], true}, // part of a Query
+		{msg('Q', "SELECT 1\x00")[3:], false},
+		{msg('H', ""), true}, // Flush: the server answers without a ReadyForQuery
+	}
+	for i, s := range steps {
+		r.Feed(s.b)
+		if r.Pending() != s.pending {
+			t.Errorf("step %d: Pending = %v, want %v", i, r.Pending(), s.pending)
+		}
+	}
 }

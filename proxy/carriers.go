@@ -248,14 +248,20 @@ func (c *TenantConfig) ways() string {
 }
 
 // splitTenantOption removes the tenant option from an options startup
-// parameter and returns the other options and the tenant values found. It
-// splits as Postgres does (pg_split_opts: on white space, a backslash
-// escapes the next character) and keeps the other options as they were
-// written. It recognises "-c tenant=X", "-ctenant=X", "--tenant=X" and a bare
-// "tenant=X" (the name is case-insensitive, as setting names are).
+// parameter and returns the other options and the tenant values found (see
+// cutOption).
 func splitTenantOption(opts string) (rest string, tenants []string) {
-	type token struct{ raw, val string }
-	var toks []token
+	return cutOption(opts, tenantOption)
+}
+
+// optToken is one white-space separated word of an options parameter: as
+// written, and with its backslash escapes undone.
+type optToken struct{ raw, val string }
+
+// optTokens splits an options startup parameter as Postgres does
+// (pg_split_opts: on white space, a backslash escapes the next character).
+func optTokens(opts string) []optToken {
+	var toks []optToken
 	for i := 0; i < len(opts); {
 		if isOptSpace(opts[i]) {
 			i++
@@ -270,11 +276,20 @@ func splitTenantOption(opts string) (rest string, tenants []string) {
 			val.WriteByte(opts[i])
 			i++
 		}
-		toks = append(toks, token{raw: opts[start:i], val: val.String()})
+		toks = append(toks, optToken{raw: opts[start:i], val: val.String()})
 	}
-	tenantOf := func(s string) (string, bool) {
-		name, v, ok := strings.Cut(s, "=")
-		if !ok || !strings.EqualFold(strings.TrimSpace(name), tenantOption) {
+	return toks
+}
+
+// cutOption removes setting name from an options startup parameter and
+// returns the other options, kept as they were written, and the values
+// found. It recognises "-c name=X", "-cname=X", "--name=X" and a bare
+// "name=X" (the name is case-insensitive, as setting names are).
+func cutOption(opts, name string) (rest string, values []string) {
+	toks := optTokens(opts)
+	valueOf := func(s string) (string, bool) {
+		n, v, ok := strings.Cut(s, "=")
+		if !ok || !strings.EqualFold(strings.TrimSpace(n), name) {
 			return "", false
 		}
 		return v, true
@@ -284,8 +299,8 @@ func splitTenantOption(opts string) (rest string, tenants []string) {
 		v := toks[i].val
 		switch {
 		case v == "-c" && i+1 < len(toks):
-			if t, ok := tenantOf(toks[i+1].val); ok {
-				tenants = append(tenants, t)
+			if t, ok := valueOf(toks[i+1].val); ok {
+				values = append(values, t)
 				i++
 				continue
 			}
@@ -293,27 +308,27 @@ func splitTenantOption(opts string) (rest string, tenants []string) {
 			i++
 			continue
 		case strings.HasPrefix(v, "--"):
-			if t, ok := tenantOf(v[2:]); ok {
-				tenants = append(tenants, t)
+			if t, ok := valueOf(v[2:]); ok {
+				values = append(values, t)
 				continue
 			}
 		case strings.HasPrefix(v, "-c"):
-			if t, ok := tenantOf(v[2:]); ok {
-				tenants = append(tenants, t)
+			if t, ok := valueOf(v[2:]); ok {
+				values = append(values, t)
 				continue
 			}
 		case !strings.HasPrefix(v, "-"):
-			if t, ok := tenantOf(v); ok {
-				tenants = append(tenants, t)
+			if t, ok := valueOf(v); ok {
+				values = append(values, t)
 				continue
 			}
 		}
 		kept = append(kept, toks[i].raw)
 	}
-	if len(tenants) == 0 {
+	if len(values) == 0 {
 		return opts, nil
 	}
-	return strings.Join(kept, " "), tenants
+	return strings.Join(kept, " "), values
 }
 
 // isOptSpace is C's isspace, which pg_split_opts splits on.
