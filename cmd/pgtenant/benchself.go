@@ -38,7 +38,7 @@ import (
 //     sized for the run, SCRAM logins over loopback only);
 //   - when pgbouncer is installed, PgBouncer in front of it, in session pool
 //     mode for pgbouncer-session and in transaction pool mode for
-//     pgbouncer-transaction and router-pgbouncer (bench.StartPgBouncer),
+//     pgbouncer-transaction and router-pgbouncer (localproc.StartPgBouncer),
 //     clients logging in with SCRAM-SHA-256 (auth_query with pass-through,
 //     so roles created later log in too);
 //   - the routers, each `pgtenant serve` in a child process of this one (the
@@ -102,7 +102,7 @@ type selfBench struct {
 	stderr   io.Writer
 	dir      string
 	cluster  *localproc.Cluster
-	bouncers []*bench.PgBouncer
+	bouncers []*localproc.PgBouncer
 	routers  []*routerProc
 	// targets are the chosen targets, in selfTargets order; routerTargets
 	// the chosen routers, which create tenants (Cold).
@@ -161,7 +161,7 @@ func startSelf(ctx context.Context, cfg bench.Config, chosen []string, spares in
 		return nil, fmt.Errorf("--self runs the routers with this executable: %w", err)
 	}
 	s := &selfBench{stderr: stderr}
-	bouncerBin, haveBouncer := bench.HavePgBouncer()
+	bouncerBin, haveBouncer := localproc.HavePgBouncer()
 	names := chosen
 	switch {
 	case names == nil && haveBouncer:
@@ -169,10 +169,10 @@ func startSelf(ctx context.Context, cfg bench.Config, chosen []string, spares in
 	case names == nil:
 		names = []string{selfDirect, selfRouter}
 		s.notef("pgbouncer is not installed (%s, or on PATH): skipping %s, %s and %s; install it with `apt-get install pgbouncer` (or make deps)",
-			bench.DefaultPgBouncer, selfBouncerSession, selfBouncerTx, selfRouterBouncer)
+			localproc.DefaultPgBouncer, selfBouncerSession, selfBouncerTx, selfRouterBouncer)
 	case !haveBouncer && slices.ContainsFunc(names, selfNeedsBouncer):
 		return nil, fmt.Errorf("--self-targets %s: pgbouncer is not installed (%s, or on PATH); install it with `apt-get install pgbouncer` (or make deps)",
-			strings.Join(names, ","), bench.DefaultPgBouncer)
+			strings.Join(names, ","), localproc.DefaultPgBouncer)
 	}
 	has := func(label string) bool { return slices.Contains(names, label) }
 
@@ -238,16 +238,16 @@ func startSelf(ctx context.Context, cfg bench.Config, chosen []string, spares in
 		return nil, fmt.Errorf("create role %s: %w", selfRole, err)
 	}
 
-	var session, tx *bench.PgBouncer
+	var session, tx *localproc.PgBouncer
 	var pools []string
 	if has(selfBouncerSession) {
-		if session, err = s.startBouncer(ctx, cfg, bench.PoolSession); err != nil {
+		if session, err = s.startBouncer(ctx, cfg, localproc.PoolSession); err != nil {
 			return nil, err
 		}
 		pools = append(pools, "session pooling on "+session.Addr())
 	}
 	if has(selfBouncerTx) || has(selfRouterBouncer) {
-		if tx, err = s.startBouncer(ctx, cfg, bench.PoolTransaction); err != nil {
+		if tx, err = s.startBouncer(ctx, cfg, localproc.PoolTransaction); err != nil {
 			return nil, err
 		}
 		pools = append(pools, "transaction pooling on "+tx.Addr())
@@ -480,10 +480,10 @@ func selfFileWarnings(cfg bench.Config, targets []string, limit uint64) []string
 }
 
 // startBouncer starts one PgBouncer in front of the cluster.
-func (s *selfBench) startBouncer(ctx context.Context, cfg bench.Config, mode string) (*bench.PgBouncer, error) {
+func (s *selfBench) startBouncer(ctx context.Context, cfg bench.Config, mode string) (*localproc.PgBouncer, error) {
 	conns := max(cfg.ConnsPerTenant, 1)
 	c := max(cfg.Tenants, 1) * conns
-	b, err := bench.StartPgBouncer(ctx, bench.PgBouncerConfig{
+	b, err := localproc.StartPgBouncer(ctx, localproc.PgBouncerConfig{
 		Dir:          s.dir,
 		Name:         "pgbouncer-" + mode,
 		ServerPort:   s.cluster.Port(),
@@ -509,7 +509,7 @@ func (s *selfBench) startBouncer(ctx context.Context, cfg bench.Config, mode str
 // selfRouterConfig is the router's configuration file. Secrets are not in
 // it but in the environment (selfRouterEnv). via, when set, is the
 // PgBouncer the router reaches Postgres through.
-func selfRouterConfig(cfg bench.Config, via *bench.PgBouncer, spares int) string {
+func selfRouterConfig(cfg bench.Config, via *localproc.PgBouncer, spares int) string {
 	c := max(cfg.Tenants, 1) * max(cfg.ConnsPerTenant, 1)
 	var b strings.Builder
 	b.WriteString("# Written by pgtenant bench --self. Secrets come from the environment.\n")

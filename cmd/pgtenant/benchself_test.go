@@ -174,7 +174,7 @@ func TestBenchSelfChosenTargets(t *testing.T) {
 // checkPgBouncer reports whether pgbouncer is installed; under CI it must be.
 func checkPgBouncer(t *testing.T) bool {
 	t.Helper()
-	_, ok := bench.HavePgBouncer()
+	_, ok := localproc.HavePgBouncer()
 	if ci, _ := strconv.ParseBool(os.Getenv("CI")); !ok && ci {
 		t.Fatal("pgbouncer is not installed; CI installs it (scripts/install-deps.sh)")
 	}
