@@ -341,8 +341,10 @@ func (c *Cluster) halt() error {
 	select {
 	case <-c.done:
 	case <-t.C:
-		// Setpgid made the postmaster a group leader: -pid reaches its
-		// backends too, which a plain Kill of the postmaster would orphan.
+		// Setpgid made the postmaster a group leader: -pid also reaches
+		// children that have not yet called setsid. Those that have exit
+		// once they notice the postmaster is gone, and the next start
+		// waits for them (waitOrphans).
 		_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
 		<-c.done
 	}
@@ -377,6 +379,12 @@ var errPortTaken = errors.New("local: port already in use")
 func startPostmaster(ctx context.Context, binDir, dir, pgdata, logPath string, port uint16, password string,
 	settings []string, runAs *runAs, log *slog.Logger,
 ) (*Cluster, error) {
+	// A postmaster that died (killed, or halted below) may have left
+	// children holding its shared memory; postgres won't start until they
+	// are gone.
+	if err := waitOrphans(ctx, pgdata, log); err != nil {
+		return nil, err
+	}
 	args := []string{
 		"-D", pgdata,
 		"-c", "listen_addresses=" + localhost,
