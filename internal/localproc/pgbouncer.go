@@ -239,7 +239,7 @@ func startBouncer(ctx context.Context, cfg PgBouncerConfig, bin string, port uin
 	// write permission in Dir).
 	cmd := exec.Command(bin, ini)
 	cmd.Dir = cfg.Dir
-	cmd.Env = environWithout()
+	cmd.Env = bouncerEnv()
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = ra.sysProcAttr(syscall.SIGTERM)
 	if err := cmd.Start(); err != nil {
@@ -419,4 +419,21 @@ func bouncerINI(cfg PgBouncerConfig, port uint16, users string) string {
 func authFileLine(user, password string) string {
 	q := func(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
 	return q(user) + " " + q(password) + "\n"
+}
+
+// bouncerEnv is pgbouncer's environment: ours without systemd's
+// notification and socket-activation variables, which would make it talk
+// to (or take sockets from) the service manager of the process running the
+// benchmark.
+func bouncerEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		switch k {
+		case "NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES":
+			continue
+		}
+		env = append(env, kv)
+	}
+	return env
 }

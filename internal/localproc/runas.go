@@ -8,7 +8,6 @@ import (
 	"os/user"
 	"slices"
 	"strconv"
-	"strings"
 	"syscall"
 )
 
@@ -104,20 +103,4 @@ func (ra *runAs) canTraverse(fi fs.FileInfo) bool {
 	default:
 		return perm&0o001 != 0
 	}
-}
-
-// environWithout is our environment less the variables named (and less
-// systemd's notification and socket-activation ones, which would make a
-// child talk to, or take sockets from, the service manager running us).
-func environWithout(names ...string) []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		k, _, _ := strings.Cut(kv, "=")
-		switch {
-		case k == "NOTIFY_SOCKET", k == "LISTEN_FDS", k == "LISTEN_PID", k == "LISTEN_FDNAMES", slices.Contains(names, k):
-			continue
-		}
-		env = append(env, kv)
-	}
-	return env
 }
