@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/pgtenant/pgtenant/bench"
+	"github.com/pgtenant/pgtenant/internal/testbed"
 )
 
 const benchUsage = `Usage: pgtenant bench [flags] --dsn DSN [--compare DSN ...]
@@ -85,7 +86,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	htmlPath := fs.String("report", "", "also write the report as a self-contained HTML page with plots (latency CDFs, connections and throughput over time) to this file, e.g. bench.html")
 	self := fs.Bool("self", false, "start Postgres, PgBouncer and the router in a temporary directory and compare them (no --dsn, --compare, --label or --pid: it sets them)")
 	selfTargetNames := fs.StringSlice("self-targets", nil, "with --self: the targets to start and compare, comma-separated, from "+
-		strings.Join(selfTargets, ", ")+" (default all); they run in that order, the first chosen as the baseline, and cold adds "+selfCreateDatabase+" as its baseline")
+		strings.Join(testbed.Labels(), ", ")+" (default all); they run in that order, the first chosen as the baseline, and cold adds "+testbed.CreateDatabase+" as its baseline")
 	selfSpares := fs.Int("self-spares", 0, "with --self: spare databases the routers keep cloned ahead of demand (provider.local.spares); cold then measures a new tenant taking one")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, benchUsage)
@@ -141,30 +142,47 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	runFn, against := bench.Run, joinLabels
-	if *self { // benchself.go
+	if *self { // internal/testbed starts and stops everything
 		var chosen []string // nil: the default
 		if fs.Changed("self-targets") {
-			if chosen, err = parseSelfTargets(*selfTargetNames, cfg.Scenarios); err != nil {
-				return err
+			if chosen, err = testbed.ParseTargets(*selfTargetNames, cfg.Scenarios); err != nil {
+				return fmt.Errorf("%w: %w", errUsage, err)
 			}
 		}
 		if *selfSpares < 0 {
 			return fmt.Errorf("%w: --self-spares %d: want 0 or more", errUsage, *selfSpares)
 		}
-		env, err := startSelf(ctx, cfg, chosen, *selfSpares, stderr)
+		// The routers are this executable run as `pgtenant serve`; in
+		// cmd/pgtenant's tests, the test binary (see TestMain).
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("--self runs the routers with this executable: %w", err)
+		}
+		bed, err := testbed.Start(ctx, testbed.Options{
+			Bench:    cfg,
+			Targets:  chosen,
+			Spares:   *selfSpares,
+			Pgtenant: exe,
+			Notes:    stderr,
+			Preflight: func(cfg bench.Config) uint64 {
+				fl := checkFileLimit(stderr, cfg.MaxOpenConns())
+				noteColdConcurrency(stderr, cfg)
+				return fl.Soft
+			},
+		})
 		if err != nil {
 			return err
 		}
-		defer env.close()
-		cfg.Targets, runFn = env.targets, env.run
-		against = func([]bench.Target) string { return env.against(cfg.Scenarios) }
+		defer bed.Close()
+		cfg.Targets, runFn = bed.Targets(), bed.Run
+		against = func([]bench.Target) string { return bed.Against(cfg.Scenarios) }
 	} else if cfg.Targets, err = benchTargets(append([]string{*dsn}, *compare...), *labels, *pids); err != nil {
 		return err
 	}
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	if !*self { // startSelf says these before starting anything
+	if !*self { // Preflight said these before anything started
 		checkFileLimit(stderr, cfg.MaxOpenConns())
 		noteColdConcurrency(stderr, cfg)
 	}

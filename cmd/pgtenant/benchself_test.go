@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -16,14 +15,18 @@ import (
 	"github.com/pgtenant/pgtenant/bench"
 	"github.com/pgtenant/pgtenant/internal/localproc"
 	"github.com/pgtenant/pgtenant/internal/pgtest"
-	"github.com/pgtenant/pgtenant/provision/local"
-	"github.com/pgtenant/pgtenant/router"
+	"github.com/pgtenant/pgtenant/internal/testbed"
 )
+
+// These tests run `pgtenant bench --self` end to end through the command
+// (flags, notes, the header line); the pieces of the test bed itself are
+// tested in internal/testbed, its processes in internal/localproc.
 
 // asPgtenantEnv makes the test binary run as pgtenant: `bench --self` runs
 // its routers as `os.Executable() serve --config ...`, and in a test that
 // executable is this binary. TestBenchSelf sets the variable, the children
-// inherit it, and instead of running the tests they run main. TestMain (run_test.go) checks it first.
+// inherit it, and instead of running the tests they run main. TestMain
+// (run_test.go) checks it first.
 const asPgtenantEnv = "PGTENANT_TEST_RUN_AS_PGTENANT"
 
 // selfDirLine is where --self says it keeps its files.
@@ -41,10 +44,10 @@ func TestBenchSelf(t *testing.T) {
 	}
 	rep, logs := runSelf(t, "--tenants", "2", "--conns-per-tenant", "2", "--duration", "1s", "--rounds", "1", "--new-tenants", "1")
 
-	want := []string{selfDirect, selfBouncerSession, selfBouncerTx, selfRouter, selfRouterBouncer}
-	wantCold := []string{selfCreateDatabase, selfRouter, selfRouterBouncer}
+	want := []string{testbed.Direct, testbed.BouncerSession, testbed.BouncerTx, testbed.Router, testbed.RouterBouncer}
+	wantCold := []string{testbed.CreateDatabase, testbed.Router, testbed.RouterBouncer}
 	if !haveBouncer {
-		want, wantCold = []string{selfDirect, selfRouter}, []string{selfCreateDatabase, selfRouter}
+		want, wantCold = []string{testbed.Direct, testbed.Router}, []string{testbed.CreateDatabase, testbed.Router}
 		if !strings.Contains(logs, "pgbouncer is not installed") {
 			t.Errorf("no note about the missing pgbouncer:\n%s", logs)
 		}
@@ -60,14 +63,14 @@ func TestBenchSelf(t *testing.T) {
 		var got []string
 		for _, r := range s.Results {
 			got = append(got, r.Target)
-			if r.Target == selfCreateDatabase {
+			if r.Target == testbed.CreateDatabase {
 				continue // TestBenchSelfCold
 			}
 			if r.ErrorsTotal != 0 || r.Connects == 0 || r.Queries == 0 || len(r.Ratio) == 0 {
 				t.Errorf("%s/%s: %d connects, %d queries, errors %v, ratio %v", s.Name, r.Target, r.Connects, r.Queries, r.Errors, r.Ratio)
 			}
 			// Every target but Postgres itself has a process to measure.
-			if (r.Process == nil) != (r.Target == selfDirect) {
+			if (r.Process == nil) != (r.Target == testbed.Direct) {
 				t.Errorf("%s/%s: memory measured: %v", s.Name, r.Target, r.Process)
 			}
 			if s.Name == bench.Cold && (r.TTFQ == nil || r.TTFQ.Count != 1) {
@@ -86,16 +89,16 @@ func TestBenchSelf(t *testing.T) {
 // ratios to its own.
 func TestBenchSelfCold(t *testing.T) {
 	pgtest.CheckGoroutines(t)
-	routers := []string{selfRouter}
+	routers := []string{testbed.Router}
 	if checkPgBouncer(t) {
-		routers = append(routers, selfRouterBouncer)
+		routers = append(routers, testbed.RouterBouncer)
 	}
 	rep, logs := runSelf(t, "--scenario", "cold", "--new-tenants", "2", "--concurrency", "2", "--rounds", "1",
 		"--self-targets", strings.Join(routers, ","))
 	if strings.Contains(logs, "note: cold spreads") {
 		t.Errorf("2 new tenants at concurrency 2 in 1 round noted as less concurrent:\n%s", logs)
 	}
-	if want := "cold against " + selfCreateDatabase + " vs " + strings.Join(routers, " vs "); !strings.Contains(logs, want) {
+	if want := "cold against " + testbed.CreateDatabase + " vs " + strings.Join(routers, " vs "); !strings.Contains(logs, want) {
 		t.Errorf("stderr does not say %q:\n%s", want, logs)
 	}
 	if len(rep.Scenarios) != 1 || rep.Scenarios[0].Name != bench.Cold {
@@ -106,7 +109,7 @@ func TestBenchSelfCold(t *testing.T) {
 	for _, r := range s.Results {
 		got = append(got, r.Target)
 	}
-	if want := append([]string{selfCreateDatabase}, routers...); strings.Join(got, " ") != strings.Join(want, " ") {
+	if want := append([]string{testbed.CreateDatabase}, routers...); strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Fatalf("cold targets %q, want %q", got, want)
 	}
 	base := s.Results[0]
@@ -149,13 +152,13 @@ func TestBenchSelfChosenTargets(t *testing.T) {
 		t.Skip("pgbouncer is not installed")
 	}
 	rep, logs := runSelf(t, "--scenario", "idle", "--tenants", "2", "--conns-per-tenant", "2", "--duration", "200ms", "--rounds", "1",
-		"--self-targets", selfBouncerTx+","+selfDirect) // run in selfTargets order whatever the order given
+		"--self-targets", testbed.BouncerTx+","+testbed.Direct) // run in selfTargets order whatever the order given
 	for _, want := range []string{"transaction pooling on", "stopping router: no router is among the targets", "idle against direct vs pgbouncer-transaction;"} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("stderr lacks %q:\n%s", want, logs)
 		}
 	}
-	for _, unwanted := range []string{"session pooling", selfRouterBouncer} {
+	for _, unwanted := range []string{"session pooling", testbed.RouterBouncer} {
 		if strings.Contains(logs, unwanted) {
 			t.Errorf("stderr mentions %q, which was not chosen:\n%s", unwanted, logs)
 		}
@@ -164,7 +167,7 @@ func TestBenchSelfChosenTargets(t *testing.T) {
 		t.Fatalf("report %+v, want idle against two targets", rep)
 	}
 	for i, r := range rep.Scenarios[0].Results {
-		if want := []string{selfDirect, selfBouncerTx}[i]; r.Target != want || r.HeldConns != 4 || r.Queries != 4 || r.ErrorsTotal != 0 {
+		if want := []string{testbed.Direct, testbed.BouncerTx}[i]; r.Target != want || r.HeldConns != 4 || r.Queries != 4 || r.ErrorsTotal != 0 {
 			t.Errorf("result %d: %s held %d, %d queries, errors %v; want %s, 4, 4, none", i, r.Target, r.HeldConns, r.Queries, r.Errors, want)
 		}
 	}
@@ -174,7 +177,7 @@ func TestBenchSelfChosenTargets(t *testing.T) {
 // checkPgBouncer reports whether pgbouncer is installed; under CI it must be.
 func checkPgBouncer(t *testing.T) bool {
 	t.Helper()
-	_, ok := bench.HavePgBouncer()
+	_, ok := localproc.HavePgBouncer()
 	if ci, _ := strconv.ParseBool(os.Getenv("CI")); !ok && ci {
 		t.Fatal("pgbouncer is not installed; CI installs it (scripts/install-deps.sh)")
 	}
@@ -255,188 +258,13 @@ func TestBenchSelfFlagErrors(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("bench --self %v = %v, want %q", tt.args, err, tt.want)
 			}
+			// Flag mistakes are usage errors; a bad run configuration is not.
+			if got, want := errors.Is(err, errUsage), tt.name != "invalid config"; got != want {
+				t.Errorf("bench --self %v = %v: usage error %v, want %v", tt.args, err, got, want)
+			}
 			if strings.Contains(stderr.String(), "starting Postgres") {
 				t.Error("started Postgres before checking the flags")
 			}
 		})
-	}
-}
-
-func TestColdApart(t *testing.T) {
-	tests := []struct {
-		in   []bench.Scenario
-		want string
-	}{
-		{[]bench.Scenario{bench.Steady}, "[steady]"},
-		{[]bench.Scenario{bench.Cold, bench.Steady, bench.Storm}, "[cold] [steady storm]"},
-		{[]bench.Scenario{bench.Steady, bench.Cold, bench.Idle}, "[steady] [cold] [idle]"},
-		{[]bench.Scenario{bench.Cold}, "[cold]"},
-	}
-	for _, tt := range tests {
-		var parts []string
-		for _, seg := range coldApart(tt.in) {
-			s := make([]string, len(seg))
-			for i, sc := range seg {
-				s[i] = string(sc)
-			}
-			parts = append(parts, "["+strings.Join(s, " ")+"]")
-		}
-		if got := strings.Join(parts, " "); got != tt.want {
-			t.Errorf("coldApart(%v) = %s, want %s", tt.in, got, tt.want)
-		}
-	}
-}
-
-func TestReadyWriter(t *testing.T) {
-	w := &readyWriter{addr: make(chan string, 1)}
-	for _, chunk := range []string{"noise\npgtenant: rout", "ing tenants on 127.0.0.1:4", "321\n", "pgtenant: routing tenants on 1.2.3.4:5\n"} {
-		if n, err := w.Write([]byte(chunk)); n != len(chunk) || err != nil {
-			t.Fatalf("Write = %d, %v", n, err)
-		}
-	}
-	if got := <-w.addr; got != "127.0.0.1:4321" {
-		t.Errorf("address %q, want 127.0.0.1:4321", got)
-	}
-	if len(w.addr) != 0 {
-		t.Error("a second address was passed on")
-	}
-}
-
-func TestParseSelfTargets(t *testing.T) {
-	steady, cold := []bench.Scenario{bench.Steady}, []bench.Scenario{bench.Cold, bench.Idle}
-	tests := []struct {
-		name  string
-		names []string
-		scs   []bench.Scenario
-		want  string // the targets, or the error's text
-	}{
-		{"run order, not the order given", []string{"router-pgbouncer", " pgbouncer-transaction"}, steady, "pgbouncer-transaction router-pgbouncer"},
-		{"all", []string{"router", "direct", "pgbouncer-session", "router-pgbouncer", "pgbouncer-transaction"}, steady,
-			"direct pgbouncer-session pgbouncer-transaction router router-pgbouncer"},
-		{"duplicates dropped", []string{"direct", "direct"}, steady, "direct"},
-		{"cold with a router", []string{"router-pgbouncer"}, cold, "router-pgbouncer"},
-		{"unknown", []string{"direct", "pgbouncer"}, steady,
-			`unknown target "pgbouncer" (valid: direct, pgbouncer-session, pgbouncer-transaction, router, router-pgbouncer)`},
-		{"empty name", []string{"direct", ""}, steady, `unknown target ""`},
-		{"none", []string{}, steady, "no target given"},
-		{"the cold baseline", []string{"create-database", "router"}, cold, "create-database is not chosen: it is cold's baseline"},
-		{"cold without a router", []string{"direct", "pgbouncer-transaction"}, cold, "choose router or router-pgbouncer too"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := parseSelfTargets(tt.names, tt.scs)
-			if err != nil {
-				if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), tt.want) {
-					t.Fatalf("parseSelfTargets(%q) = %v, want %q (a usage error)", tt.names, err, tt.want)
-				}
-				return
-			}
-			if strings.Join(got, " ") != tt.want {
-				t.Errorf("parseSelfTargets(%q) = %q, want %q", tt.names, got, tt.want)
-			}
-		})
-	}
-}
-
-func TestSelfMaxConnections(t *testing.T) {
-	all := selfTargets
-	pooled := []string{selfBouncerTx, selfRouterBouncer}
-	idle := func(tenants, conns int) bench.Config {
-		return bench.Config{Scenarios: []bench.Scenario{bench.Idle}, Tenants: tenants, ConnsPerTenant: conns, Concurrency: 64}
-	}
-	tests := []struct {
-		name      string
-		cfg       bench.Config
-		targets   []string
-		max, need int
-	}{
-		// 64 + 980 auth_query + 2 pools x (980 databases + 64 probing) +
-		// one router's two pools of 64: far below one per connection.
-		{"9,800 idle through transaction pools", idle(980, 10), pooled, 3260, 3260},
-		// 2 x 9,800 (direct, router) + 9,800 + 980 (session) + ...: capped.
-		{"9,800 idle through everything", idle(980, 10), all, selfMaxConnectionsCap, 33768},
-		// Steady (no scenario) keeps a transaction pool as busy as its
-		// clients: 64 + 10 auth_query + 2 x C + one router's pools.
-		{"steady through transaction pools", bench.Config{Tenants: 10, ConnsPerTenant: 10, Concurrency: 64}, pooled, 402, 402},
-		// 64 + 2 x 1 + 1 + 1 + 1 (session) + 1 + 1 (tx) + 2 routers x 2 x 100
-		// + cold: 3 x 100 concurrent, 2 x 100 new databases behind PgBouncer.
-		{"cold at concurrency 100", bench.Config{Scenarios: []bench.Scenario{bench.Cold}, NewTenants: 100, Concurrency: 100}, all, 971, 971},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			gotMax, gotNeed := selfMaxConnections(tt.cfg, tt.targets)
-			if gotMax != tt.max || gotNeed != tt.need {
-				t.Errorf("selfMaxConnections = %d (need %d), want %d (need %d)", gotMax, gotNeed, tt.max, tt.need)
-			}
-			// Fewer targets never need more.
-			for _, l := range tt.targets {
-				fewer := slices.DeleteFunc(slices.Clone(tt.targets), func(x string) bool { return x == l })
-				if _, n := selfMaxConnections(tt.cfg, fewer); n > gotNeed {
-					t.Errorf("without %s: need %d > %d", l, n, gotNeed)
-				}
-			}
-		})
-	}
-}
-
-func TestSelfFileWarnings(t *testing.T) {
-	idle := func(tenants, conns int) bench.Config {
-		return bench.Config{Scenarios: []bench.Scenario{bench.Idle}, Tenants: tenants, ConnsPerTenant: conns, Concurrency: 64}
-	}
-	pooled := []string{selfBouncerTx, selfRouterBouncer}
-	tests := []struct {
-		name    string
-		cfg     bench.Config
-		targets []string
-		limit   uint64
-		want    []string // one substring per warning, in order
-	}{
-		{"9,800 through the router fit in 20000", idle(980, 10), pooled, 20000, nil},
-		// 2 x 10,000 + 64 + 2 pools x 64 = 20192 > 20000.
-		{"10,000 through the router do not", idle(1000, 10), pooled, 20000, []string{
-			"router-pgbouncer (pgtenant serve) may need 20192 open files (2 per connection for 1000 x 10 connections, plus 192 of its own) " +
-				"but the open-file limit is 20000: connections beyond about 9904 will fail. Lower --tenants x --conns-per-tenant to 9904 or less",
-		}},
-		{"every process over a small limit", idle(100, 10), selfTargets, 1500, []string{
-			"router (pgtenant serve)", "router-pgbouncer (pgtenant serve)", "PgBouncer in session mode",
-		}},
-		{"unknown limit", idle(1000, 100), selfTargets, 0, nil},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got := selfFileWarnings(tt.cfg, tt.targets, tt.limit)
-			if len(got) != len(tt.want) {
-				t.Fatalf("warnings %q, want %d", got, len(tt.want))
-			}
-			for i, w := range tt.want {
-				if !strings.Contains(got[i], w) || !strings.Contains(got[i], "ulimit -Hn") {
-					t.Errorf("warning %d: %q, want %q and what to change", i, got[i], w)
-				}
-			}
-		})
-	}
-}
-
-// TestSelfRouterConfig checks that the routers' configuration loads (no
-// unknown key) with pools that let Cold's creations all run at once.
-func TestSelfRouterConfig(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "router.yaml")
-	cfg := bench.Config{Scenarios: []bench.Scenario{bench.Cold}, NewTenants: 100, Concurrency: 100}
-	if err := os.WriteFile(path, []byte(selfRouterConfig(cfg, nil, 2)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	fc, err := router.LoadConfig(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fc.Catalog.MaxConns != 100 || fc.Provider.Local.MaxConns != 100 || fc.Limits.MaxConcurrentCreates != 0 || fc.Limits.MaxHandshakes < 100 {
-		t.Errorf("catalog pool %d, admin pool %d, max concurrent creates %d, max handshakes %d; want 100, 100, 0 (no cap), >= 100",
-			fc.Catalog.MaxConns, fc.Provider.Local.MaxConns, fc.Limits.MaxConcurrentCreates, fc.Limits.MaxHandshakes)
-	}
-	if fc.Provider.Local.Spares != 2 {
-		t.Errorf("spares %d, want --self-spares' 2", fc.Provider.Local.Spares)
-	}
-	if fc.Provider.Local.Template != local.DefaultTemplate {
-		t.Errorf("template %q: create-database clones %q", fc.Provider.Local.Template, local.DefaultTemplate)
 	}
 }

@@ -14,7 +14,6 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -189,9 +188,9 @@ func StartCluster(ctx context.Context, cfg ClusterConfig) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	runAs, err := lookupRunAs(cfg.osUser())
+	runAs, err := lookupRunAs(cfg.osUser(), "postgres", "ClusterConfig")
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("local: %w", err)
 	}
 	if runAs != nil {
 		if pgdata, err = reachablePGData(dir, runAs, log); err != nil {
@@ -342,8 +341,10 @@ func (c *Cluster) halt() error {
 	select {
 	case <-c.done:
 	case <-t.C:
-		// Setpgid made the postmaster a group leader: -pid reaches its
-		// backends too, which a plain Kill of the postmaster would orphan.
+		// Setpgid made the postmaster a group leader: -pid also reaches
+		// children that have not yet called setsid. Those that have exit
+		// once they notice the postmaster is gone, and the next start
+		// waits for them (waitOrphans).
 		_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
 		<-c.done
 	}
@@ -378,6 +379,12 @@ var errPortTaken = errors.New("local: port already in use")
 func startPostmaster(ctx context.Context, binDir, dir, pgdata, logPath string, port uint16, password string,
 	settings []string, runAs *runAs, log *slog.Logger,
 ) (*Cluster, error) {
+	// A postmaster that died (killed, or halted below) may have left
+	// children holding its shared memory; postgres won't start until they
+	// are gone.
+	if err := waitOrphans(ctx, pgdata, log); err != nil {
+		return nil, err
+	}
 	args := []string{
 		"-D", pgdata,
 		"-c", "listen_addresses=" + localhost,
@@ -490,80 +497,6 @@ func (c *Cluster) startError() error {
 		return fmt.Errorf("%w: %s%s", ErrInUse, filepath.Join(c.dir, "pgdata"), tail)
 	}
 	return c.exitErr
-}
-
-// runAs is the OS identity for initdb and postgres; nil means our own.
-type runAs struct {
-	name     string
-	uid, gid uint32
-	groups   []uint32
-}
-
-// lookupRunAs returns the identity to run postgres as: nil unless we are
-// root, because postgres refuses to run as root.
-func lookupRunAs(name string) (*runAs, error) {
-	if os.Geteuid() != 0 {
-		return nil, nil
-	}
-	u, err := user.Lookup(name)
-	if err != nil {
-		return nil, fmt.Errorf("local: running as root, so postgres must run as OS user %q, but looking it up failed: %w "+
-			"(create it with `useradd --system --user-group --no-create-home %s`, or set ClusterConfig.OSUser)", name, err, name)
-	}
-	ra := &runAs{name: name}
-	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
-	gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
-	if err := errors.Join(err1, err2); err != nil {
-		return nil, fmt.Errorf("local: OS user %q: %w", name, err)
-	}
-	if uid == 0 {
-		return nil, fmt.Errorf("local: OS user %q is root; postgres refuses to run as root", name)
-	}
-	ra.uid, ra.gid = uint32(uid), uint32(gid)
-	gids, _ := u.GroupIds() // supplementary groups are a nicety: ignore lookup errors
-	for _, g := range gids {
-		if n, err := strconv.ParseUint(g, 10, 32); err == nil {
-			ra.groups = append(ra.groups, uint32(n))
-		}
-	}
-	return ra, nil
-}
-
-func (ra *runAs) sysProcAttr(deathSig syscall.Signal) *syscall.SysProcAttr {
-	attr := &syscall.SysProcAttr{Setpgid: true, Pdeathsig: deathSig}
-	if ra != nil {
-		attr.Credential = &syscall.Credential{Uid: ra.uid, Gid: ra.gid, Groups: ra.groups}
-	}
-	return attr
-}
-
-// chown gives path to the postgres OS user; a no-op when not root.
-func (ra *runAs) chown(path string) error {
-	if ra == nil {
-		return nil
-	}
-	if err := os.Chown(path, int(ra.uid), int(ra.gid)); err != nil {
-		return fmt.Errorf("local: %w", err)
-	}
-	return nil
-}
-
-// canTraverse reports whether ra may search (x) the directory fi. ACLs are
-// not consulted, so this errs towards refusing.
-func (ra *runAs) canTraverse(fi fs.FileInfo) bool {
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return true // can't tell: let postgres report it
-	}
-	perm := fi.Mode().Perm()
-	switch {
-	case st.Uid == ra.uid:
-		return perm&0o100 != 0
-	case st.Gid == ra.gid || slices.Contains(ra.groups, st.Gid):
-		return perm&0o010 != 0
-	default:
-		return perm&0o001 != 0
-	}
 }
 
 // prepareDirs creates Dir and Dir/pgdata and, when postgres runs as another
@@ -898,10 +831,10 @@ func initdb(ctx context.Context, binDir, dir, pgdata, logPath, password string, 
 host    all       all   127.0.0.1/32  scram-sha-256
 host    all       all   ::1/128       scram-sha-256
 `
-	if err := os.WriteFile(hba, []byte(hbaConf), 0o600); err != nil {
+	if err := ra.writeFile(hba, []byte(hbaConf)); err != nil {
 		return fmt.Errorf("local: %w", err)
 	}
-	return ra.chown(hba)
+	return nil
 }
 
 func clearDir(dir string) {

@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgtenant/pgtenant/internal/localproc"
+	"github.com/pgtenant/pgtenant/internal/poll"
 )
 
 // These tests drive StartCluster directly (internal/pgtest hides Dir, and
@@ -297,19 +298,6 @@ func postmasterPID(t *testing.T, dir string) int {
 	return pid
 }
 
-// waitGroupGone waits until no process of the process group pgid is left:
-// the backends of a SIGKILLed postmaster exit on their own, shortly after.
-func waitGroupGone(t *testing.T, pgid int) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for syscall.Kill(-pgid, 0) == nil {
-		if time.Now().After(deadline) {
-			t.Fatalf("processes of group %d still alive", pgid)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func TestDoneClosesWhenPostgresIsKilled(t *testing.T) {
 	dir := clusterDir(t)
 	c := startCluster(t, localproc.ClusterConfig{Dir: dir})
@@ -337,14 +325,52 @@ func TestDoneClosesWhenPostgresIsKilled(t *testing.T) {
 	if err := c.Stop(context.Background()); err == nil {
 		t.Error("Stop of a crashed cluster returned nil")
 	}
-	waitGroupGone(t, pid)
-
-	// The killed postmaster left postmaster.pid behind; a restart copes.
+	// The killed postmaster left postmaster.pid behind, and children (each
+	// in a session of its own) still attached to its shared memory for a
+	// moment: a restart at once waits for them and copes.
 	c2 := startCluster(t, localproc.ClusterConfig{Dir: dir})
 	if c2.Port() != c.Port() {
 		t.Errorf("port after crash restart = %d, want %d", c2.Port(), c.Port())
 	}
 	clusterQuery1(t, clusterConn(t, c2.AdminDSN("postgres")), "SELECT 1")
+}
+
+// TestRestartWaitsForBusyOrphans: a backend busy in a query when its
+// postmaster is killed notices the death only when it next waits, so it
+// keeps the shared memory attached until the query ends. A restart waits
+// for it rather than fail with "pre-existing shared memory block ... is
+// still in use".
+func TestRestartWaitsForBusyOrphans(t *testing.T) {
+	dir := clusterDir(t)
+	c := startCluster(t, localproc.ClusterConfig{Dir: dir})
+	busy, watch := clusterConn(t, c.AdminDSN("postgres")), clusterConn(t, c.AdminDSN("postgres"))
+	// A loop checks for interrupts but not for the postmaster's death.
+	const spin = `DO $$ BEGIN WHILE clock_timestamp() < now() + interval '2 s' LOOP END LOOP; END $$`
+	var spinErr error
+	spun := make(chan struct{})
+	go func() {
+		defer close(spun)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_, spinErr = busy.Exec(ctx, spin).ReadAll()
+	}()
+	t.Cleanup(func() { <-spun }) // before busy is closed, even if we fail
+	poll.Until(t, 10*time.Second, "the busy query to run", func() bool {
+		return clusterQuery1(t, watch, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'DO %'") == "1"
+	})
+	if err := syscall.Kill(postmasterPID(t, dir), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-c.Done()
+
+	c2 := startCluster(t, localproc.ClusterConfig{Dir: dir})
+	clusterQuery1(t, clusterConn(t, c2.AdminDSN("postgres")), "SELECT 1")
+	// The orphan ran its query to the end before it noticed: the start
+	// above had to wait for it.
+	<-spun
+	if spinErr != nil {
+		t.Errorf("the orphaned backend's query: %v", spinErr)
+	}
 }
 
 func TestSecondStartOnLiveDirFails(t *testing.T) {

@@ -1,4 +1,4 @@
-package main
+package testbed
 
 import (
 	"context"
@@ -8,16 +8,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
-
-	"github.com/pgtenant/pgtenant/internal/localproc"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -25,28 +20,29 @@ import (
 
 	"github.com/pgtenant/pgtenant/bench"
 	"github.com/pgtenant/pgtenant/catalog"
-	"github.com/pgtenant/pgtenant/internal/logtail"
+	"github.com/pgtenant/pgtenant/internal/localproc"
 	"github.com/pgtenant/pgtenant/provision/local"
 	"github.com/pgtenant/pgtenant/router"
 )
 
-// `pgtenant bench --self` runs the standard comparison with nothing set up
-// beforehand. It starts, in a temporary directory, what the chosen targets
-// need (--self-targets; by default all of them):
+// The test bed: what `pgtenant bench --self` starts, in a temporary
+// directory, for the targets chosen (--self-targets; by default all of
+// them):
 //
 //   - a throwaway Postgres (localproc.StartCluster: fsync off, max_connections
 //     sized for the run, SCRAM logins over loopback only);
 //   - when pgbouncer is installed, PgBouncer in front of it, in session pool
 //     mode for pgbouncer-session and in transaction pool mode for
-//     pgbouncer-transaction and router-pgbouncer (bench.StartPgBouncer),
+//     pgbouncer-transaction and router-pgbouncer (localproc.StartPgBouncer),
 //     clients logging in with SCRAM-SHA-256 (auth_query with pass-through,
 //     so roles created later log in too);
-//   - the routers, each `pgtenant serve` in a child process of this one (the
-//     same executable), so that their memory and threads are measured alone:
-//     "router" reaches Postgres directly, "router-pgbouncer" reaches it
-//     through the transaction-mode PgBouncer (upstream.dial_override). Both
-//     share one catalog in the cluster, so they route a tenant to the same
-//     database; their clients log in with SCRAM against a random app
+//   - the routers, each `pgtenant serve` in a child process
+//     (localproc.StartRouter, running Options.Pgtenant: for the command,
+//     its own executable), so that their memory and threads are measured
+//     alone: "router" reaches Postgres directly, "router-pgbouncer" reaches
+//     it through the transaction-mode PgBouncer (upstream.dial_override).
+//     Both share one catalog in the cluster, so they route a tenant to the
+//     same database; their clients log in with SCRAM against a random app
 //     secret, and they log in upstream as each tenant's own role.
 //
 // All targets do the same work against the same databases: tenant <id>'s
@@ -57,54 +53,62 @@ import (
 // tenants' own passwords are known only to the routers. Cold, which creates
 // tenants, runs against the routers, after "create-database": the bare
 // CREATE DATABASE ... TEMPLATE the routers run for a new tenant, as the
-// baseline they are held to (selfBench.createDatabase).
+// baseline they are held to (Bed.createDatabase).
 //
-// Everything is stopped and the directory removed when the run ends,
-// including on Ctrl-C; the children also get a signal if this process dies.
+// Everything is stopped and the directory removed by Bed.Close (the
+// command closes it on Ctrl-C too); the children also get a signal if this
+// process dies.
 
-// Labels of the --self targets; selfTargets has them in the order they
-// run, and ratios are to the first one run.
+// Labels of the test bed's targets; Labels has them in the order they run,
+// and ratios are to the first one run.
 const (
-	selfDirect         = "direct"
-	selfBouncerSession = "pgbouncer-session"
-	selfBouncerTx      = "pgbouncer-transaction"
-	selfRouter         = "router"
-	selfRouterBouncer  = "router-pgbouncer"
-	// selfCreateDatabase is Cold's baseline, first in every cold run.
-	selfCreateDatabase = "create-database"
+	// Direct is Postgres itself, logged in to as the shared role.
+	Direct = "direct"
+	// BouncerSession is PgBouncer in session pool mode.
+	BouncerSession = "pgbouncer-session"
+	// BouncerTx is PgBouncer in transaction pool mode.
+	BouncerTx = "pgbouncer-transaction"
+	// Router is a router reaching Postgres directly.
+	Router = "router"
+	// RouterBouncer is a router reaching Postgres through BouncerTx.
+	RouterBouncer = "router-pgbouncer"
+	// CreateDatabase is Cold's baseline, first in every cold run; it is
+	// not chosen but comes with Cold.
+	CreateDatabase = "create-database"
 )
 
-// selfTargets are the targets --self-targets chooses from, in run order.
-var selfTargets = []string{selfDirect, selfBouncerSession, selfBouncerTx, selfRouter, selfRouterBouncer}
+// labels are the targets to choose from, in run order.
+var labels = []string{Direct, BouncerSession, BouncerTx, Router, RouterBouncer}
+
+// Labels returns the targets to choose from (ParseTargets), in run order.
+func Labels() []string { return slices.Clone(labels) }
 
 const (
-	// selfRole is the role the direct and PgBouncer targets log in as.
-	selfRole = "pgtenant_bench"
-	// selfReadyLine is what `pgtenant serve` prints once it listens.
-	selfReadyLine = "pgtenant: routing tenants on "
-	// selfStartTimeout bounds each router's start (template included).
-	selfStartTimeout = 2 * time.Minute
-	// selfStopTimeout bounds stopping each component at the end.
-	selfStopTimeout = 30 * time.Second
-	// selfCreateConcurrency caps tenants created at once before the run.
-	selfCreateConcurrency = 8
-	// selfMaxConnectionsCap is the most max_connections the cluster gets
-	// (see selfMaxConnections).
-	selfMaxConnectionsCap = 5000
-	// selfOwnFiles is what a router or PgBouncer keeps open besides its
+	// sharedRole is the role the direct and PgBouncer targets log in as.
+	sharedRole = "pgtenant_bench"
+	// startTimeout bounds creating each tenant and waiting for spares.
+	startTimeout = 2 * time.Minute
+	// stopTimeout bounds stopping each component at the end.
+	stopTimeout = 30 * time.Second
+	// createConcurrency caps tenants created at once before the run.
+	createConcurrency = 8
+	// maxConnectionsCap is the most max_connections the cluster gets
+	// (see maxConnections).
+	maxConnectionsCap = 5000
+	// ownFiles is what a router or PgBouncer keeps open besides its
 	// client and server connections: listeners, logs, epoll, the runtime.
-	selfOwnFiles = 64
+	ownFiles = 64
 )
 
-// selfBench is the environment `pgtenant bench --self` runs in. close
-// stops it; the zero value (or a half-started one) closes cleanly.
-type selfBench struct {
+// Bed is a running test bed, the environment `pgtenant bench --self` runs
+// in. Close stops it.
+type Bed struct {
 	stderr   io.Writer
 	dir      string
 	cluster  *localproc.Cluster
-	bouncers []*bench.PgBouncer
-	routers  []*routerProc
-	// targets are the chosen targets, in selfTargets order; routerTargets
+	bouncers []*localproc.PgBouncer
+	routers  []*localproc.Router
+	// targets are the chosen targets, in labels order; routerTargets
 	// the chosen routers, which create tenants (Cold).
 	targets, routerTargets []bench.Target
 	// coldBaseline is the create-database target, first in Cold.
@@ -113,30 +117,31 @@ type selfBench struct {
 	admin *pgconn.Config
 }
 
-// parseSelfTargets returns the --self targets named, in selfTargets order
-// (which does not depend on the order given), or an errUsage error listing
-// the valid names. Cold, which creates tenants, needs a router among them.
-func parseSelfTargets(names []string, scs []bench.Scenario) ([]string, error) {
+// ParseTargets returns the targets named (the values of --self-targets),
+// in Labels order, which does not depend on the order given, or an error
+// listing the valid names: the caller's usage error. Cold, which creates
+// tenants, needs a router among them.
+func ParseTargets(names []string, scs []bench.Scenario) ([]string, error) {
 	chosen := map[string]bool{}
 	for _, n := range names {
 		n = strings.TrimSpace(n)
 		switch {
-		case n == selfCreateDatabase:
-			return nil, fmt.Errorf("%w: --self-targets: %s is not chosen: it is cold's baseline and runs whenever cold does", errUsage, n)
-		case !slices.Contains(selfTargets, n):
-			return nil, fmt.Errorf("%w: --self-targets: unknown target %q (valid: %s)", errUsage, n, strings.Join(selfTargets, ", "))
+		case n == CreateDatabase:
+			return nil, fmt.Errorf("--self-targets: %s is not chosen: it is cold's baseline and runs whenever cold does", n)
+		case !slices.Contains(labels, n):
+			return nil, fmt.Errorf("--self-targets: unknown target %q (valid: %s)", n, strings.Join(labels, ", "))
 		}
 		chosen[n] = true
 	}
 	if len(chosen) == 0 {
-		return nil, fmt.Errorf("%w: --self-targets: no target given (valid: %s)", errUsage, strings.Join(selfTargets, ", "))
+		return nil, fmt.Errorf("--self-targets: no target given (valid: %s)", strings.Join(labels, ", "))
 	}
-	if slices.Contains(scs, bench.Cold) && !chosen[selfRouter] && !chosen[selfRouterBouncer] {
-		return nil, fmt.Errorf("%w: --self-targets: cold (--scenario cold or --new-tenants) compares the routers with %s: choose %s or %s too",
-			errUsage, selfCreateDatabase, selfRouter, selfRouterBouncer)
+	if slices.Contains(scs, bench.Cold) && !chosen[Router] && !chosen[RouterBouncer] {
+		return nil, fmt.Errorf("--self-targets: cold (--scenario cold or --new-tenants) compares the routers with %s: choose %s or %s too",
+			CreateDatabase, Router, RouterBouncer)
 	}
 	var out []string
-	for _, l := range selfTargets {
+	for _, l := range labels {
 		if chosen[l] {
 			out = append(out, l)
 		}
@@ -144,57 +149,84 @@ func parseSelfTargets(names []string, scs []bench.Scenario) ([]string, error) {
 	return out, nil
 }
 
-// startSelf starts the --self environment for cfg (whose Targets it
-// ignores) and returns it with its targets: chosen (parseSelfTargets), or
-// when nil every target, less PgBouncer's if pgbouncer is not installed.
-// Progress notes go to stderr. On error everything it started is stopped
-// again.
-func startSelf(ctx context.Context, cfg bench.Config, chosen []string, spares int, stderr io.Writer) (_ *selfBench, err error) {
+// Options configure Start. Bench and Pgtenant are required.
+type Options struct {
+	// Bench is the run's configuration; its Targets are ignored.
+	Bench bench.Config
+	// Targets are the targets chosen (ParseTargets); nil means every
+	// target, less PgBouncer's if pgbouncer is not installed.
+	Targets []string
+	// Spares is the spare databases the routers keep cloned ahead of
+	// demand (provider.local.spares).
+	Spares int
+	// Pgtenant is the pgtenant executable the routers run as (`Pgtenant
+	// serve --config ...`): for `pgtenant bench --self`, os.Executable().
+	Pgtenant string
+	// Notes receives progress notes and warnings, one line each, prefixed
+	// "pgtenant bench --self: ". Nil discards them.
+	Notes io.Writer
+	// Preflight, if set, is called once Bench is checked and before
+	// anything starts. It returns the soft open-file limit the children
+	// will inherit (0: unknown), which the warnings about open files are
+	// measured against; `pgtenant bench` raises the limit there and says
+	// so, as for any run.
+	Preflight func(bench.Config) (softFileLimit uint64)
+}
+
+// Start starts the test bed for opts and returns it with its targets
+// (Targets). On error everything it started is stopped again; otherwise
+// the caller must Close it.
+func Start(ctx context.Context, opts Options) (_ *Bed, err error) {
+	cfg, chosen, spares, exe, stderr := opts.Bench, opts.Targets, opts.Spares, opts.Pgtenant, opts.Notes
+	if stderr == nil {
+		stderr = io.Discard
+	}
 	// Check the flags before starting anything.
 	probe := cfg
-	probe.Targets = []bench.Target{{Label: selfRouter, DSN: "postgres://{tenant}@127.0.0.1/app"}}
+	probe.Targets = []bench.Target{{Label: Router, DSN: "postgres://{tenant}@127.0.0.1/app"}}
 	if err := probe.Validate(); err != nil {
 		return nil, err
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, fmt.Errorf("--self runs the routers with this executable: %w", err)
+	if exe == "" {
+		return nil, errors.New("testbed: Options.Pgtenant is required: the routers run as `pgtenant serve`")
 	}
-	s := &selfBench{stderr: stderr}
-	bouncerBin, haveBouncer := bench.HavePgBouncer()
+	s := &Bed{stderr: stderr}
+	bouncerBin, haveBouncer := localproc.HavePgBouncer()
 	names := chosen
 	switch {
 	case names == nil && haveBouncer:
-		names = selfTargets
+		names = labels
 	case names == nil:
-		names = []string{selfDirect, selfRouter}
+		names = []string{Direct, Router}
 		s.notef("pgbouncer is not installed (%s, or on PATH): skipping %s, %s and %s; install it with `apt-get install pgbouncer` (or make deps)",
-			bench.DefaultPgBouncer, selfBouncerSession, selfBouncerTx, selfRouterBouncer)
-	case !haveBouncer && slices.ContainsFunc(names, selfNeedsBouncer):
+			localproc.DefaultPgBouncer, BouncerSession, BouncerTx, RouterBouncer)
+	case !haveBouncer && slices.ContainsFunc(names, needsBouncer):
 		return nil, fmt.Errorf("--self-targets %s: pgbouncer is not installed (%s, or on PATH); install it with `apt-get install pgbouncer` (or make deps)",
-			strings.Join(names, ","), bench.DefaultPgBouncer)
+			strings.Join(names, ","), localproc.DefaultPgBouncer)
 	}
 	has := func(label string) bool { return slices.Contains(names, label) }
 
 	// Children inherit the raised limit: PgBouncer and the routers hold a
 	// descriptor per client and per server connection. Say up front what
 	// will not fit, rather than fail half way through.
-	fl := checkFileLimit(stderr, cfg.MaxOpenConns())
-	noteColdConcurrency(stderr, cfg)
-	for _, w := range selfFileWarnings(cfg, names, fl.Soft) {
+	var softFiles uint64
+	if opts.Preflight != nil {
+		softFiles = opts.Preflight(cfg)
+	}
+	for _, w := range fileWarnings(cfg, names, softFiles) {
 		s.notef("warning: %s", w)
 	}
-	maxConns, need := selfMaxConnections(cfg, names)
+	maxConns, need := maxConnections(cfg, names)
 	if need > maxConns {
 		s.notef("warning: Postgres gets max_connections %d, not the %d this run may need: direct, pgbouncer-session and router hold a server connection "+
 			"per client connection (%d x %d), and transaction pools one per client busy at once; connections beyond it fail with 53300. "+
 			"Choose transaction-pooled targets (--self-targets %s,%s) or fewer connections (--tenants, --conns-per-tenant)",
-			maxConns, need, max(cfg.Tenants, 1), max(cfg.ConnsPerTenant, 1), selfBouncerTx, selfRouterBouncer)
+			maxConns, need, max(cfg.Tenants, 1), max(cfg.ConnsPerTenant, 1), BouncerTx, RouterBouncer)
 	}
 
 	defer func() {
 		if err != nil {
-			s.close()
+			s.Close()
 		}
 	}()
 	// As root, postgres and pgbouncer run as the postgres OS user, who
@@ -234,20 +266,20 @@ func startSelf(ctx context.Context, cfg bench.Config, chosen []string, spares in
 	defer admin.Close(context.WithoutCancel(ctx))
 	rolePassword := randomHex(16)
 	// password_encryption is scram-sha-256: the server stores a verifier.
-	if _, err := admin.Exec(ctx, "CREATE ROLE "+selfRole+" LOGIN PASSWORD '"+rolePassword+"'"); err != nil {
-		return nil, fmt.Errorf("create role %s: %w", selfRole, err)
+	if _, err := admin.Exec(ctx, "CREATE ROLE "+sharedRole+" LOGIN PASSWORD '"+rolePassword+"'"); err != nil {
+		return nil, fmt.Errorf("create role %s: %w", sharedRole, err)
 	}
 
-	var session, tx *bench.PgBouncer
+	var session, tx *localproc.PgBouncer
 	var pools []string
-	if has(selfBouncerSession) {
-		if session, err = s.startBouncer(ctx, cfg, bench.PoolSession); err != nil {
+	if has(BouncerSession) {
+		if session, err = s.startBouncer(ctx, cfg, localproc.PoolSession); err != nil {
 			return nil, err
 		}
 		pools = append(pools, "session pooling on "+session.Addr())
 	}
-	if has(selfBouncerTx) || has(selfRouterBouncer) {
-		if tx, err = s.startBouncer(ctx, cfg, bench.PoolTransaction); err != nil {
+	if has(BouncerTx) || has(RouterBouncer) {
+		if tx, err = s.startBouncer(ctx, cfg, localproc.PoolTransaction); err != nil {
 			return nil, err
 		}
 		pools = append(pools, "transaction pooling on "+tx.Addr())
@@ -257,33 +289,33 @@ func startSelf(ctx context.Context, cfg bench.Config, chosen []string, spares in
 	}
 
 	secret, key := randomHex(16), catalog.NewKey()
-	env := selfRouterEnv(secret, s.cluster.AdminDSN("postgres"), key)
-	var router, routerBouncer *routerProc
+	env := routerEnv(secret, s.cluster.AdminDSN("postgres"), key)
+	var router, routerBouncer *localproc.Router
 	// Tenants are created through a router: the plain one if no router is
 	// chosen, stopped again once it has done that.
-	if has(selfRouter) || !has(selfRouterBouncer) {
-		if router, err = s.startRouter(ctx, exe, selfRouter, selfRouterConfig(cfg, nil, spares), env); err != nil {
+	if has(Router) || !has(RouterBouncer) {
+		if router, err = s.startRouter(ctx, exe, Router, routerConfig(cfg, nil, spares), env); err != nil {
 			return nil, err
 		}
-		s.notef("router (pgtenant serve) %s on %s (pid %d)", selfRouter, router.addr, router.pid())
+		s.notef("router (pgtenant serve) %s on %s (pid %d)", Router, router.Addr(), router.PID())
 	}
-	if has(selfRouterBouncer) {
-		if routerBouncer, err = s.startRouter(ctx, exe, selfRouterBouncer, selfRouterConfig(cfg, tx, spares), env); err != nil {
+	if has(RouterBouncer) {
+		if routerBouncer, err = s.startRouter(ctx, exe, RouterBouncer, routerConfig(cfg, tx, spares), env); err != nil {
 			return nil, err
 		}
 		s.notef("router (pgtenant serve) %s on %s (pid %d, upstream through PgBouncer %s)",
-			selfRouterBouncer, routerBouncer.addr, routerBouncer.pid(), tx.Addr())
+			RouterBouncer, routerBouncer.Addr(), routerBouncer.PID(), tx.Addr())
 	}
 
 	routerDSN := func(addr string) string {
 		return "postgres://" + bench.TenantPlaceholder + ":" + secret + "@" + addr + "/app?sslmode=disable"
 	}
-	creator, creatorLabel := router, selfRouter
+	creator, creatorLabel := router, Router
 	if creator == nil {
-		creator, creatorLabel = routerBouncer, selfRouterBouncer
+		creator, creatorLabel = routerBouncer, RouterBouncer
 	}
-	grant := has(selfDirect) || has(selfBouncerSession) || has(selfBouncerTx)
-	if err := s.createTenants(ctx, cfg, creatorLabel, routerDSN(creator.addr), admin, grant); err != nil {
+	grant := has(Direct) || has(BouncerSession) || has(BouncerTx)
+	if err := s.createTenants(ctx, cfg, creatorLabel, routerDSN(creator.Addr()), admin, grant); err != nil {
 		return nil, err
 	}
 	if spares > 0 {
@@ -291,82 +323,82 @@ func startSelf(ctx context.Context, cfg bench.Config, chosen []string, spares in
 			return nil, err
 		}
 	}
-	if router != nil && !has(selfRouter) {
-		s.notef("stopping %s: no router is among the targets, it only created the tenants", selfRouter)
+	if router != nil && !has(Router) {
+		s.notef("stopping %s: no router is among the targets, it only created the tenants", Router)
 		if err := s.stopRouter(ctx, router); err != nil {
-			s.notef("warning: stopping %s: %v", selfRouter, err)
+			s.notef("warning: stopping %s: %v", Router, err)
 		}
 		router = nil
 	}
 
 	tenantDSN := func(port uint16) string {
-		return fmt.Sprintf("postgres://%s:%s@127.0.0.1:%d/%s%s?sslmode=disable", selfRole, rolePassword, port, local.DefaultPrefix, bench.TenantPlaceholder)
+		return fmt.Sprintf("postgres://%s:%s@127.0.0.1:%d/%s%s?sslmode=disable", sharedRole, rolePassword, port, local.DefaultPrefix, bench.TenantPlaceholder)
 	}
 	for _, l := range names {
 		var t bench.Target
 		switch l {
-		case selfDirect:
+		case Direct:
 			t = bench.Target{DSN: tenantDSN(s.cluster.Port())}
-		case selfBouncerSession:
+		case BouncerSession:
 			t = bench.Target{DSN: tenantDSN(session.Port()), PID: session.PID()}
-		case selfBouncerTx:
+		case BouncerTx:
 			t = bench.Target{DSN: tenantDSN(tx.Port()), PID: tx.PID()}
-		case selfRouter:
-			t = bench.Target{DSN: routerDSN(router.addr), PID: router.pid()}
-		case selfRouterBouncer:
-			t = bench.Target{DSN: routerDSN(routerBouncer.addr), PID: routerBouncer.pid()}
+		case Router:
+			t = bench.Target{DSN: routerDSN(router.Addr()), PID: router.PID()}
+		case RouterBouncer:
+			t = bench.Target{DSN: routerDSN(routerBouncer.Addr()), PID: routerBouncer.PID()}
 		}
 		t.Label = l
 		s.targets = append(s.targets, t)
-		if l == selfRouter || l == selfRouterBouncer {
+		if l == Router || l == RouterBouncer {
 			s.routerTargets = append(s.routerTargets, t)
 		}
 	}
-	s.coldBaseline = bench.Target{Label: selfCreateDatabase, Cold: s.createDatabase}
+	s.coldBaseline = bench.Target{Label: CreateDatabase, Cold: s.createDatabase}
 	return s, nil
 }
 
-// selfNeedsBouncer reports whether target label needs PgBouncer.
-func selfNeedsBouncer(label string) bool {
-	return label == selfBouncerSession || label == selfBouncerTx || label == selfRouterBouncer
+// needsBouncer reports whether target label needs PgBouncer.
+func needsBouncer(label string) bool {
+	return label == BouncerSession || label == BouncerTx || label == RouterBouncer
 }
 
-// selfConcurrency is cfg's Concurrency with bench's default.
-func selfConcurrency(cfg bench.Config) int {
+// concurrency is cfg's Concurrency with bench's default.
+func concurrency(cfg bench.Config) int {
 	if cfg.Concurrency <= 0 {
 		return 64
 	}
 	return cfg.Concurrency
 }
 
-// selfPoolConns sizes each router's catalog and admin pools: a tenant's
+// poolConns sizes each router's catalog and admin pools: a tenant's
 // creation holds a connection of each, so pools smaller than Concurrency
 // (10 by default) would queue Cold's creations inside the router.
-func selfPoolConns(cfg bench.Config) int { return max(10, selfConcurrency(cfg)) }
+func poolConns(cfg bench.Config) int { return max(10, concurrency(cfg)) }
 
-// selfIdleOnly reports whether every scenario of cfg but Cold is Idle, in
+// idleOnly reports whether every scenario of cfg but Cold is Idle, in
 // which only warm-up and the probe run queries, Concurrency at a time.
 // No scenario means Steady.
-func selfIdleOnly(cfg bench.Config) bool {
+func idleOnly(cfg bench.Config) bool {
 	return len(cfg.Scenarios) > 0 &&
 		!slices.ContainsFunc(cfg.Scenarios, func(sc bench.Scenario) bool { return sc != bench.Idle && sc != bench.Cold })
 }
 
-// selfTxServerConns estimates the server connections a transaction pool of
+// txServerConns estimates the server connections a transaction pool of
 // one target (pgbouncer-transaction, or router-pgbouncer, whose tenants'
 // roles get pools of their own) opens and keeps: up to conns per tenant per
 // database while its clients run queries at once (C in all), but in Idle
 // only the warm-up and probe, Concurrency at a time, which leaves about one
 // per database plus Concurrency.
-func selfTxServerConns(cfg bench.Config) int {
+func txServerConns(cfg bench.Config) int {
 	tenants, c := max(cfg.Tenants, 1), max(cfg.Tenants, 1)*max(cfg.ConnsPerTenant, 1)
-	if selfIdleOnly(cfg) {
-		return min(c, tenants+selfConcurrency(cfg))
+	if idleOnly(cfg) {
+		return min(c, tenants+concurrency(cfg))
 	}
 	return c
 }
 
-// selfMaxConnections returns the max_connections to start the cluster with
+// maxConnections returns the max_connections to start the cluster with
 // for cfg and the chosen targets, and what the run may need at most (more
 // than that when it was capped). Targets run one at a time, but what the
 // poolers and routers keep open lingers, so the needs add up, with C =
@@ -375,67 +407,67 @@ func selfTxServerConns(cfg bench.Config) int {
 //   - direct and router hold a backend per client connection: 2C covers one
 //     target's C and the previous one's still exiting;
 //   - pgbouncer-session keeps its C server connections after its rounds;
-//   - each transaction-pooled target keeps selfTxServerConns: C, or in an
+//   - each transaction-pooled target keeps txServerConns: C, or in an
 //     idle-only run about tenants + K;
 //   - each PgBouncer keeps an auth_query connection per database;
 //   - Cold's N new tenants per target: the cold baseline's logins, and per
 //     creation in a router an admin session in the new database and the
 //     tenant's first upstream session (3K), and behind router-pgbouncer a
 //     pool and an auth_query connection per new database (2N);
-//   - each router's catalog and admin pools (selfPoolConns each); and 64
+//   - each router's catalog and admin pools (poolConns each); and 64
 //     for superusers and the set-up.
 //
-// The value is capped at selfMaxConnectionsCap (5000): every slot costs
+// The value is capped at maxConnectionsCap (5000): every slot costs
 // shared memory (lock table, process entries) and every backend is a
 // process, and 5000 is about what a 24 GiB machine starts and runs next to
 // the benchmark. A run that holds more than that through direct,
 // pgbouncer-session or router needs a bigger machine or a transaction
 // pool; the caller warns.
-func selfMaxConnections(cfg bench.Config, targets []string) (maxConns, need int) {
+func maxConnections(cfg bench.Config, targets []string) (maxConns, need int) {
 	has := func(l string) bool { return slices.Contains(targets, l) }
-	tenants, c, k := max(cfg.Tenants, 1), max(cfg.Tenants, 1)*max(cfg.ConnsPerTenant, 1), selfConcurrency(cfg)
+	tenants, c, k := max(cfg.Tenants, 1), max(cfg.Tenants, 1)*max(cfg.ConnsPerTenant, 1), concurrency(cfg)
 	need = 64
-	if has(selfDirect) || has(selfRouter) {
+	if has(Direct) || has(Router) {
 		need += 2 * c
 	}
-	if has(selfBouncerSession) {
+	if has(BouncerSession) {
 		need += c + tenants
 	}
-	if has(selfBouncerTx) || has(selfRouterBouncer) {
+	if has(BouncerTx) || has(RouterBouncer) {
 		need += tenants // the transaction PgBouncer's auth_query connections
 	}
-	for _, l := range []string{selfBouncerTx, selfRouterBouncer} {
+	for _, l := range []string{BouncerTx, RouterBouncer} {
 		if has(l) {
-			need += selfTxServerConns(cfg)
+			need += txServerConns(cfg)
 		}
 	}
 	routers := 1 // one creates the tenants even when none is chosen
-	if has(selfRouter) && has(selfRouterBouncer) {
+	if has(Router) && has(RouterBouncer) {
 		routers = 2
 	}
-	need += routers * 2 * selfPoolConns(cfg)
+	need += routers * 2 * poolConns(cfg)
 	if slices.Contains(cfg.Scenarios, bench.Cold) {
 		n := cfg.NewTenants
 		if n <= 0 {
 			n = tenants
 		}
 		need += 3 * k
-		if has(selfRouterBouncer) {
+		if has(RouterBouncer) {
 			need += 2 * n
 		}
 	}
-	return min(need, selfMaxConnectionsCap), need
+	return min(need, maxConnectionsCap), need
 }
 
-// selfFileWarnings says which processes of a --self run for cfg and the
+// fileWarnings says which processes of a --self run for cfg and the
 // chosen targets may need more open files than limit, the soft limit they
 // inherit from this one, with the numbers and what to change; nil when
 // everything fits or the limit is unknown (0). A router holds two
 // descriptors per session (client and upstream); PgBouncer one per client
-// and one per server connection (selfTxServerConns and the auth_query ones
-// for the transaction pool); on top of that each keeps selfOwnFiles and a
-// router its pools. This process's own need is checkFileLimit's.
-func selfFileWarnings(cfg bench.Config, targets []string, limit uint64) []string {
+// and one per server connection (txServerConns and the auth_query ones
+// for the transaction pool); on top of that each keeps ownFiles and a
+// router its pools. This process's own need is the caller's (Preflight).
+func fileWarnings(cfg bench.Config, targets []string, limit uint64) []string {
 	if limit == 0 {
 		return nil
 	}
@@ -447,22 +479,22 @@ func selfFileWarnings(cfg bench.Config, targets []string, limit uint64) []string
 		own     int // descriptors whatever the connections
 	}
 	var procs []proc
-	for _, l := range []string{selfRouter, selfRouterBouncer} {
+	for _, l := range []string{Router, RouterBouncer} {
 		if has(l) {
-			procs = append(procs, proc{l + " (pgtenant serve)", 2, selfOwnFiles + 2*selfPoolConns(cfg)})
+			procs = append(procs, proc{l + " (pgtenant serve)", 2, ownFiles + 2*poolConns(cfg)})
 		}
 	}
-	if has(selfBouncerSession) {
-		procs = append(procs, proc{"PgBouncer in session mode", 2, selfOwnFiles + tenants})
+	if has(BouncerSession) {
+		procs = append(procs, proc{"PgBouncer in session mode", 2, ownFiles + tenants})
 	}
-	if has(selfBouncerTx) || has(selfRouterBouncer) {
+	if has(BouncerTx) || has(RouterBouncer) {
 		servers := tenants
-		for _, l := range []string{selfBouncerTx, selfRouterBouncer} {
+		for _, l := range []string{BouncerTx, RouterBouncer} {
 			if has(l) {
-				servers += selfTxServerConns(cfg)
+				servers += txServerConns(cfg)
 			}
 		}
-		procs = append(procs, proc{"PgBouncer in transaction mode", 1, selfOwnFiles + servers})
+		procs = append(procs, proc{"PgBouncer in transaction mode", 1, ownFiles + servers})
 	}
 	var warns []string
 	for _, p := range procs {
@@ -480,10 +512,10 @@ func selfFileWarnings(cfg bench.Config, targets []string, limit uint64) []string
 }
 
 // startBouncer starts one PgBouncer in front of the cluster.
-func (s *selfBench) startBouncer(ctx context.Context, cfg bench.Config, mode string) (*bench.PgBouncer, error) {
+func (s *Bed) startBouncer(ctx context.Context, cfg bench.Config, mode string) (*localproc.PgBouncer, error) {
 	conns := max(cfg.ConnsPerTenant, 1)
 	c := max(cfg.Tenants, 1) * conns
-	b, err := bench.StartPgBouncer(ctx, bench.PgBouncerConfig{
+	b, err := localproc.StartPgBouncer(ctx, localproc.PgBouncerConfig{
 		Dir:          s.dir,
 		Name:         "pgbouncer-" + mode,
 		ServerPort:   s.cluster.Port(),
@@ -496,7 +528,7 @@ func (s *selfBench) startBouncer(ctx context.Context, cfg bench.Config, mode str
 		// Concurrency at once, and as many server connections per
 		// tenant as there are clients per tenant, so that no client
 		// queues in session mode.
-		MaxClientConn:   2*max(c, selfConcurrency(cfg)) + 100,
+		MaxClientConn:   2*max(c, concurrency(cfg)) + 100,
 		DefaultPoolSize: conns,
 	})
 	if err != nil {
@@ -506,10 +538,10 @@ func (s *selfBench) startBouncer(ctx context.Context, cfg bench.Config, mode str
 	return b, nil
 }
 
-// selfRouterConfig is the router's configuration file. Secrets are not in
-// it but in the environment (selfRouterEnv). via, when set, is the
+// routerConfig is the router's configuration file. Secrets are not in
+// it but in the environment (routerEnv). via, when set, is the
 // PgBouncer the router reaches Postgres through.
-func selfRouterConfig(cfg bench.Config, via *bench.PgBouncer, spares int) string {
+func routerConfig(cfg bench.Config, via *localproc.PgBouncer, spares int) string {
 	c := max(cfg.Tenants, 1) * max(cfg.ConnsPerTenant, 1)
 	var b strings.Builder
 	b.WriteString("# Written by pgtenant bench --self. Secrets come from the environment.\n")
@@ -522,8 +554,8 @@ func selfRouterConfig(cfg bench.Config, via *bench.PgBouncer, spares int) string
 	// No cap on creations either (0, the default, says so): Cold drives
 	// Concurrency of them at once, and the pools below let them all run.
 	b.WriteString("  max_concurrent_creates: 0\n")
-	fmt.Fprintf(&b, "catalog:\n  max_conns: %d\n", selfPoolConns(cfg))
-	fmt.Fprintf(&b, "provider:\n  local:\n    max_conns: %d\n    spares: %d\n", selfPoolConns(cfg), spares)
+	fmt.Fprintf(&b, "catalog:\n  max_conns: %d\n", poolConns(cfg))
+	fmt.Fprintf(&b, "provider:\n  local:\n    max_conns: %d\n    spares: %d\n", poolConns(cfg), spares)
 	if via != nil {
 		fmt.Fprintf(&b, "upstream:\n  dial_override: %s\n", via.Addr())
 		// PgBouncer refuses startup parameters it does not track.
@@ -532,9 +564,9 @@ func selfRouterConfig(cfg bench.Config, via *bench.PgBouncer, spares int) string
 	return b.String()
 }
 
-// selfRouterEnv is the routers' environment: ours without any pgtenant
+// routerEnv is the routers' environment: ours without any pgtenant
 // secret or systemd variable, plus the secrets of this run.
-func selfRouterEnv(secret, adminDSN, key string) []string {
+func routerEnv(secret, adminDSN, key string) []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
@@ -549,12 +581,12 @@ func selfRouterEnv(secret, adminDSN, key string) []string {
 }
 
 // startRouter writes name's configuration and starts `pgtenant serve` on it.
-func (s *selfBench) startRouter(ctx context.Context, exe, name, config string, env []string) (*routerProc, error) {
+func (s *Bed) startRouter(ctx context.Context, exe, name, config string, env []string) (*localproc.Router, error) {
 	path := filepath.Join(s.dir, name+".yaml")
 	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
 		return nil, err
 	}
-	r, err := startRouterProc(ctx, exe, path, filepath.Join(s.dir, name+".log"), env)
+	r, err := localproc.StartRouter(ctx, localproc.RouterConfig{Binary: exe, Config: path, LogPath: filepath.Join(s.dir, name+".log"), Env: env})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
@@ -563,17 +595,17 @@ func (s *selfBench) startRouter(ctx context.Context, exe, name, config string, e
 }
 
 // stopRouter stops r, one of s.routers, and forgets it.
-func (s *selfBench) stopRouter(ctx context.Context, r *routerProc) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), selfStopTimeout)
+func (s *Bed) stopRouter(ctx context.Context, r *localproc.Router) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
 	defer cancel()
-	s.routers = slices.DeleteFunc(s.routers, func(x *routerProc) bool { return x == r })
-	return r.stop(ctx)
+	s.routers = slices.DeleteFunc(s.routers, func(x *localproc.Router) bool { return x == r })
+	return r.Stop(ctx)
 }
 
 // createTenants connects once to each tenant through the router label
 // (at routerDSN), which creates its database, then, with grant, lets
-// selfRole connect to every one.
-func (s *selfBench) createTenants(ctx context.Context, cfg bench.Config, label, routerDSN string, admin *pgx.Conn, grant bool) error {
+// sharedRole connect to every one.
+func (s *Bed) createTenants(ctx context.Context, cfg bench.Config, label, routerDSN string, admin *pgx.Conn, grant bool) error {
 	n := max(cfg.Tenants, 1)
 	prefix := cfg.TenantPrefix
 	if prefix == "" {
@@ -581,11 +613,11 @@ func (s *selfBench) createTenants(ctx context.Context, cfg bench.Config, label, 
 	}
 	t0 := time.Now()
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(selfCreateConcurrency)
+	g.SetLimit(createConcurrency)
 	for i := range n {
 		tenant := prefix + strconv.Itoa(i)
 		g.Go(func() error {
-			cctx, cancel := context.WithTimeout(gctx, selfStartTimeout)
+			cctx, cancel := context.WithTimeout(gctx, startTimeout)
 			defer cancel()
 			c, err := pgconn.Connect(cctx, strings.ReplaceAll(routerDSN, bench.TenantPlaceholder, tenant))
 			if err != nil {
@@ -601,11 +633,11 @@ func (s *selfBench) createTenants(ctx context.Context, cfg bench.Config, label, 
 	if grant {
 		for i := range n {
 			db := pgx.Identifier{local.DefaultPrefix + prefix + strconv.Itoa(i)}.Sanitize()
-			if _, err := admin.Exec(ctx, "GRANT CONNECT ON DATABASE "+db+" TO "+selfRole); err != nil {
-				return fmt.Errorf("grant %s access to %s: %w", selfRole, db, err)
+			if _, err := admin.Exec(ctx, "GRANT CONNECT ON DATABASE "+db+" TO "+sharedRole); err != nil {
+				return fmt.Errorf("grant %s access to %s: %w", sharedRole, db, err)
 			}
 		}
-		access = "; " + selfRole + " may connect to each"
+		access = "; " + sharedRole + " may connect to each"
 	}
 	s.notef("created %d tenants through %s in %v (databases %s%s0 ...)%s",
 		n, label, time.Since(t0).Round(time.Millisecond), local.DefaultPrefix, prefix, access)
@@ -626,7 +658,7 @@ func (s *selfBench) createTenants(ctx context.Context, cfg bench.Config, label, 
 // The databases are not dropped: close removes the cluster, with them and
 // the routers' new tenants, and dropping them between rounds would load
 // the rounds of the targets measured meanwhile. Safe for concurrent use.
-func (s *selfBench) createDatabase(ctx context.Context, tenant string) error {
+func (s *Bed) createDatabase(ctx context.Context, tenant string) error {
 	c, err := pgconn.ConnectConfig(ctx, s.admin)
 	if err != nil {
 		return err
@@ -641,12 +673,16 @@ func (s *selfBench) createDatabase(ctx context.Context, tenant string) error {
 	return err
 }
 
-// run runs cfg against the --self targets. Cold creates tenants, which
-// only the routers do, so each run of consecutive Cold scenarios goes to
-// create-database (the baseline, a bare CREATE DATABASE per new tenant)
-// and the routers, and the rest to every chosen target; the reports are
-// joined in scenario order.
-func (s *selfBench) run(ctx context.Context, cfg bench.Config) (*bench.Report, error) {
+// Targets returns the chosen targets, in Labels order, with their DSNs and
+// the PIDs of the processes serving them. Cold's are Run's business.
+func (s *Bed) Targets() []bench.Target { return slices.Clone(s.targets) }
+
+// Run runs cfg (whose Targets it ignores) against the test bed's targets.
+// Cold creates tenants, which only the routers do, so each run of
+// consecutive Cold scenarios goes to create-database (the baseline, a bare
+// CREATE DATABASE per new tenant) and the routers, and the rest to every
+// chosen target; the reports are joined in scenario order.
+func (s *Bed) Run(ctx context.Context, cfg bench.Config) (*bench.Report, error) {
 	var rep *bench.Report
 	for _, seg := range coldApart(cfg.Scenarios) {
 		c := cfg
@@ -654,7 +690,7 @@ func (s *selfBench) run(ctx context.Context, cfg bench.Config) (*bench.Report, e
 		if seg[0] == bench.Cold {
 			c.Targets = append([]bench.Target{s.coldBaseline}, s.routerTargets...)
 			s.notef("cold: %s (a bare CREATE DATABASE ... TEMPLATE %s per new tenant, as the superuser, on a fresh login) against the routers, "+
-				"which do the same and more; Postgres and PgBouncer do not create databases", selfCreateDatabase, local.DefaultTemplate)
+				"which do the same and more; Postgres and PgBouncer do not create databases", CreateDatabase, local.DefaultTemplate)
 		}
 		r, err := bench.Run(ctx, c)
 		switch {
@@ -677,9 +713,9 @@ func (s *selfBench) run(ctx context.Context, cfg bench.Config) (*bench.Report, e
 	return rep, nil
 }
 
-// against names the targets scs run against, for the header line: cold
-// has targets of its own.
-func (s *selfBench) against(scs []bench.Scenario) string {
+// Against names the targets scs run against, for a header line: cold has
+// targets of its own.
+func (s *Bed) Against(scs []bench.Scenario) string {
 	cold := joinLabels(append([]bench.Target{s.coldBaseline}, s.routerTargets...))
 	switch {
 	case !slices.Contains(scs, bench.Cold):
@@ -704,13 +740,14 @@ func coldApart(scs []bench.Scenario) [][]bench.Scenario {
 	return segs
 }
 
-// close stops the routers, then PgBouncer, then Postgres, and removes the
-// directory. Problems are reported on stderr: the run's outcome stands.
-func (s *selfBench) close() {
-	ctx, cancel := context.WithTimeout(context.Background(), selfStopTimeout)
+// Close stops the routers, then PgBouncer, then Postgres, and removes the
+// directory. Problems are reported as notes (warnings): the run's outcome
+// stands. A half-started Bed closes cleanly.
+func (s *Bed) Close() {
+	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
 	defer cancel()
 	for _, r := range s.routers {
-		if err := r.stop(ctx); err != nil {
+		if err := r.Stop(ctx); err != nil {
 			s.notef("warning: stopping a router: %v", err)
 		}
 	}
@@ -731,120 +768,17 @@ func (s *selfBench) close() {
 	}
 }
 
-func (s *selfBench) notef(format string, args ...any) {
+func (s *Bed) notef(format string, args ...any) {
 	fmt.Fprintf(s.stderr, "pgtenant bench --self: "+format+"\n", args...)
 }
 
-// routerProc is a router running as `pgtenant serve` in a child process.
-type routerProc struct {
-	cmd     *exec.Cmd
-	addr    string
-	logPath string
-
-	done    chan struct{} // closed by wait once the child is reaped
-	exitErr error         // written by wait before done is closed
-}
-
-// startRouterProc starts `exe serve --config config` and returns once it
-// listens (it prints its address). The child runs in a process group of
-// its own, so that a terminal's Ctrl-C reaches only this process, which then
-// stops it; it gets SIGTERM if this process dies. Its log goes to logPath.
-func startRouterProc(ctx context.Context, exe, config, logPath string, env []string) (*routerProc, error) {
-	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return nil, err
+// joinLabels is how `pgtenant bench` lists targets: "a vs b".
+func joinLabels(ts []bench.Target) string {
+	s := make([]string, len(ts))
+	for i, t := range ts {
+		s[i] = t.Label
 	}
-	defer logf.Close() // the child has its own copy
-	ready := &readyWriter{addr: make(chan string, 1)}
-	cmd := exec.Command(exe, "serve", "--config", config)
-	cmd.Env = env
-	cmd.Stdout, cmd.Stderr = ready, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start pgtenant serve: %w", err)
-	}
-	r := &routerProc{cmd: cmd, logPath: logPath, done: make(chan struct{})}
-	go r.wait()
-	t := time.NewTimer(selfStartTimeout)
-	defer t.Stop()
-	select {
-	case r.addr = <-ready.addr:
-		return r, nil
-	case <-r.done:
-		return nil, fmt.Errorf("pgtenant serve exited during start-up: %w%s", r.exitErr, logtail.Since(logPath, 0))
-	case <-ctx.Done():
-		err = ctx.Err()
-	case <-t.C:
-		err = errors.New("pgtenant serve did not start listening in time")
-	}
-	r.kill()
-	return nil, fmt.Errorf("%w%s", err, logtail.Since(logPath, 0))
-}
-
-func (r *routerProc) wait() {
-	r.exitErr = r.cmd.Wait()
-	close(r.done)
-}
-
-func (r *routerProc) pid() int { return r.cmd.Process.Pid }
-
-// stop asks the router to shut down (SIGTERM, as a service manager would)
-// and waits for it, killing it when ctx ends first.
-func (r *routerProc) stop(ctx context.Context) error {
-	select {
-	case <-r.done:
-		return r.exitStatus()
-	default:
-	}
-	_ = r.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-r.done:
-		return r.exitStatus()
-	case <-ctx.Done():
-	}
-	r.kill()
-	return fmt.Errorf("router (pid %d) did not exit on SIGTERM: killed it%s", r.pid(), logtail.Since(r.logPath, 0))
-}
-
-func (r *routerProc) exitStatus() error {
-	if r.exitErr != nil {
-		return fmt.Errorf("router (pid %d): %w%s", r.pid(), r.exitErr, logtail.Since(r.logPath, 0))
-	}
-	return nil
-}
-
-func (r *routerProc) kill() {
-	_ = r.cmd.Process.Kill()
-	<-r.done
-}
-
-// readyWriter is a router's standard output: it passes on the address of
-// the first "pgtenant: routing tenants on ADDR" line and drops the rest.
-// exec writes to it from one goroutine.
-type readyWriter struct {
-	mu   sync.Mutex
-	line []byte
-	sent bool
-	addr chan string // buffered, one value
-}
-
-func (w *readyWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for _, c := range p {
-		if c != '\n' {
-			if len(w.line) < 4096 {
-				w.line = append(w.line, c)
-			}
-			continue
-		}
-		if a, ok := strings.CutPrefix(string(w.line), selfReadyLine); ok && !w.sent {
-			w.sent = true
-			w.addr <- strings.TrimSpace(a)
-		}
-		w.line = w.line[:0]
-	}
-	return len(p), nil
+	return strings.Join(s, " vs ")
 }
 
 func randomHex(n int) string {
@@ -855,9 +789,9 @@ func randomHex(n int) string {
 
 // waitSpares waits until the routers have n spare databases ready, so that
 // cold measures a router in its steady state with spares.
-func (s *selfBench) waitSpares(ctx context.Context, admin *pgx.Conn, n int) error {
+func (s *Bed) waitSpares(ctx context.Context, admin *pgx.Conn, n int) error {
 	t0 := time.Now()
-	wctx, cancel := context.WithTimeout(ctx, selfStartTimeout)
+	wctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
 	for {
 		ready, err := local.ReadySpares(wctx, admin, local.DefaultTemplate)
@@ -870,7 +804,7 @@ func (s *selfBench) waitSpares(ctx context.Context, admin *pgx.Conn, n int) erro
 		}
 		select {
 		case <-wctx.Done():
-			return fmt.Errorf("the routers made %d of %d spare databases in %v", ready, n, selfStartTimeout)
+			return fmt.Errorf("the routers made %d of %d spare databases in %v", ready, n, startTimeout)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}

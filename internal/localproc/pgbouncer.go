@@ -1,14 +1,12 @@
-package bench
+package localproc
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	mathrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -20,9 +18,11 @@ import (
 
 // PgBouncer as a baseline: StartPgBouncer runs the distribution's pgbouncer
 // binary in front of a Postgres server, so that a router can be compared
-// with the pooler people already use, in the same run. It is a fixture for
-// benchmarks, not a way to deploy PgBouncer: the process lives as long as
-// this one at most, and everything it needs is written to one directory.
+// with the pooler people already use, in the same run (`pgtenant bench
+// --self`, internal/testbed). It is a fixture for benchmarks, not a way to
+// deploy PgBouncer: the process lives as long as this one at most, and
+// everything it needs is written to one directory. Error texts keep the
+// "bench:" prefix they had when this lived in package bench.
 
 // ErrNoPgBouncer is returned by StartPgBouncer when no pgbouncer binary can
 // be found, so callers can tell "not installed" (skip the targets) from a
@@ -41,13 +41,9 @@ const (
 )
 
 const (
-	// PgBouncer's random ports come from below the Linux ephemeral range
-	// (32768-60999), so no outgoing connection can be holding the port
-	// picked; a port taken between the probe and pgbouncer's bind is
-	// retried with another, up to bouncerPortAttempts times.
-	bouncerMinPort      = 15000
-	bouncerMaxPort      = 32767
-	bouncerPortAttempts = 8
+	// PgBouncer's random ports come from randomPort, like the clusters'; a
+	// port taken between the probe and pgbouncer's bind is retried with
+	// another, up to portAttempts times.
 	bouncerReadyTimeout = 15 * time.Second
 	bouncerReadyPoll    = 20 * time.Millisecond
 	// bouncerStopGrace is how long pgbouncer gets to exit after SIGTERM
@@ -196,27 +192,27 @@ func StartPgBouncer(ctx context.Context, cfg PgBouncerConfig) (*PgBouncer, error
 	if err != nil {
 		return nil, err
 	}
-	cred, err := bouncerCredential(cfg.osUser())
+	ra, err := lookupRunAs(cfg.osUser(), "pgbouncer", "PgBouncerConfig")
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("bench: %w", err)
 	}
 	name := cfg.name()
 	users := filepath.Join(cfg.Dir, name+".users")
-	if err := bouncerWriteFile(users, []byte(authFileLine(cfg.AuthUser, cfg.AuthPassword)), cred); err != nil {
-		return nil, err
+	if err := ra.writeFile(users, []byte(authFileLine(cfg.AuthUser, cfg.AuthPassword))); err != nil {
+		return nil, fmt.Errorf("bench: pgbouncer: %w", err)
 	}
-	port, explicit := cfg.Port, cfg.Port != 0
+	port, explicit := uint16(cfg.Port), cfg.Port != 0
 	for attempt := 1; ; attempt++ {
 		if !explicit {
-			if port, err = bouncerFreePort(); err != nil {
+			if port, err = randomPort(); err != nil {
 				return nil, err
 			}
 		}
-		b, err := startBouncer(ctx, cfg, bin, uint16(port), users, cred)
+		b, err := startBouncer(ctx, cfg, bin, port, users, ra)
 		if err == nil {
 			return b, nil
 		}
-		if !errors.Is(err, errBouncerPortTaken) || explicit || attempt == bouncerPortAttempts {
+		if !errors.Is(err, errBouncerPortTaken) || explicit || attempt == portAttempts {
 			return nil, err
 		}
 	}
@@ -226,11 +222,11 @@ func StartPgBouncer(ctx context.Context, cfg PgBouncerConfig) (*PgBouncer, error
 // bound the port first.
 var errBouncerPortTaken = errors.New("bench: pgbouncer: port already in use")
 
-func startBouncer(ctx context.Context, cfg PgBouncerConfig, bin string, port uint16, users string, cred *syscall.Credential) (*PgBouncer, error) {
+func startBouncer(ctx context.Context, cfg PgBouncerConfig, bin string, port uint16, users string, ra *runAs) (*PgBouncer, error) {
 	name := cfg.name()
 	ini := filepath.Join(cfg.Dir, name+".ini")
-	if err := bouncerWriteFile(ini, []byte(bouncerINI(cfg, port, users)), cred); err != nil {
-		return nil, err
+	if err := ra.writeFile(ini, []byte(bouncerINI(cfg, port, users))); err != nil {
+		return nil, fmt.Errorf("bench: pgbouncer: %w", err)
 	}
 	logPath := filepath.Join(cfg.Dir, name+".log")
 	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
@@ -245,7 +241,7 @@ func startBouncer(ctx context.Context, cfg PgBouncerConfig, bin string, port uin
 	cmd.Dir = cfg.Dir
 	cmd.Env = bouncerEnv()
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM, Credential: cred}
+	cmd.SysProcAttr = ra.sysProcAttr(syscall.SIGTERM)
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("bench: start pgbouncer: %w", err)
 	}
@@ -425,39 +421,6 @@ func authFileLine(user, password string) string {
 	return q(user) + " " + q(password) + "\n"
 }
 
-// bouncerCredential is the identity to run pgbouncer as: nil (our own)
-// unless we are root.
-func bouncerCredential(name string) (*syscall.Credential, error) {
-	if os.Geteuid() != 0 {
-		return nil, nil
-	}
-	u, err := user.Lookup(name)
-	if err != nil {
-		return nil, fmt.Errorf("bench: running as root, so pgbouncer must run as another OS user, but looking up %q failed: %w", name, err)
-	}
-	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
-	gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
-	if err := errors.Join(err1, err2); err != nil {
-		return nil, fmt.Errorf("bench: OS user %q: %w", name, err)
-	}
-	if uid == 0 {
-		return nil, fmt.Errorf("bench: OS user %q is root; pgbouncer refuses to run as root", name)
-	}
-	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
-}
-
-// bouncerWriteFile writes a 0600 file owned by cred's user (ours when nil).
-func bouncerWriteFile(path string, data []byte, cred *syscall.Credential) error {
-	err := os.WriteFile(path, data, 0o600)
-	if err == nil && cred != nil {
-		err = os.Chown(path, int(cred.Uid), int(cred.Gid))
-	}
-	if err != nil {
-		return fmt.Errorf("bench: pgbouncer: %w", err)
-	}
-	return nil
-}
-
 // bouncerEnv is pgbouncer's environment: ours without systemd's
 // notification and socket-activation variables, which would make it talk
 // to (or take sockets from) the service manager of the process running the
@@ -473,18 +436,4 @@ func bouncerEnv() []string {
 		env = append(env, kv)
 	}
 	return env
-}
-
-// bouncerFreePort picks a random port in [bouncerMinPort, bouncerMaxPort] that is
-// bindable on 127.0.0.1 right now.
-func bouncerFreePort() (int, error) {
-	for range 100 {
-		p := bouncerMinPort + mathrand.IntN(bouncerMaxPort-bouncerMinPort+1)
-		ln, err := net.Listen("tcp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
-		if err == nil {
-			_ = ln.Close()
-			return p, nil
-		}
-	}
-	return 0, fmt.Errorf("bench: no free port in [%d, %d] on 127.0.0.1 after 100 tries", bouncerMinPort, bouncerMaxPort)
 }

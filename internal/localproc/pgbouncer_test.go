@@ -1,4 +1,4 @@
-package bench_test
+package localproc_test
 
 import (
 	"context"
@@ -11,25 +11,25 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/pgtenant/pgtenant/bench"
+	"github.com/pgtenant/pgtenant/internal/localproc"
 	"github.com/pgtenant/pgtenant/internal/pgtest"
 )
 
-// TestPgBouncer starts PgBouncer in both pool modes in front of the shared
-// cluster, logs in through it with SCRAM, and stops it.
+// TestPgBouncer starts PgBouncer in both pool modes in front of a cluster,
+// logs in through it with SCRAM, and stops it.
 func TestPgBouncer(t *testing.T) {
 	pgtest.CheckGoroutines(t)
-	if _, ok := bench.HavePgBouncer(); !ok {
+	if _, ok := localproc.HavePgBouncer(); !ok {
 		if ci, _ := strconv.ParseBool(os.Getenv("CI")); ci {
 			t.Fatal("pgbouncer is not installed; CI installs it (scripts/install-deps.sh)")
 		}
 		t.Skip("pgbouncer is not installed")
 	}
-	c := pgtest.Shared(t)
+	c := startCluster(t, localproc.ClusterConfig{Dir: clusterDir(t)})
 	db := pgtest.CreateDB(t, c)
 	// Not t.TempDir (0700): as root, pgbouncer runs as postgres and must
 	// traverse it.
-	dir, err := os.MkdirTemp("", "bench-pgbouncer-")
+	dir, err := os.MkdirTemp("", "localproc-pgbouncer-")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,9 +40,9 @@ func TestPgBouncer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
-	for _, mode := range []string{bench.PoolSession, bench.PoolTransaction} {
+	for _, mode := range []string{localproc.PoolSession, localproc.PoolTransaction} {
 		t.Run(mode, func(t *testing.T) {
-			b, err := bench.StartPgBouncer(ctx, bench.PgBouncerConfig{
+			b, err := localproc.StartPgBouncer(ctx, localproc.PgBouncerConfig{
 				Dir:             dir,
 				Name:            mode,
 				ServerPort:      c.Port(),
@@ -94,19 +94,19 @@ func TestPgBouncer(t *testing.T) {
 }
 
 func TestPgBouncerConfigValidate(t *testing.T) {
-	ok := bench.PgBouncerConfig{Dir: "/tmp/x", ServerPort: 5432, AuthUser: "postgres", AuthPassword: "pw"}
+	ok := localproc.PgBouncerConfig{Dir: "/tmp/x", ServerPort: 5432, AuthUser: "postgres", AuthPassword: "pw"}
 	tests := []struct {
 		name string
-		edit func(*bench.PgBouncerConfig)
+		edit func(*localproc.PgBouncerConfig)
 		want string
 	}{
-		{"valid", func(*bench.PgBouncerConfig) {}, ""},
-		{"no dir", func(c *bench.PgBouncerConfig) { c.Dir = "" }, "Dir is required"},
-		{"no server", func(c *bench.PgBouncerConfig) { c.ServerPort = 0 }, "ServerPort is required"},
-		{"no auth user", func(c *bench.PgBouncerConfig) { c.AuthPassword = "" }, "AuthUser and AuthPassword"},
-		{"pool mode", func(c *bench.PgBouncerConfig) { c.PoolMode = "batch" }, `PoolMode "batch"`},
-		{"space in dir", func(c *bench.PgBouncerConfig) { c.Dir = "/tmp/a b" }, "spaces"},
-		{"port", func(c *bench.PgBouncerConfig) { c.Port = 70000 }, "out of range"},
+		{"valid", func(*localproc.PgBouncerConfig) {}, ""},
+		{"no dir", func(c *localproc.PgBouncerConfig) { c.Dir = "" }, "Dir is required"},
+		{"no server", func(c *localproc.PgBouncerConfig) { c.ServerPort = 0 }, "ServerPort is required"},
+		{"no auth user", func(c *localproc.PgBouncerConfig) { c.AuthPassword = "" }, "AuthUser and AuthPassword"},
+		{"pool mode", func(c *localproc.PgBouncerConfig) { c.PoolMode = "batch" }, `PoolMode "batch"`},
+		{"space in dir", func(c *localproc.PgBouncerConfig) { c.Dir = "/tmp/a b" }, "spaces"},
+		{"port", func(c *localproc.PgBouncerConfig) { c.Port = 70000 }, "out of range"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -123,5 +123,22 @@ func TestPgBouncerConfigValidate(t *testing.T) {
 				t.Fatalf("Validate = %v, want %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestPgBouncerUnknownOSUser: as root, pgbouncer runs as OSUser, and a user
+// that does not exist is an error saying how to create it, as for clusters.
+func TestPgBouncerUnknownOSUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("only applies when running as root")
+	}
+	if _, ok := localproc.HavePgBouncer(); !ok {
+		t.Skip("pgbouncer is not installed")
+	}
+	_, err := localproc.StartPgBouncer(context.Background(), localproc.PgBouncerConfig{
+		Dir: t.TempDir(), ServerPort: 5432, AuthUser: "postgres", AuthPassword: "pw", OSUser: "pgtenant-no-such-user",
+	})
+	if err == nil || !strings.Contains(err.Error(), "useradd") || !strings.Contains(err.Error(), "PgBouncerConfig.OSUser") {
+		t.Fatalf("got %v, want an error saying how to create the user", err)
 	}
 }
