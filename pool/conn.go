@@ -2,6 +2,7 @@ package pool
 
 import (
 	"context"
+	"maps"
 	"net"
 	"time"
 
@@ -42,6 +43,9 @@ type Server struct {
 	// TxStatus is the status of the server's last ReadyForQuery that this
 	// package saw (at login, or after Reset).
 	TxStatus byte
+	// Login is the ParameterStatus values the server sent at login: the
+	// session's defaults, which RESET restores. Not to be modified.
+	Login map[string]string
 	// Settings is the caller's record of the session settings it made on
 	// the connection for its clients (by lower-case name), for settings the
 	// server does not report in ParameterStatus. Reset with a query (which
@@ -51,7 +55,8 @@ type Server struct {
 
 // FromHijacked is the Server of a connection taken over from pgconn.
 func FromHijacked(hj *pgconn.HijackedConn) Server {
-	return Server{Conn: hj.Conn, Params: hj.ParameterStatuses, PID: hj.PID, SecretKey: hj.SecretKey, TxStatus: hj.TxStatus}
+	return Server{Conn: hj.Conn, Params: hj.ParameterStatuses, Login: maps.Clone(hj.ParameterStatuses),
+		PID: hj.PID, SecretKey: hj.SecretKey, TxStatus: hj.TxStatus}
 }
 
 // DialFunc opens and logs in one server connection for a pool. It is the

@@ -169,7 +169,6 @@ func (r *Requests) Feed(b []byte) {
 		n := copy(r.hdr[r.nhdr:], b[i:])
 		r.nhdr += n
 		i += n
-		r.pending = true
 		if r.nhdr < 5 {
 			return
 		}
@@ -183,8 +182,11 @@ func (r *Requests) Feed(b []byte) {
 		case 'Q', 'S', 'F':
 			r.n++
 			r.pending = false
+		case 'd', 'c', 'f': // COPY data, done, fail: part of the Query they follow
 		case 'X':
 			r.terminated = true
+		default: // Parse, Bind, Describe, Execute, Close, Flush: answered at the next Sync
+			r.pending = true
 		}
 		r.skip = size - 4
 	}
@@ -196,9 +198,11 @@ func (r *Requests) Count() int64 { return r.n }
 // Terminated reports whether the client sent Terminate.
 func (r *Requests) Terminated() bool { return r.terminated }
 
-// Pending reports whether the client sent anything after its last Query,
-// Sync or FunctionCall (a Parse waiting for its Sync, part of a message):
-// the server then owes the client replies beyond Count's ReadyForQuery.
+// Pending reports whether the client sent an extended-protocol message
+// (Parse, Bind, …, Flush) after its last Query, Sync or FunctionCall: the
+// server then owes the client replies beyond Count's ReadyForQuery. COPY
+// data belongs to the Query before it. A message still partly read is
+// not at a boundary (AtBoundary) rather than pending.
 func (r *Requests) Pending() bool { return r.pending }
 
 // AtBoundary reports whether the stream so far ends between messages.

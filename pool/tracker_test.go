@@ -289,9 +289,9 @@ func TestRequestsPending(t *testing.T) {
 	}{
 		{msg('P', "\x00SELECT 1\x00\x00\x00"), true}, // a Parse waits for its Sync
 		{msg('S', ""), false},
-		{msg('Q', "SELECT 1\x00")[:3], true}, // part of a Query
-		{msg('Q', "SELECT 1\x00")[3:], false},
-		{msg('H', ""), true}, // Flush: the server answers without a ReadyForQuery
+		{msg('Q', "COPY t FROM STDIN\x00"), false},
+		{cat(msg('d', "1\n"), msg('c', "")), false}, // COPY data is part of that Query
+		{msg('H', ""), true},                        // Flush: the server answers without a ReadyForQuery
 	}
 	for i, s := range steps {
 		r.Feed(s.b)

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -31,6 +32,9 @@ type cancelTarget struct {
 	secret    []byte
 	tlsConfig *tls.Config // nil: plain TCP
 	dial      func(ctx context.Context, network, addr string) (net.Conn, error)
+	// follow, for a pooled client, holds the target of the server
+	// connection it holds now (nil: none); the fields above are unused.
+	follow *atomic.Pointer[cancelTarget]
 }
 
 // cancelRegistry maps the keys this router issued to their upstreams.

@@ -10,15 +10,16 @@ import (
 
 // SQLSTATE codes the router sends itself.
 const (
-	codeProtocolViolation   = "08P01"
-	codeConnectionFailure   = "08006"
-	codeCannotConnect       = "08001"
-	codeFeatureNotSupported = "0A000"
-	codeInvalidAuthSpec     = "28000"
-	codeInvalidPassword     = "28P01"
-	codeCannotConnectNow    = "57P03"
-	codeTooManyConnections  = "53300"
-	codeInternal            = "XX000"
+	codeProtocolViolation     = "08P01"
+	codeConnectionFailure     = "08006"
+	codeCannotConnect         = "08001"
+	codeFeatureNotSupported   = "0A000"
+	codeInvalidAuthSpec       = "28000"
+	codeInvalidPassword       = "28P01"
+	codeCannotConnectNow      = "57P03"
+	codeTooManyConnections    = "53300"
+	codeInternal              = "XX000"
+	codeInvalidParameterValue = "22023"
 )
 
 // CodeAdminShutdown is the SQLSTATE live sessions are ended with when the

@@ -64,6 +64,9 @@ type Config struct {
 	DialUpstream func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Upstream says how to talk to upstreams (TLS, forwarded parameters).
 	Upstream UpstreamConfig
+	// Pool shares upstream server connections between clients (pooling.go).
+	// The zero value gives each client one of its own.
+	Pool PoolConfig
 	// TLS is how clients' TLS is terminated (see tls.go). The zero value
 	// declines it.
 	TLS TLSConfig
@@ -307,6 +310,7 @@ type session struct {
 	// ServeConn then relays the session (see there why not serve).
 	client net.Conn
 	live   *liveSession
+	pooled *pooledClient // set instead of a relay for a pooled session (pooled.go)
 	// ends are what the session holds (its connection slot, upstream
 	// connection, cancel key, place in the registry), released in reverse
 	// order by ServeConn once the session is over.
@@ -346,7 +350,11 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 		s.cfg.Metrics.connOpened()
 		return s.serve(ctx, c, &sess, log)
 	})
-	if err == nil && sess.live != nil {
+	switch {
+	case err == nil && sess.pooled != nil:
+		err = sess.pooled.run(ctx)
+		sess.killedBy = sess.pooled.ls.killed.Load()
+	case err == nil && sess.live != nil:
 		err = relay(sess.client, sess.live.upstream, sess.live)
 		sess.killedBy = sess.live.killed.Load() // why the router ended it, if it did (metrics)
 	}
@@ -468,6 +476,13 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 		return s.fail(c, err)
 	}
 	sess.onEnd(releaseSlot)
+	mode, want, err := s.pooledStartup(p.params) // pooling.go; drops the pool mode option
+	if err != nil {
+		return s.fail(c, err)
+	}
+	if mode != PoolOff {
+		return s.servePooled(ctx, c, sess, log, tenant, mode, want)
+	}
 
 	// Authenticated: only now may anything be resolved or created.
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.connectTimeout())
@@ -645,6 +660,15 @@ func (s *Server) handleCancel(ctx context.Context, p startupPacket, log *slog.Lo
 		s.cfg.Metrics.cancelRequest("unknown")
 		log.Debug("cancel request with unknown key ignored", "pid", p.pid)
 		return
+	}
+	if t.follow != nil { // a pooled client: cancel on the connection it holds now
+		cur := t.follow.Load()
+		if cur == nil {
+			s.cfg.Metrics.cancelRequest("unknown")
+			log.Debug("cancel request for a pooled client between transactions ignored", "pid", p.pid)
+			return
+		}
+		t = *cur
 	}
 	if err := t.send(ctx); err != nil {
 		s.cfg.Metrics.cancelRequest("failed")

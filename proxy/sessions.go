@@ -31,6 +31,9 @@ type liveSession struct {
 	remote   string
 	start    time.Time
 	upstream net.Conn
+	// wake, when set, replaces the read deadline on upstream that kill uses
+	// to interrupt the session (a pooled session's connection changes).
+	wake func()
 
 	killOnce sync.Once
 	killed   atomic.Pointer[ClientError]
@@ -44,6 +47,10 @@ func (ls *liveSession) kill(err *ClientError) {
 		ls.killed.Store(err)
 		// Interrupt a pump blocked reading the upstream; it then finishes the
 		// message in flight, sends err and ends the session.
+		if ls.wake != nil {
+			ls.wake()
+			return
+		}
 		_ = ls.upstream.SetReadDeadline(time.Now())
 	})
 }

@@ -12,11 +12,11 @@ var ErrNoAppSecret = errors.New("auth: no app secret configured: set a password 
 
 // Validate reports what New would refuse in cfg, without reading the TLS
 // files or deriving keys: the authentication method and secret, the client
-// TLS mode, the tenant carriers and the upstream TLS settings. New runs the
+// TLS mode, the tenant carriers, the upstream TLS settings and pooling. New runs the
 // same checks, so a configuration that validates is one New accepts unless
 // a file cannot be read. All problems are reported at once.
 func (cfg *Config) Validate() error {
-	return errors.Join(cfg.Auth.validate(), cfg.TLS.validate(), cfg.Tenant.Validate(), cfg.Upstream.validate())
+	return errors.Join(cfg.Auth.validate(), cfg.TLS.validate(), cfg.Tenant.Validate(), cfg.Upstream.validate(), cfg.Pool.validate())
 }
 
 func (a Auth) validate() error {

@@ -1,0 +1,443 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgtenant/pgtenant/pool"
+	"github.com/pgtenant/pgtenant/resolver"
+)
+
+// resetTimeout bounds the reset of a server connection a client gave back.
+const resetTimeout = 5 * time.Second
+
+// terminateMsg is the client's Terminate, which a pooled client's server
+// connection must not see.
+var terminateMsg = []byte{'X', 0, 0, 0, 4}
+
+// pooledClient is a client whose server connections are borrowed from the
+// pool: for its whole session (session mode) or for each transaction.
+//
+// Two goroutines relay: run reads the client and writes to the server it
+// holds, borrowing one first when it holds none; pumpServer (one per
+// borrowed connection) writes the server's replies to the client and, in
+// transaction mode, gives the connection back at a ReadyForQuery 'I' once
+// every request is answered. mu orders the two on the connection's
+// state: run counts a request before it writes it, so pumpServer never
+// gives back a connection something is still in flight on.
+type pooledClient struct {
+	s      *Server
+	mode   PoolMode
+	client net.Conn
+	tenant string
+	ls     *liveSession
+	log    *slog.Logger
+	// defaults says the first borrow is yet to add the login's defaults
+	// to want.
+	defaults bool
+
+	// current is the cancel target of the connection held now (nil: none),
+	// for the client's cancel key.
+	current atomic.Pointer[cancelTarget]
+
+	mu   sync.Mutex
+	want map[string]setting // what the client's session says; pumpServer updates it from ParameterStatus
+	conn *pool.Conn         // the connection held; nil between transactions
+	tr   pool.Tracker       // the server's replies since conn was borrowed
+	base int64              // tr.Ready() when it was
+	reqs pool.Requests      // the client's requests since then
+	// dirty marks conn as not reusable whatever the counts say (a
+	// Terminate that could not be held back whole).
+	dirty    bool
+	stopping bool           // run has ended the session: pumpServer must stop, not give back
+	done     chan serverEnd // the running pumpServer's end
+}
+
+// serverEnd is why a pumpServer ended.
+type serverEnd struct {
+	kind int
+	err  error
+}
+
+const (
+	endReturned   = iota // transaction over: the connection went back to its pool
+	endStopped           // run ended the session and stopped the pump
+	endKilled            // the session was killed and the client told why
+	endClientGone        // writing to the client failed
+	endServerGone        // the server connection failed or closed
+)
+
+// servePooled finishes a pooled client's login: it borrows a server
+// connection, applies the client's settings, greets the client with the
+// server's parameters and its own cancel key, and leaves the session to
+// ServeConn (sess.pooled), holding the connection in session mode and
+// having given it back in transaction mode.
+func (s *Server) servePooled(ctx context.Context, c net.Conn, sess *session, log *slog.Logger, tenant string, mode PoolMode, want map[string]setting) error {
+	pc := &pooledClient{s: s, mode: mode, client: c, tenant: tenant, want: want, log: log}
+	pc.tr.OnParameter = pc.onParameter
+	pc.defaults = true
+	cctx, cancel := context.WithTimeout(ctx, s.cfg.connectTimeout())
+	defer cancel()
+	_ = c.SetDeadline(time.Now().Add(s.cfg.connectTimeout()))
+	conn, rt, err := pc.borrow(cctx)
+	cancel()
+	if err != nil {
+		return s.fail(c, err)
+	}
+	// The client keeps what it is told now of the settings it may change.
+	for k, v := range conn.Params {
+		if lk := strings.ToLower(k); trackedParams[lk] {
+			pc.want[lk] = setting{k, v}
+		}
+	}
+	sess.routed, sess.via, sess.upPID = true, rt.Via, conn.PID
+	ls := &liveSession{session: sess, remote: c.RemoteAddr().String(), start: time.Now(), upstream: conn.Conn, wake: pc.wake}
+	pc.ls = ls
+	sess.onEnd(s.live.add(ls))
+	giveBack := func() { conn.Release(conn.TxStatus == 'I') }
+	if s.draining.Load() {
+		giveBack()
+		return s.fail(c, errShuttingDown())
+	}
+	if s.isBlocked(tenant) {
+		giveBack()
+		return s.fail(c, blockedError(tenant))
+	}
+	key, release := s.cancels.register(cancelTarget{pid: conn.PID, follow: &pc.current})
+	sess.onEnd(release)
+
+	var secret [4]byte
+	binary.BigEndian.PutUint32(secret[:], key.secret)
+	msgs := make([]pgproto3.BackendMessage, 0, len(conn.Params)+2)
+	for name, value := range conn.Params {
+		msgs = append(msgs, &pgproto3.ParameterStatus{Name: name, Value: value})
+	}
+	msgs = append(msgs,
+		&pgproto3.BackendKeyData{ProcessID: conn.PID, SecretKey: secret[:]},
+		&pgproto3.ReadyForQuery{TxStatus: conn.TxStatus})
+	if err := writeMsgs(c, msgs...); err != nil {
+		giveBack()
+		return err
+	}
+	_ = c.SetDeadline(time.Time{})
+	if mode == PoolTransaction {
+		giveBack()
+	} else {
+		pc.mu.Lock()
+		pc.attachLocked(conn, rt)
+		pc.mu.Unlock()
+	}
+	sess.client, sess.pooled = c, pc
+	return nil
+}
+
+// borrow takes a server connection for the client and applies its
+// settings to it.
+func (pc *pooledClient) borrow(ctx context.Context) (*pool.Conn, resolver.Route, error) {
+	conn, rt, err := pc.s.acquire(ctx, pc.tenant)
+	if err != nil {
+		return nil, rt, err
+	}
+	if pc.defaults {
+		// What the client did not ask for of the settings it may change
+		// is the login's default, not what an earlier client left.
+		pc.defaults = false
+		for k, v := range conn.Login {
+			if lk := strings.ToLower(k); trackedParams[lk] {
+				if _, asked := pc.want[lk]; !asked {
+					pc.want[lk] = setting{k, v}
+				}
+			}
+		}
+	}
+	if err := applySettings(ctx, conn, pc.want); err != nil {
+		conn.Release(false)
+		return nil, rt, settingError(err)
+	}
+	return conn, rt, nil
+}
+
+// attachLocked makes conn, at ReadyForQuery, the connection the client
+// holds and starts its pump.
+func (pc *pooledClient) attachLocked(conn *pool.Conn, rt resolver.Route) {
+	_ = conn.Conn.SetDeadline(time.Time{}) // a wake or a stop may have left one
+	pc.conn = conn
+	pc.tr.Reset()
+	pc.reqs.Reset()
+	pc.tr.Feed([]byte{'Z', 0, 0, 0, 5, conn.TxStatus}) // counting starts at the ReadyForQuery it is at
+	pc.base = pc.tr.Ready()
+	pc.current.Store(&cancelTarget{addr: rt.Addr(), pid: conn.PID, secret: conn.SecretKey,
+		tlsConfig: pc.tlsConfig(rt), dial: pc.s.dial})
+	pc.done = make(chan serverEnd, 1)
+	go pc.pumpServer(conn, pc.done)
+}
+
+func (pc *pooledClient) tlsConfig(rt resolver.Route) *tls.Config {
+	return pc.s.cfg.Upstream.tlsConfig(rt.Host)
+}
+
+// releasableLocked reports whether the held connection has nothing in
+// flight for the client: the replies end at a ReadyForQuery and answer
+// every request.
+func (pc *pooledClient) releasableLocked() bool {
+	return !pc.dirty && pc.tr.Err() == nil && pc.tr.AtReady() &&
+		pc.reqs.Err() == nil && pc.reqs.AtBoundary() && !pc.reqs.Pending() &&
+		pc.reqs.Count() == pc.tr.Ready()-pc.base
+}
+
+// onParameter follows a setting the server reports while the client holds
+// it (the client SET it): the server's session says so now, and the
+// client's does too, wherever it goes next. Called under mu, by Feed.
+func (pc *pooledClient) onParameter(name, value string) {
+	lk := strings.ToLower(name)
+	if pc.conn != nil {
+		if pc.conn.Params == nil {
+			pc.conn.Params = make(map[string]string)
+		}
+		pc.conn.Params[name] = value
+		delete(pc.conn.Settings, lk)
+	}
+	if trackedParams[lk] {
+		pc.want[lk] = setting{name, value}
+	}
+}
+
+// wake interrupts whichever side is blocked for the session, so that it
+// notices a kill: the server pump if a connection is held, else run.
+func (pc *pooledClient) wake() {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	if pc.conn != nil {
+		_ = pc.conn.Conn.SetReadDeadline(time.Now())
+		return
+	}
+	_ = pc.client.SetReadDeadline(time.Now())
+}
+
+// pumpServer copies conn's replies to the client until the session ends,
+// or, in transaction mode, until conn goes back to its pool.
+func (pc *pooledClient) pumpServer(conn *pool.Conn, done chan<- serverEnd) {
+	r := newLazyReader(conn.Conn)
+	defer r.done()
+	extended := false
+	for {
+		b, rerr := r.read()
+		if len(b) > 0 {
+			pc.mu.Lock()
+			before := pc.tr.Ready()
+			pc.tr.Feed(b)
+			st, ready := pc.tr.TxStatus(), pc.tr.Ready() != before
+			pc.mu.Unlock()
+			if ready { // before the write: the client cannot have answered yet
+				pc.ls.noteReady(st)
+			}
+			nw, werr := pc.client.Write(b)
+			r.done()
+			pc.ls.bytesOut.Add(int64(nw))
+			if werr != nil {
+				_ = pc.client.Close() // wakes run
+				done <- serverEnd{endClientGone, werr}
+				return
+			}
+		}
+		pc.mu.Lock()
+		stopping, atBoundary := pc.stopping, pc.tr.AtBoundary() || pc.tr.AtReady()
+		pc.mu.Unlock()
+		if stopping {
+			done <- serverEnd{kind: endStopped}
+			return
+		}
+		if reason := pc.ls.killed.Load(); reason != nil {
+			if atBoundary {
+				_ = writeMsgs(pc.client, toErrorResponse(reason))
+				pc.endClient()
+				done <- serverEnd{kind: endKilled}
+				return
+			}
+			if !extended && (rerr == nil || isTimeout(rerr)) {
+				extended = true // mid-message: let the server finish it, briefly
+				_ = conn.Conn.SetReadDeadline(time.Now().Add(time.Second))
+				continue
+			}
+			if rerr != nil {
+				_ = pc.client.Close()
+				done <- serverEnd{kind: endKilled}
+				return
+			}
+			continue
+		}
+		if rerr != nil {
+			if atBoundary && !isQuietEOF(rerr) {
+				_ = writeMsgs(pc.client, toErrorResponse(clientErr(codeConnectionFailure,
+					"lost the connection to the tenant's database", "Reconnect.", rerr)))
+			}
+			pc.endClient()
+			done <- serverEnd{endServerGone, rerr}
+			return
+		}
+		if pc.mode == PoolTransaction {
+			pc.mu.Lock()
+			if !pc.stopping && pc.tr.Idle() && pc.releasableLocked() {
+				pc.conn = nil
+				pc.current.Store(nil)
+				pc.mu.Unlock()
+				conn.TxStatus = 'I'
+				conn.Release(true)
+				done <- serverEnd{kind: endReturned}
+				return
+			}
+			pc.mu.Unlock()
+		}
+	}
+}
+
+// endClient half-closes the client after a last message of ours and wakes
+// run without resetting the connection under that message.
+func (pc *pooledClient) endClient() {
+	if tc, ok := pc.client.(*net.TCPConn); ok {
+		_ = tc.CloseWrite()
+	}
+	_ = pc.client.SetReadDeadline(time.Now())
+}
+
+// run relays the client's messages until the session ends, then gives the
+// held connection back (reset) or closes it, and returns why the session
+// ended (nil for a clean end).
+func (pc *pooledClient) run(ctx context.Context) error {
+	r := newLazyReader(pc.client)
+	defer r.done()
+	for {
+		b, rerr := r.read()
+		if len(b) > 0 {
+			pc.ls.bytesIn.Add(int64(len(b)))
+			err := pc.forward(ctx, b)
+			r.done()
+			if err != nil {
+				return pc.finish(err)
+			}
+		}
+		if rerr != nil {
+			return pc.finish(rerr)
+		}
+	}
+}
+
+// errTerminated ends a session whose client said Terminate.
+var errTerminated = errors.New("client terminated the session")
+
+// forward writes b, the client's next bytes, to the connection it holds,
+// borrowing one first if it holds none.
+func (pc *pooledClient) forward(ctx context.Context, b []byte) error {
+	if pc.ls.killed.Load() != nil { // what comes after a kill stays off the server: it can then be reset
+		return errKilled
+	}
+	pc.mu.Lock()
+	if pc.conn == nil {
+		pc.mu.Unlock()
+		if bytes.Equal(b, terminateMsg) {
+			return errTerminated
+		}
+		bctx, cancel := context.WithTimeout(ctx, pc.s.cfg.connectTimeout())
+		conn, rt, err := pc.borrow(bctx)
+		cancel()
+		if err != nil {
+			return err
+		}
+		pc.mu.Lock()
+		pc.attachLocked(conn, rt)
+	}
+	conn := pc.conn
+	pc.reqs.Feed(b)
+	perr, term := pc.reqs.Err(), pc.reqs.Terminated()
+	if term {
+		if bytes.HasSuffix(b, terminateMsg) {
+			b = b[:len(b)-len(terminateMsg)]
+		} else {
+			pc.dirty = true // split, or followed by more: the server saw part of it
+		}
+	}
+	pc.mu.Unlock()
+	if perr != nil {
+		return clientErr(codeProtocolViolation, "invalid message framing from the client", "", perr)
+	}
+	if len(b) > 0 {
+		if _, err := conn.Conn.Write(b); err != nil {
+			return err
+		}
+	}
+	if term {
+		return errTerminated
+	}
+	return nil
+}
+
+// finish ends the session: it stops the server pump, gives the held
+// connection back if nothing is in flight on it (reset as the mode says;
+// rolled back if the client left inside a transaction) or closes it, and
+// tells the client why if it is still there to hear it.
+func (pc *pooledClient) finish(cause error) error {
+	pc.mu.Lock()
+	pc.stopping = true
+	conn, done := pc.conn, pc.done
+	pc.mu.Unlock()
+	if conn == nil { // between transactions: nothing held, run alone writes to the client
+		if reason := pc.ls.killed.Load(); reason != nil {
+			_ = writeMsgs(pc.client, toErrorResponse(reason))
+			return errKilled
+		}
+		return pc.tell(cause)
+	}
+	_ = conn.Conn.SetReadDeadline(time.Now())
+	end := <-done
+	pc.mu.Lock()
+	clean := end.kind != endServerGone && pc.releasableLocked()
+	st := pc.tr.TxStatus()
+	pc.conn = nil
+	pc.current.Store(nil)
+	pc.mu.Unlock()
+	if clean {
+		query := ""
+		if pc.mode == PoolSession {
+			query = pc.s.cfg.Pool.resetQuery()
+		}
+		conn.TxStatus = st
+		rctx, cancel := context.WithTimeout(context.Background(), resetTimeout)
+		if err := conn.ResetRelease(rctx, st, query); err != nil && !errors.Is(err, pool.ErrClosed) {
+			pc.log.Warn("pooled server connection could not be reset; closed", "err", err)
+		}
+		cancel()
+	} else {
+		conn.Release(false)
+	}
+	switch end.kind {
+	case endKilled:
+		return errKilled
+	case endClientGone, endServerGone:
+		return end.err
+	}
+	return pc.tell(cause)
+}
+
+// tell sends the client an error of ours that ended its session, and
+// returns cause as the session's end.
+func (pc *pooledClient) tell(cause error) error {
+	if errors.Is(cause, errTerminated) {
+		return nil
+	}
+	var ce *ClientError
+	if errors.As(cause, &ce) {
+		_ = writeError(pc.client, cause)
+	}
+	return cause
+}

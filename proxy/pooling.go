@@ -1,0 +1,287 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgtenant/pgtenant/pool"
+	"github.com/pgtenant/pgtenant/resolver"
+)
+
+// PoolMode says how clients share upstream server connections.
+type PoolMode string
+
+// Pool modes, as PgBouncer names them.
+const (
+	// PoolOff gives each client an upstream connection of its own, logged
+	// in with the client's startup parameters and closed when it leaves.
+	PoolOff PoolMode = ""
+	// PoolSession lends a pooled server connection to a client until it
+	// disconnects; it is then reset (PoolConfig.ResetQuery) and kept.
+	PoolSession PoolMode = "session"
+	// PoolTransaction lends a server connection from the start of a
+	// transaction (or a lone statement) to its end, the ReadyForQuery 'I'
+	// that follows; session state does not survive between them.
+	PoolTransaction PoolMode = "transaction"
+)
+
+// poolModeOption is the setting a client names in its options parameter to
+// choose its own pool mode: options='-c pgtenant.pool_mode=session'.
+const poolModeOption = "pgtenant.pool_mode"
+
+// PoolConfig turns pooling on. The zero value is off.
+type PoolConfig struct {
+	// Mode is the mode of clients that do not choose one themselves.
+	Mode PoolMode
+	// Manager holds the server connections and their budgets; required
+	// unless Mode is PoolOff. Clients may ask for a pooled mode only when
+	// it is set.
+	Manager *pool.Manager
+	// ResetQuery readies a session-mode server connection for the next
+	// client. Empty means pool.DefaultResetQuery (DISCARD ALL). Transaction
+	// mode resets nothing, as PgBouncer does.
+	ResetQuery string
+}
+
+func (c *PoolConfig) validate() error {
+	switch c.Mode {
+	case PoolOff:
+		return nil
+	case PoolSession, PoolTransaction:
+	default:
+		return fmt.Errorf("proxy: pool mode %q is not %q or %q", c.Mode, PoolSession, PoolTransaction)
+	}
+	if c.Manager == nil {
+		return errors.New("proxy: pooling needs a pool.Manager")
+	}
+	return nil
+}
+
+func (c *PoolConfig) resetQuery() string {
+	if c.ResetQuery == "" {
+		return pool.DefaultResetQuery
+	}
+	return c.ResetQuery
+}
+
+// setting is one session setting a pooled client asked for.
+type setting struct{ name, value string }
+
+// trackedParams are the settings the server reports in ParameterStatus
+// that a client may change: a pooled client keeps what it was told of
+// them (and what it later SETs of them), whatever server it lands on.
+// The others it reports (server_version, is_superuser, …) are the
+// server's own.
+var trackedParams = map[string]bool{
+	"application_name": true, "client_encoding": true, "datestyle": true, "intervalstyle": true,
+	"timezone": true, "standard_conforming_strings": true, "search_path": true,
+}
+
+// pooledStartup is what a pooled client's startup packet asks of its
+// session: its pool mode and its settings, by lower-case name. A pooled
+// server connection is logged in with the route's parameters only; the
+// client's settings are SET on whatever connection it is lent.
+func (s *Server) pooledStartup(params map[string]string) (PoolMode, map[string]setting, error) {
+	mode := s.cfg.Pool.Mode
+	want := make(map[string]setting, len(params))
+	opts := params["options"]
+	rest, modes := cutOption(opts, poolModeOption)
+	for _, m := range modes {
+		switch PoolMode(strings.ToLower(m)) {
+		case PoolSession, PoolTransaction:
+			if s.cfg.Pool.Manager == nil {
+				// Unpooled, the client has a connection of its own: more
+				// than either mode promises.
+				continue
+			}
+			mode = PoolMode(strings.ToLower(m))
+		default:
+			return "", nil, clientErr(codeInvalidParameterValue, fmt.Sprintf("invalid value for parameter %q: %q", poolModeOption, m),
+				"Use session or transaction.", nil)
+		}
+	}
+	if len(modes) > 0 {
+		if rest == "" {
+			delete(params, "options")
+		} else {
+			params["options"] = rest
+		}
+	}
+	if mode == PoolOff {
+		return mode, nil, nil
+	}
+	for k, v := range params {
+		switch k {
+		case "user", "database", "replication", "options":
+			continue
+		}
+		if f := s.cfg.Upstream.ForwardParams; f != nil && !containsFold(f, k) {
+			continue
+		}
+		want[strings.ToLower(k)] = setting{k, v}
+	}
+	toks := optTokens(rest)
+	for i := 0; i < len(toks); i++ {
+		v := toks[i].val
+		switch {
+		case v == "-c" && i+1 < len(toks):
+			i++
+			v = toks[i].val
+		case strings.HasPrefix(v, "--"):
+			v = v[2:]
+		case strings.HasPrefix(v, "-c"):
+			v = v[2:]
+		default:
+			return "", nil, clientErr(codeFeatureNotSupported,
+				fmt.Sprintf("the options parameter %q is not supported with connection pooling", truncate(opts, 64)),
+				"Pass settings as '-c name=value' (or '--name=value'); other server options need a connection of its own.", nil)
+		}
+		name, val, ok := strings.Cut(v, "=")
+		if !ok || name == "" {
+			return "", nil, clientErr(codeProtocolViolation, fmt.Sprintf("invalid option %q in the options parameter", truncate(v, 64)),
+				"Pass settings as '-c name=value'.", nil)
+		}
+		want[strings.ToLower(name)] = setting{name, val}
+	}
+	return mode, want, nil
+}
+
+// serverValue is what the server's session says for name: its last
+// ParameterStatus, or what was SET on it for a setting it does not report.
+func serverValue(c *pool.Conn, name string) (string, bool) {
+	for k, v := range c.Params {
+		if strings.EqualFold(k, name) {
+			return v, true
+		}
+	}
+	v, ok := c.Settings[strings.ToLower(name)]
+	return v, ok
+}
+
+// applySettings SETs on c what want says and c's session does not, in one
+// round trip. An error the server sends (a bad value) comes back as
+// *pgconn.PgError.
+func applySettings(ctx context.Context, c *pool.Conn, want map[string]setting) error {
+	var q strings.Builder
+	var applied []setting
+	for _, k := range slices.Sorted(maps.Keys(want)) {
+		st := want[k]
+		if cur, ok := serverValue(c, st.name); ok && cur == st.value {
+			continue
+		}
+		fmt.Fprintf(&q, "SET %s TO %s;", quoteIdent(st.name), quoteLiteral(st.value))
+		applied = append(applied, st)
+	}
+	if len(applied) == 0 {
+		return nil
+	}
+	if err := c.Exec(ctx, q.String()); err != nil {
+		return err
+	}
+	for _, st := range applied {
+		if _, reported := paramOf(c.Params, st.name); !reported {
+			if c.Settings == nil {
+				c.Settings = make(map[string]string)
+			}
+			c.Settings[strings.ToLower(st.name)] = st.value
+		}
+	}
+	return nil
+}
+
+func paramOf(params map[string]string, name string) (string, bool) {
+	for k, v := range params {
+		if strings.EqualFold(k, name) {
+			return v, true
+		}
+	}
+	return "", false
+}
+
+// quoteIdent quotes a setting name as an SQL identifier.
+func quoteIdent(s string) string {
+	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
+}
+
+// quoteLiteral quotes a value as an SQL string literal, safe whatever
+// standard_conforming_strings says (as libpq's PQescapeLiteral).
+func quoteLiteral(s string) string {
+	s = strings.ReplaceAll(s, "'", "''")
+	if strings.Contains(s, `\`) {
+		return `E'` + strings.ReplaceAll(s, `\`, `\\`) + `'`
+	}
+	return "'" + s + "'"
+}
+
+// acquire resolves tenant and borrows a logged-in server connection of its
+// route's pool, queueing under the server's budget. As connectUpstream, a
+// route whose upstream cannot be reached or refuses the login is
+// invalidated and resolved once more.
+func (s *Server) acquire(ctx context.Context, tenant string) (*pool.Conn, resolver.Route, error) {
+	var lastErr error
+	for attempt := range 2 {
+		if attempt > 0 {
+			s.res.Invalidate(tenant)
+		}
+		resolveStart := time.Now()
+		rt, err := s.res.Resolve(ctx, tenant)
+		s.cfg.Metrics.resolved(resolveStart, rt, err)
+		if err != nil {
+			return nil, rt, resolveError(ctx, tenant, err)
+		}
+		c, err := s.cfg.Pool.Manager.Acquire(ctx, pool.KeyFor(tenant, rt.Endpoint), func(ctx context.Context) (pool.Server, error) {
+			dialStart := time.Now()
+			hj, err := s.login(ctx, rt, s.cfg.Upstream.upstreamParams(nil, rt.Host))
+			if err != nil {
+				return pool.Server{}, err
+			}
+			s.cfg.Metrics.upstreamConnected(dialStart)
+			return pool.FromHijacked(hj), nil
+		})
+		if err == nil {
+			return c, rt, nil
+		}
+		var be *pool.BudgetError
+		switch {
+		case errors.As(err, &be):
+			return nil, rt, budgetError(be)
+		case errors.Is(err, pool.ErrClosed):
+			return nil, rt, errShuttingDown()
+		}
+		lastErr = upstreamError(tenant, rt, err)
+		if ctx.Err() != nil || !retryableUpstream(err) {
+			break
+		}
+	}
+	return nil, resolver.Route{}, lastErr
+}
+
+// budgetError is a full budget, told to the client as Postgres tells it
+// of max_connections.
+func budgetError(be *pool.BudgetError) *ClientError {
+	msg := fmt.Sprintf("too many connections: all %d server connections of the router's pool for this database server are in use", be.Limit)
+	if be.Tenant != "" {
+		msg = fmt.Sprintf("too many connections for tenant %q: it holds all %d server connections it may (pool.max_per_tenant)", be.Tenant, be.Limit)
+	}
+	return clientErr(codeTooManyConnections, msg,
+		fmt.Sprintf("Waited %s (pool.queue_timeout). Retry later, use fewer connections at once, or raise pool.max_server_connections.", be.Waited.Round(time.Millisecond)),
+		be)
+}
+
+// settingError is a setting the server refused, told to the client as
+// Postgres tells it of a bad startup parameter: FATAL, with the code.
+func settingError(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return &ClientError{Code: pgErr.Code, Msg: pgErr.Message, Hint: pgErr.Hint, Err: err}
+	}
+	return clientErr(codeConnectionFailure, "lost the connection to the tenant's database while applying the session's settings",
+		"Retry.", err)
+}

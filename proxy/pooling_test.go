@@ -1,0 +1,346 @@
+package proxy_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgtenant/pgtenant/internal/pgtest"
+	"github.com/pgtenant/pgtenant/pool"
+	"github.com/pgtenant/pgtenant/proxy"
+)
+
+// withPool turns pooling on in mode with a Manager of cfg's limits, closed
+// after the test.
+func withPool(t *testing.T, mode proxy.PoolMode, cfg pool.Config) (routerOpt, *pool.Manager) {
+	m := pool.New(cfg)
+	t.Cleanup(m.Close)
+	return func(c *proxy.Config) { c.Pool = proxy.PoolConfig{Mode: mode, Manager: m} }, m
+}
+
+// simple connects with the simple protocol, which needs no prepared
+// statements.
+func (r *router) simple(t *testing.T, tenant string, extra ...string) *pgx.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cfg, err := pgx.ParseConfig(r.dsn(tenant, appSecret, extra...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatalf("connect as %s: %v", tenant, err)
+	}
+	t.Cleanup(func() { _ = conn.Close(context.Background()) })
+	return conn
+}
+
+func TestPoolSessionResetsBetweenClients(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	opt, m := withPool(t, proxy.PoolSession, pool.Config{})
+	r := startRouter(t, newCatalogDB(t), opt)
+	ctx := context.Background()
+	tenant := newTenant("psess")
+
+	a := r.connect(t, tenant)
+	pidA := queryString(t, a, "SELECT pg_backend_pid()::text")
+	for _, q := range []string{"SET statement_timeout = '1234ms'", "CREATE TEMP TABLE scratch (x int)", "PREPARE p AS SELECT 1"} {
+		if _, err := a.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	if err := a.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The connection goes back to the pool once reset.
+	waitIdle(t, m, 1)
+
+	b := r.connect(t, tenant)
+	if pidB := queryString(t, b, "SELECT pg_backend_pid()::text"); pidB != pidA {
+		t.Errorf("second client got backend %s, want the pooled %s", pidB, pidA)
+	}
+	if got := queryString(t, b, "SHOW statement_timeout"); got != "0" {
+		t.Errorf("statement_timeout leaked to the next client: %s", got)
+	}
+	if got := queryString(t, b, "SELECT count(*)::text FROM pg_prepared_statements WHERE name = 'p'"); got != "0" {
+		t.Errorf("prepared statements leaked: %s", got)
+	}
+	if got := queryString(t, b, "SELECT count(*)::text FROM pg_tables WHERE tablename = 'scratch'"); got != "0" {
+		t.Errorf("temp table leaked: %s", got)
+	}
+}
+
+// waitIdle waits until m holds n idle server connections.
+func waitIdle(t *testing.T, m *pool.Manager, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		idle := 0
+		for _, p := range m.Pools() {
+			idle += p.ServersIdle
+		}
+		if idle == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pool holds %d idle connections, want %d: %+v", idle, n, m.Pools())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestPoolTransactionSharesConnections(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	opt, m := withPool(t, proxy.PoolTransaction, pool.Config{MaxPerTenant: 2})
+	r := startRouter(t, newCatalogDB(t), opt)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	tenant := newTenant("ptx")
+	const clients = 8
+	conns := make([]*pgx.Conn, clients)
+	for i := range conns {
+		conns[i] = r.simple(t, tenant)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	for i, c := range conns {
+		wg.Go(func() {
+			for j := range 20 {
+				var got int
+				if err := c.QueryRow(ctx, fmt.Sprintf("SELECT %d + %d", i, j)).Scan(&got); err != nil || got != i+j {
+					errs <- fmt.Errorf("client %d query %d: %d, %v", i, j, got, err)
+					return
+				}
+				tx, err := c.Begin(ctx)
+				if err == nil {
+					_, err = tx.Exec(ctx, "SELECT txid_current()")
+				}
+				if err == nil {
+					err = tx.Commit(ctx)
+				}
+				if err != nil {
+					errs <- fmt.Errorf("client %d transaction %d: %v", i, j, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	// Eight clients, never more than two server connections.
+	for _, s := range m.Servers() {
+		if s.Open > 2 {
+			t.Errorf("server %s: %d connections open, want at most the tenant's 2", s.Server, s.Open)
+		}
+	}
+	if n := m.Counters().ServersOpened; n > 2 {
+		t.Errorf("%d server connections opened for %d clients, want at most 2", n, clients)
+	}
+}
+
+func TestPoolTransactionSettingsFollowTheClient(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	opt, _ := withPool(t, proxy.PoolTransaction, pool.Config{MaxPerTenant: 1})
+	r := startRouter(t, newCatalogDB(t), opt)
+	ctx := context.Background()
+	tenant := newTenant("pset")
+	// One server connection: both clients land on the same one in turn.
+	tokyo := r.simple(t, tenant, "timezone=Asia/Tokyo", "application_name=tokyo", "options=-c%20statement_timeout%3D4321")
+	plain := r.simple(t, tenant)
+	defaultTZ := queryString(t, plain, "SHOW timezone")
+	for range 3 {
+		if got := queryString(t, tokyo, "SHOW timezone"); got != "Asia/Tokyo" {
+			t.Errorf("client's TimeZone = %q, want Asia/Tokyo", got)
+		}
+		if got := queryString(t, tokyo, "SELECT current_setting('application_name') || ' ' || current_setting('statement_timeout')"); got != "tokyo 4321ms" {
+			t.Errorf("client's settings = %q", got)
+		}
+		if got := queryString(t, plain, "SHOW timezone"); got != defaultTZ {
+			t.Errorf("the other client's TimeZone = %q, want %q: settings leaked", got, defaultTZ)
+		}
+		if got := queryString(t, plain, "SHOW application_name"); got == "tokyo" {
+			t.Error("application_name leaked to the other client")
+		}
+	}
+	// A reported setting the client changes follows it.
+	if _, err := plain.Exec(ctx, "SET TimeZone = 'America/Lima'"); err != nil {
+		t.Fatal(err)
+	}
+	_ = queryString(t, tokyo, "SELECT 1")
+	if got := queryString(t, plain, "SHOW timezone"); got != "America/Lima" {
+		t.Errorf("after SET, TimeZone = %q, want America/Lima", got)
+	}
+	if got := plain.PgConn().ParameterStatus("TimeZone"); got != "America/Lima" {
+		t.Errorf("client's ParameterStatus TimeZone = %q", got)
+	}
+	// A bad setting is the client's error, as on a direct connection.
+	_, err := pgx.Connect(ctx, r.dsn(tenant, appSecret, "timezone=Nowhere/Atlantis"))
+	if pgCode(err) != "22023" {
+		t.Errorf("bad TimeZone: %v, want 22023", err)
+	}
+}
+
+func TestPoolClientLeavingMidTransaction(t *testing.T) {
+	for _, mode := range []proxy.PoolMode{proxy.PoolSession, proxy.PoolTransaction} {
+		t.Run(string(mode), func(t *testing.T) {
+			pgtest.CheckGoroutines(t)
+			opt, m := withPool(t, mode, pool.Config{MaxPerTenant: 1})
+			r := startRouter(t, newCatalogDB(t), opt)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			tenant := newTenant("pleave")
+			a := r.simple(t, tenant)
+			for _, q := range []string{"BEGIN", "SELECT txid_current()", "LOCK TABLE app_items IN ACCESS EXCLUSIVE MODE"} {
+				if _, err := a.Exec(ctx, q); err != nil {
+					t.Fatalf("%s: %v", q, err)
+				}
+			}
+			// The client vanishes without a Terminate.
+			_ = a.PgConn().Conn().Close()
+			waitIdle(t, m, 1)
+			b := r.simple(t, tenant)
+			if got := queryString(t, b, "SELECT coalesce(txid_current_if_assigned()::text, 'none')"); got != "none" {
+				t.Errorf("next client is inside the old transaction (xid %s)", got)
+			}
+			if _, err := b.Exec(ctx, "SET lock_timeout = '2s'; LOCK TABLE app_items IN ACCESS EXCLUSIVE MODE"); err != nil {
+				t.Errorf("the old transaction's lock is still held: %v", err)
+			}
+			if n := m.Counters().ServersOpened; n != 1 {
+				t.Errorf("%d server connections opened, want the one rolled back and reused", n)
+			}
+		})
+	}
+}
+
+func TestPoolBudgetQueuesThen53300(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	opt, _ := withPool(t, proxy.PoolTransaction, pool.Config{MaxServerConnections: 1, QueueTimeout: 300 * time.Millisecond})
+	r := startRouter(t, newCatalogDB(t), opt)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	tenant := newTenant("pbudget")
+	holder, waiter := r.simple(t, tenant), r.simple(t, tenant)
+	tx, err := holder.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The one connection is held: the other client queues, then is told.
+	_, err = waiter.Exec(ctx, "SELECT 1")
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "53300" || !strings.Contains(pgErr.Message, "all 1 server connections") {
+		t.Fatalf("query over the budget: %v, want 53300 naming the budget", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Freed, the budget serves a new client.
+	if got := queryString(t, r.simple(t, tenant), "SELECT 'ok'"); got != "ok" {
+		t.Fatal(got)
+	}
+}
+
+func TestPoolCancel(t *testing.T) {
+	for _, mode := range []proxy.PoolMode{proxy.PoolSession, proxy.PoolTransaction} {
+		t.Run(string(mode), func(t *testing.T) {
+			pgtest.CheckGoroutines(t)
+			opt, _ := withPool(t, mode, pool.Config{})
+			r := startRouter(t, newCatalogDB(t), opt)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			c := r.simple(t, newTenant("pcancel"))
+			errc := make(chan error, 1)
+			go func() {
+				_, err := c.Exec(ctx, "SELECT pg_sleep(30)")
+				errc <- err
+			}()
+			var err error
+			select {
+			case err = <-errc:
+				t.Fatalf("query ended before the cancel: %v", err)
+			case <-time.After(300 * time.Millisecond): // time to start; a cancel too early is ignored
+			}
+			if err := c.PgConn().CancelRequest(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err = <-errc; pgCode(err) != "57014" {
+				t.Fatalf("cancelled query: %v, want 57014", err)
+			}
+		})
+	}
+}
+
+func TestPoolOptionChoosesSessionMode(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	opt, _ := withPool(t, proxy.PoolTransaction, pool.Config{})
+	r := startRouter(t, newCatalogDB(t), opt)
+	ctx := context.Background()
+	c := r.simple(t, newTenant("popt"), "options=-c%20pgtenant.pool_mode%3Dsession")
+	// Session state survives between statements, as on a connection of its own.
+	if _, err := c.Exec(ctx, "SET statement_timeout = '777ms'"); err != nil {
+		t.Fatal(err)
+	}
+	if got := queryString(t, c, "SHOW statement_timeout"); got != "777ms" {
+		t.Errorf("statement_timeout = %q in session mode", got)
+	}
+	_, err := pgx.Connect(ctx, r.dsn(newTenant("popt"), appSecret, "options=-c%20pgtenant.pool_mode%3Dstatement"))
+	if pgCode(err) != "22023" {
+		t.Errorf("unknown pool mode: %v, want 22023", err)
+	}
+}
+
+func TestPoolKilledSessions(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	opt, m := withPool(t, proxy.PoolTransaction, pool.Config{})
+	r := startRouter(t, newCatalogDB(t), opt)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	tenant := newTenant("pkill")
+	idle, busy := r.simple(t, tenant), r.simple(t, tenant)
+	tx, err := busy.Begin(ctx) // holds a server connection
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := r.srv.CloseSessions(tenant, "57P01", "terminating connection: test"); n != 2 {
+		t.Fatalf("CloseSessions = %d, want 2", n)
+	}
+	if _, err := idle.Exec(ctx, "SELECT 1"); pgCode(err) != "57P01" {
+		t.Errorf("idle pooled client after kill: %v, want 57P01", err)
+	}
+	if _, err := tx.Exec(ctx, "SELECT 1"); pgCode(err) != "57P01" {
+		t.Errorf("client in a transaction after kill: %v, want 57P01", err)
+	}
+	// The server connection is rolled back and kept.
+	waitIdle(t, m, 1)
+}
+
+// TestPoolRawTerminate checks that a pooled client's Terminate ends its
+// session without closing the server connection it held.
+func TestPoolRawTerminate(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	opt, m := withPool(t, proxy.PoolSession, pool.Config{})
+	r := startRouter(t, newCatalogDB(t), opt)
+	ctx := context.Background()
+	tenant := newTenant("pterm")
+	for range 3 {
+		c := r.simple(t, tenant)
+		if err := c.Close(ctx); err != nil { // sends Terminate
+			t.Fatal(err)
+		}
+		waitIdle(t, m, 1)
+	}
+	if n := m.Counters().ServersOpened; n != 1 {
+		t.Errorf("%d server connections opened for three clients in turn, want 1", n)
+	}
+}
