@@ -16,9 +16,12 @@ test:
 	$(GO) vet ./...
 	$(GO) test -count=1 -race -timeout 15m ./...
 
-## build: build bin/pgtenant.
+## build: build bin/pgtenant. `pgtenant version` prints the module version and
+## commit Go records; VERSION (git describe) is its fallback where Go records
+## none (-buildvcs=false, a linked git worktree).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 build:
-	$(GO) build -o bin/pgtenant ./cmd/pgtenant
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/pgtenant ./cmd/pgtenant
 
 ## deps: install the PostgreSQL server and psql (Debian/Ubuntu packages) when
 ## missing. PgBouncer (bench --self's baseline) only on request:

@@ -45,6 +45,8 @@ type tenantsFlags struct {
 	yes                   *bool
 }
 
+// newTenantsFlags defines them on a new flag set whose usage is the verbs
+// (tenantsUsage) and then the flags.
 func newTenantsFlags(name string, stderr io.Writer) *tenantsFlags {
 	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
 	fs.SetOutput(stderr)
