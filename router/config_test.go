@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -82,8 +83,8 @@ func TestValidate(t *testing.T) {
 	}
 }
 
-// The README's Neon and production configurations must load and validate as
-// written.
+// The README's Neon, production and PgBouncer configurations must load and
+// validate as written.
 func TestREADMEConfigs(t *testing.T) {
 	readme, err := os.ReadFile("../README.md")
 	if err != nil {
@@ -97,7 +98,7 @@ func TestREADMEConfigs(t *testing.T) {
 	blocks := 0
 	for _, part := range strings.Split(string(readme), "```yaml\n")[1:] {
 		block, _, _ := strings.Cut(part, "```")
-		if !strings.Contains(block, "kind: neon") && !strings.HasPrefix(block, "# production") {
+		if !strings.Contains(block, "kind: neon") && !strings.HasPrefix(block, "# production") && !strings.HasPrefix(block, "# pgbouncer") {
 			continue
 		}
 		blocks++
@@ -108,8 +109,13 @@ func TestREADMEConfigs(t *testing.T) {
 		if err := fc.Validate(); err != nil {
 			t.Fatalf("README block %d: %v\n%s", blocks, err, block)
 		}
+		// Through PgBouncer, forward just what it tracks, as for Neon's.
+		if strings.HasPrefix(block, "# pgbouncer") && (fc.Upstream.DialOverride == "" || !slices.Equal(fc.Upstream.ForwardParams, NeonPoolerParams)) {
+			t.Errorf("README PgBouncer block: dial_override %q, forward_params %q; want PgBouncer's address and %q",
+				fc.Upstream.DialOverride, fc.Upstream.ForwardParams, NeonPoolerParams)
+		}
 	}
-	if blocks != 3 {
-		t.Fatalf("found %d config blocks (2 Neon, 1 production) in the README, want 3", blocks)
+	if blocks != 4 {
+		t.Fatalf("found %d config blocks (2 Neon, 1 production, 1 PgBouncer) in the README, want 4", blocks)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -66,7 +67,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	// Fail before starting Postgres if the router's address is taken.
 	if ln, err := net.Listen("tcp", *listen); err != nil {
-		return fmt.Errorf("cannot listen on %s (is another pgtenant running?): %w; pick another address with --listen", *listen, err)
+		return fmt.Errorf("cannot listen on %s (is another pgtenant running?): %w; pick another address: %s", *listen, err, devListenHint(*listen, os.Getenv("MAKELEVEL") != ""))
 	} else {
 		_ = ln.Close()
 	}
@@ -163,9 +164,38 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	default:
 	}
 	if err == nil {
-		fmt.Fprintln(stdout, "pgtenant dev: stopped; tenants and their data stay in", dir)
+		if fake != nil {
+			fmt.Fprintln(stdout, "pgtenant dev: stopped; the neon-fake kept its branches in memory, so its tenants and their data are gone (the next run starts with none)")
+		} else {
+			fmt.Fprintln(stdout, "pgtenant dev: stopped; tenants and their data stay in", dir)
+		}
 	}
 	return err
+}
+
+// devListenHint is how to run dev on another address than the taken
+// listen: in make's ARGS form under make (MAKELEVEL is set in the
+// environment of the commands make runs), else as a flag.
+func devListenHint(listen string, underMake bool) string {
+	next := "127.0.0.1:6433"
+	if host, port, err := net.SplitHostPort(listen); err == nil {
+		if p, err := strconv.Atoi(port); err == nil && p > 0 && p < 65535 {
+			next = net.JoinHostPort(host, strconv.Itoa(p+1))
+		}
+	}
+	if underMake {
+		return fmt.Sprintf(`make dev ARGS="--listen %s"`, next)
+	}
+	return "--listen " + next
+}
+
+// selfName is the command the user ran pgtenant as (./bin/pgtenant, or
+// pgtenant from PATH), for the commands dev prints to copy.
+func selfName() string {
+	if len(os.Args) == 0 || os.Args[0] == "" {
+		return "pgtenant"
+	}
+	return quote(os.Args[0])
 }
 
 func printDevBanner(w io.Writer, cl *localproc.Cluster, dir, addr, password string, fake *neonFake, adminAddr, adminToken string) {
@@ -175,7 +205,7 @@ func printDevBanner(w io.Writer, cl *localproc.Cluster, dir, addr, password stri
 	fmt.Fprintf(&b, "  postgres  %s:%d   (data dir: %s; admin password in admin.password)\n", cl.Host(), cl.Port(), dir)
 	if adminAddr != "" {
 		fmt.Fprintf(&b, "  admin     http://%s   (/metrics, /readyz; /v1 API token: %s, kept in admin.token)\n", adminAddr, adminToken)
-		fmt.Fprintf(&b, "            e.g. %s=%s pgtenant tenants list --admin http://%s\n", router.EnvAdminToken, quote(adminToken), adminAddr)
+		fmt.Fprintf(&b, "            e.g. %s=%s %s tenants list --admin http://%s\n", router.EnvAdminToken, quote(adminToken), selfName(), adminAddr)
 	}
 	what := "database"
 	if fake != nil {

@@ -10,7 +10,8 @@
 //	pgtenant bench   measure a router (or any Postgres target) under connection fan-out
 //	pgtenant tenants list, show or delete tenants (catalog and provider)
 //	pgtenant genkey  print a new catalog encryption key
-//	pgtenant version print the version
+//	pgtenant version print the version and the commit it was built from
+//	pgtenant help    print the usage, or a command's help (help dev)
 package main
 
 import (
@@ -62,10 +63,21 @@ Usage:
   pgtenant tenants <list|show|delete> [flags]   inspect or delete tenants (catalog + provider)
   pgtenant tenants <verb> --admin URL            the same plus warm, evict, block, unblock, through a router's admin API
   pgtenant genkey           print a new catalog encryption key (for PGTENANT_CATALOG_KEY)
-  pgtenant version          print the version
+  pgtenant version          print the version and the commit it was built from
+  pgtenant help [command]   print this, or a command's help
 
-Run 'pgtenant <command> --help' for the flags of a command.
+Run 'pgtenant <command> --help' or 'pgtenant help <command>' for the flags of a command.
 `
+
+// commands are the subcommands, by name.
+var commands = map[string]func(ctx context.Context, args []string, stdout, stderr io.Writer) error{
+	"dev":     runDev,
+	"serve":   runServe,
+	"bench":   runBench,
+	"tenants": runTenants,
+	"genkey":  runGenkey,
+	"version": runVersion,
+}
 
 // run is main without the process: tests call it.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -73,23 +85,25 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprint(stderr, usage)
 		return errUsage
 	}
+	if cmd, ok := commands[args[0]]; ok {
+		return cmd(ctx, args[1:], stdout, stderr)
+	}
 	switch args[0] {
-	case "dev":
-		return runDev(ctx, args[1:], stdout, stderr)
-	case "serve":
-		return runServe(ctx, args[1:], stdout, stderr)
-	case "bench":
-		return runBench(ctx, args[1:], stdout, stderr)
-	case "tenants":
-		return runTenants(ctx, args[1:], stdout, stderr)
-	case "genkey":
-		return runGenkey(stdout)
-	case "version", "--version":
-		fmt.Fprintln(stdout, "pgtenant", version)
-		return nil
+	case "--version":
+		return runVersion(ctx, nil, stdout, stderr)
 	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usage)
-		return nil
+		if len(args) < 2 || args[1] == "help" {
+			fmt.Fprint(stdout, usage)
+			return nil
+		}
+		cmd, ok := commands[args[1]]
+		if !ok {
+			fmt.Fprint(stderr, usage)
+			return fmt.Errorf("%w: unknown command %q", errUsage, args[1])
+		}
+		// Asked for, so to stdout (`pgtenant help dev | less`); --help
+		// returns pflag.ErrHelp, which exits 0.
+		return cmd(ctx, []string{"--help"}, stdout, stdout)
 	}
 	fmt.Fprint(stderr, usage)
 	return fmt.Errorf("%w: unknown command %q", errUsage, args[0])

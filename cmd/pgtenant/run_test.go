@@ -39,9 +39,17 @@ var verifyFullLine = regexp.MustCompile(`psql '?(postgres://[^' ]+sslmode=verify
 // returns the first match of re in its standard output.
 func startRun(t *testing.T, re *regexp.Regexp, args ...string) (match []string, stderr *syncBuf, stop func() error) {
 	t.Helper()
+	match, _, stderr, stop = startRunOut(t, re, args...)
+	return match, stderr, stop
+}
+
+// startRunOut is startRun that also returns all of the standard output,
+// complete once stop has returned.
+func startRunOut(t *testing.T, re *regexp.Regexp, args ...string) (match []string, stdout, stderr *syncBuf, stop func() error) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	pr, pw := io.Pipe()
-	stderr = &syncBuf{}
+	stdout, stderr = &syncBuf{}, &syncBuf{}
 	done := make(chan error, 1)
 	go func() {
 		err := run(ctx, args, pw, stderr)
@@ -49,9 +57,12 @@ func startRun(t *testing.T, re *regexp.Regexp, args ...string) (match []string, 
 		done <- err
 	}()
 	found := make(chan []string, 1)
+	scanned := make(chan struct{})
 	go func() {
+		defer close(scanned)
 		sc := bufio.NewScanner(pr)
 		for sc.Scan() {
+			_, _ = stdout.Write([]byte(sc.Text() + "\n"))
 			if m := re.FindStringSubmatch(sc.Text()); m != nil && len(found) == 0 {
 				found <- m
 			}
@@ -64,6 +75,7 @@ func startRun(t *testing.T, re *regexp.Regexp, args ...string) (match []string, 
 		once.Do(func() {
 			cancel()
 			runErr = <-done
+			<-scanned // the last lines are in stdout
 		})
 		return runErr
 	}
@@ -74,11 +86,11 @@ func startRun(t *testing.T, re *regexp.Regexp, args ...string) (match []string, 
 			err := stop()
 			t.Fatalf("pgtenant %s exited before printing %s: %v\nstderr:\n%s", args[0], re, err, stderr.String())
 		}
-		return m, stderr, stop
+		return m, stdout, stderr, stop
 	case <-time.After(3 * time.Minute):
 		t.Fatalf("pgtenant %s printed no %s; stderr:\n%s", args[0], re, stderr.String())
 	}
-	return nil, nil, nil
+	return nil, nil, nil, nil
 }
 
 type syncBuf struct {
@@ -144,7 +156,7 @@ func TestDev(t *testing.T) {
 	}
 	args := []string{"dev", "--data-dir", filepath.Join(dir, "data"), "--listen", "127.0.0.1:0", "--template-sql", schema}
 
-	m, stderr, stop := startRun(t, psqlLine, args...)
+	m, stdout, stderr, stop := startRunOut(t, psqlLine, args...)
 	dsn := m[1]
 	if !strings.Contains(dsn, "tenant_42:"+devPassword+"@") {
 		t.Fatalf("printed DSN %q lacks the tenant and dev secret", dsn)
@@ -158,6 +170,14 @@ func TestDev(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "via=created") {
 		t.Errorf("no session line for the created tenant:\n%s", stderr.String())
+	}
+	// The banner's commands name the binary as it was run (here the test
+	// binary), so that they can be pasted; the stop line says what stays.
+	if want := " " + quote(os.Args[0]) + " tenants list --admin http://"; !strings.Contains(stdout.String(), want) {
+		t.Errorf("banner lacks %q:\n%s", want, stdout.String())
+	}
+	if !strings.Contains(stdout.String(), "stopped; tenants and their data stay in "+filepath.Join(dir, "data")) {
+		t.Errorf("stop line:\n%s", stdout.String())
 	}
 
 	caPEM, err := os.ReadFile(filepath.Join(dir, "data", "ca.crt"))
@@ -269,7 +289,7 @@ func TestDevNeonFake(t *testing.T) {
 	}
 	_ = os.Chmod(dir, 0o755)
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	m, stderr, stop := startRun(t, psqlLine, "dev", "--provider", "neon-fake", "--neon-op-delay", "20ms",
+	m, stdout, stderr, stop := startRunOut(t, psqlLine, "dev", "--provider", "neon-fake", "--neon-op-delay", "20ms",
 		"--data-dir", filepath.Join(dir, "data"), "--listen", "127.0.0.1:0")
 	if got := query(t, m[1], "SELECT 'ok'"); got != "ok" {
 		t.Fatal(got)
@@ -279,6 +299,10 @@ func TestDevNeonFake(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "via=created") || !strings.Contains(stderr.String(), "provider=neon") {
 		t.Errorf("log:\n%s", stderr.String())
+	}
+	// The fake is in memory: the stop line must not promise the tenants.
+	if out := stdout.String(); !strings.Contains(out, "tenants and their data are gone") || strings.Contains(out, "stay in") {
+		t.Errorf("stop line:\n%s", out)
 	}
 }
 

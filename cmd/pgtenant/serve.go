@@ -12,7 +12,6 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/router"
 )
 
@@ -106,11 +105,6 @@ func override(fs *pflag.FlagSet, name string, dst *string, v string) {
 	if fs.Changed(name) {
 		*dst = v
 	}
-}
-
-func runGenkey(stdout io.Writer) error {
-	fmt.Fprintln(stdout, catalog.NewKey())
-	return nil
 }
 
 // quote puts s in single quotes for a shell if it needs them.

@@ -36,25 +36,44 @@ from --token or PGTENANT_ADMIN_TOKEN. Routers that cached the tenant's
 route keep it until cache.ttl ends.
 `
 
+// tenantsFlags are the flags of every tenants verb.
+type tenantsFlags struct {
+	fs                    *pflag.FlagSet
+	path, after, adminURL *string
+	token                 *string
+	limit                 *int
+	yes                   *bool
+}
+
+// newTenantsFlags defines them on a new flag set whose usage is the verbs
+// (tenantsUsage) and then the flags.
+func newTenantsFlags(name string, stderr io.Writer) *tenantsFlags {
+	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	f := &tenantsFlags{fs: fs}
+	f.path = fs.String("config", "", "YAML config file, as for serve")
+	f.after = fs.String("after", "", "list: start after this tenant ID")
+	f.limit = fs.Int("limit", 100, "list: at most this many tenants")
+	f.yes = fs.Bool("yes", false, "delete: confirm")
+	f.adminURL = fs.String("admin", "", "URL of a router's admin listener, e.g. http://127.0.0.1:9090 (instead of --config)")
+	f.token = fs.String("token", "", "admin API token (prefer "+router.EnvAdminToken+")")
+	fs.Usage = func() { fmt.Fprint(stderr, tenantsUsage, "\nFlags:\n", fs.FlagUsages()) }
+	return f
+}
+
 // runTenants is the admin side of the catalog and provider.
 func runTenants(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] == "--help" || args[0] == "-h" {
-		fmt.Fprint(stderr, tenantsUsage)
+	if len(args) == 0 || args[0] == "--help" || args[0] == "-h" || args[0] == "help" {
+		newTenantsFlags("pgtenant tenants", stderr).fs.Usage()
 		if len(args) == 0 {
 			return errUsage
 		}
 		return pflag.ErrHelp
 	}
 	verb := args[0]
-	fs := pflag.NewFlagSet("pgtenant tenants "+verb, pflag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("config", "", "YAML config file, as for serve")
-	after := fs.String("after", "", "list: start after this tenant ID")
-	limit := fs.Int("limit", 100, "list: at most this many tenants")
-	yes := fs.Bool("yes", false, "delete: confirm")
-	adminURL := fs.String("admin", "", "URL of a router's admin listener, e.g. http://127.0.0.1:9090 (instead of --config)")
-	token := fs.String("token", "", "admin API token (prefer "+router.EnvAdminToken+")")
-	fs.Usage = func() { fmt.Fprint(stderr, tenantsUsage) }
+	f := newTenantsFlags("pgtenant tenants "+verb, stderr)
+	fs := f.fs
+	path, after, limit, yes, adminURL, token := f.path, f.after, f.limit, f.yes, f.adminURL, f.token
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -70,7 +89,7 @@ func runTenants(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 		tenant = fs.Arg(0)
 	default:
-		fmt.Fprint(stderr, tenantsUsage)
+		fs.Usage()
 		return fmt.Errorf("%w: unknown tenants command %q", errUsage, verb)
 	}
 	if verb == "delete" && !*yes {
