@@ -39,6 +39,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzSplitTenantOption$$' -fuzztime 100000x ./proxy
 	$(GO) test -run '^$$' -fuzz '^FuzzTracker$$' -fuzztime 200000x ./pool
 	$(GO) test -run '^$$' -fuzz '^FuzzRequests$$' -fuzztime 200000x ./pool
+	$(GO) test -run '^$$' -fuzz '^FuzzStmtRewriter$$' -fuzztime 200000x ./proxy
 
 ## bench: micro-benchmarks of the hot path, and an idle session's memory
 ## (with the goroutine stack setting serve and dev run with: cmd/pgtenant/stacks.go).

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -62,6 +63,15 @@ type pooledClient struct {
 	dirty    bool
 	stopping bool           // run has ended the session: pumpServer must stop, not give back
 	done     chan serverEnd // the running pumpServer's end
+	pausing  bool           // run needs the connection to itself for a moment: pumpServer must stop
+	progress chan struct{}  // pumpServer passed on some replies (for run waiting for quiet)
+
+	// Transaction mode: the client's named statements (stmts.go), run's
+	// alone.
+	rw        *stmtRewriter
+	unnamedOK bool // the held connection's unnamed statement is the client's
+	scratch   []byte
+	need      []*statement
 }
 
 // serverEnd is why a pumpServer ended.
@@ -73,6 +83,7 @@ type serverEnd struct {
 const (
 	endReturned   = iota // transaction over: the connection went back to its pool
 	endStopped           // run ended the session and stopped the pump
+	endPaused            // run stopped the pump to talk to the server itself
 	endKilled            // the session was killed and the client told why
 	endClientGone        // writing to the client failed
 	endServerGone        // the server connection failed or closed
@@ -87,6 +98,10 @@ func (s *Server) servePooled(ctx context.Context, c net.Conn, sess *session, log
 	pc := &pooledClient{s: s, mode: mode, client: c, tenant: tenant, want: want, log: log}
 	pc.tr.OnParameter = pc.onParameter
 	pc.defaults = true
+	pc.progress = make(chan struct{}, 1)
+	if mode == PoolTransaction {
+		pc.rw = &stmtRewriter{}
+	}
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.connectTimeout())
 	defer cancel()
 	_ = c.SetDeadline(time.Now().Add(s.cfg.connectTimeout()))
@@ -177,10 +192,16 @@ func (pc *pooledClient) attachLocked(conn *pool.Conn, rt resolver.Route) {
 	pc.reqs.Reset()
 	pc.tr.Feed([]byte{'Z', 0, 0, 0, 5, conn.TxStatus}) // counting starts at the ReadyForQuery it is at
 	pc.base = pc.tr.Ready()
+	pc.unnamedOK = false
 	pc.current.Store(&cancelTarget{addr: rt.Addr(), pid: conn.PID, secret: conn.SecretKey,
 		tlsConfig: pc.tlsConfig(rt), dial: pc.s.dial})
+	pc.startPumpLocked()
+}
+
+func (pc *pooledClient) startPumpLocked() {
+	pc.pausing = false
 	pc.done = make(chan serverEnd, 1)
-	go pc.pumpServer(conn, pc.done)
+	go pc.pumpServer(pc.conn, pc.done)
 }
 
 func (pc *pooledClient) tlsConfig(rt resolver.Route) *tls.Config {
@@ -252,10 +273,18 @@ func (pc *pooledClient) pumpServer(conn *pool.Conn, done chan<- serverEnd) {
 			}
 		}
 		pc.mu.Lock()
-		stopping, atBoundary := pc.stopping, pc.tr.AtBoundary() || pc.tr.AtReady()
+		stopping, pausing, atBoundary := pc.stopping, pc.pausing, pc.tr.AtBoundary() || pc.tr.AtReady()
 		pc.mu.Unlock()
-		if stopping {
+		select {
+		case pc.progress <- struct{}{}:
+		default:
+		}
+		switch {
+		case stopping:
 			done <- serverEnd{kind: endStopped}
+			return
+		case pausing:
+			done <- serverEnd{kind: endPaused}
 			return
 		}
 		if reason := pc.ls.killed.Load(); reason != nil {
@@ -288,7 +317,7 @@ func (pc *pooledClient) pumpServer(conn *pool.Conn, done chan<- serverEnd) {
 		}
 		if pc.mode == PoolTransaction {
 			pc.mu.Lock()
-			if !pc.stopping && pc.tr.Idle() && pc.releasableLocked() {
+			if !pc.stopping && !pc.pausing && pc.tr.Idle() && pc.releasableLocked() {
 				pc.conn = nil
 				pc.current.Store(nil)
 				pc.mu.Unlock()
@@ -336,26 +365,126 @@ func (pc *pooledClient) run(ctx context.Context) error {
 // errTerminated ends a session whose client said Terminate.
 var errTerminated = errors.New("client terminated the session")
 
+// missing is what must be prepared on conn before the client's next
+// bytes: the named statements they use that conn lacks, and the client's
+// unnamed statement if they use it and conn's is not the client's (always
+// so for a connection just borrowed).
+func (pc *pooledClient) missing(conn *pool.Conn, need []*statement, fresh bool) []*statement {
+	missing := missingOn(conn, need)
+	if w := pc.rw; w != nil && w.use && w.unnamed != nil && (fresh || !pc.unnamedOK) {
+		missing = append(missing, &statement{parse: w.unnamed})
+	}
+	return missing
+}
+
+func hasUnnamed(sts []*statement) bool {
+	return slices.ContainsFunc(sts, func(st *statement) bool { return st.server == "" })
+}
+
+// quietTimeout bounds how long run waits for a connection to have nothing
+// in flight before preparing statements on it.
+const quietTimeout = 30 * time.Second
+
 // forward writes b, the client's next bytes, to the connection it holds,
-// borrowing one first if it holds none.
+// borrowing one first if it holds none, and in transaction mode first
+// prepares there the statements b refers to.
 func (pc *pooledClient) forward(ctx context.Context, b []byte) error {
 	if pc.ls.killed.Load() != nil { // what comes after a kill stays off the server: it can then be reset
 		return errKilled
 	}
-	pc.mu.Lock()
-	if pc.conn == nil {
-		pc.mu.Unlock()
-		if bytes.Equal(b, terminateMsg) {
-			return errTerminated
-		}
-		bctx, cancel := context.WithTimeout(ctx, pc.s.cfg.connectTimeout())
-		conn, rt, err := pc.borrow(bctx)
-		cancel()
+	need := pc.need[:0]
+	if pc.rw != nil {
+		var err error
+		pc.scratch, need, err = pc.rw.feed(pc.scratch[:0], b, need)
 		if err != nil {
+			return clientErr(codeProtocolViolation, "invalid message from the client", "", err)
+		}
+		b = pc.scratch
+		if len(b) == 0 { // all held back until the rest of a message comes
+			return nil
+		}
+	}
+	defer func() { clear(need); pc.need = need[:0] }()
+	var quietSince time.Time
+	pc.mu.Lock()
+	for {
+		if pc.conn == nil {
+			pc.mu.Unlock()
+			if bytes.Equal(b, terminateMsg) {
+				return errTerminated
+			}
+			bctx, cancel := context.WithTimeout(ctx, pc.s.cfg.connectTimeout())
+			conn, rt, err := pc.borrow(bctx)
+			var missing []*statement
+			if err == nil {
+				if missing = pc.missing(conn, need, true); len(missing) > 0 {
+					if err = prepare(bctx, conn, missing, need); err != nil {
+						conn.Release(false)
+						err = clientErr(codeConnectionFailure, "lost the connection to the tenant's database while preparing statements", "Reconnect.", err)
+					}
+				}
+			}
+			cancel()
+			if err != nil {
+				return err
+			}
+			pc.mu.Lock()
+			pc.attachLocked(conn, rt)
+			pc.unnamedOK = hasUnnamed(missing)
+			break
+		}
+		missing := pc.missing(pc.conn, need, false)
+		if len(missing) == 0 {
+			break
+		}
+		if !pc.releasableLocked() { // replies still due: wait for them, then prepare
+			pc.mu.Unlock()
+			if quietSince.IsZero() {
+				quietSince = time.Now()
+			} else if time.Since(quietSince) > quietTimeout {
+				return clientErr(codeProtocolViolation, "in transaction pooling, a statement new to the server cannot be pipelined behind unanswered requests",
+					"Wait for the replies before using a newly prepared statement, or use session pooling (options='-c pgtenant.pool_mode=session').", nil)
+			}
+			select {
+			case <-pc.progress:
+			case <-time.After(10 * time.Millisecond):
+			}
+			pc.mu.Lock()
+			continue
+		}
+		// Quiet: stop the pump, prepare, start it again.
+		conn, done := pc.conn, pc.done
+		pc.pausing = true
+		_ = conn.Conn.SetReadDeadline(time.Now())
+		pc.mu.Unlock()
+		end := <-done
+		if end.kind != endPaused { // the session is ending: leave the end for finish
+			pc.mu.Lock()
+			pc.done = make(chan serverEnd, 1)
+			pc.done <- end
+			pc.mu.Unlock()
+			return errKilled
+		}
+		_ = conn.Conn.SetDeadline(time.Time{})
+		err := prepare(ctx, conn, missing, need)
+		pc.mu.Lock()
+		if err != nil {
+			pc.dirty = true
+			pc.done = make(chan serverEnd, 1)
+			pc.done <- serverEnd{endServerGone, err}
+			pc.mu.Unlock()
 			return err
 		}
-		pc.mu.Lock()
-		pc.attachLocked(conn, rt)
+		pc.startPumpLocked()
+		pc.unnamedOK = pc.unnamedOK || hasUnnamed(missing)
+	}
+	if pc.rw != nil {
+		switch {
+		case pc.rw.own:
+			pc.unnamedOK = true
+		case pc.rw.lost:
+			pc.unnamedOK = false
+		}
 	}
 	conn := pc.conn
 	pc.reqs.Feed(b)
@@ -394,6 +523,7 @@ func (pc *pooledClient) finish(cause error) error {
 	if conn == nil { // between transactions: nothing held, run alone writes to the client
 		if reason := pc.ls.killed.Load(); reason != nil {
 			_ = writeMsgs(pc.client, toErrorResponse(reason))
+			lingerClose(pc.client)
 			return errKilled
 		}
 		return pc.tell(cause)
@@ -422,6 +552,7 @@ func (pc *pooledClient) finish(cause error) error {
 	}
 	switch end.kind {
 	case endKilled:
+		lingerClose(pc.client) // what the client sent meanwhile must not reset our ErrorResponse away
 		return errKilled
 	case endClientGone, endServerGone:
 		return end.err
@@ -438,6 +569,7 @@ func (pc *pooledClient) tell(cause error) error {
 	var ce *ClientError
 	if errors.As(cause, &ce) {
 		_ = writeError(pc.client, cause)
+		lingerClose(pc.client)
 	}
 	return cause
 }

@@ -344,3 +344,116 @@ func TestPoolRawTerminate(t *testing.T) {
 		t.Errorf("%d server connections opened for three clients in turn, want 1", n)
 	}
 }
+
+func TestPoolTransactionPreparedStatements(t *testing.T) {
+	modes := map[string]pgx.QueryExecMode{
+		"cache_statement": pgx.QueryExecModeCacheStatement, "cache_describe": pgx.QueryExecModeCacheDescribe,
+		"describe_exec": pgx.QueryExecModeDescribeExec, "exec": pgx.QueryExecModeExec, "simple": pgx.QueryExecModeSimpleProtocol,
+	}
+	for name, mode := range modes {
+		t.Run(name, func(t *testing.T) {
+			pgtest.CheckGoroutines(t)
+			opt, m := withPool(t, proxy.PoolTransaction, pool.Config{MaxPerTenant: 2})
+			r := startRouter(t, newCatalogDB(t), opt)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			tenant := newTenant("pprep")
+			const clients = 5
+			var wg sync.WaitGroup
+			errs := make(chan error, clients)
+			for i := range clients {
+				cfg, err := pgx.ParseConfig(r.dsn(tenant, appSecret))
+				if err != nil {
+					t.Fatal(err)
+				}
+				cfg.DefaultQueryExecMode = mode
+				c, err := pgx.ConnectConfig(ctx, cfg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { _ = c.Close(context.Background()) })
+				wg.Go(func() {
+					for j := range 15 {
+						var sum int
+						var s string
+						// Several statements, each over several transactions
+						// and so several server connections.
+						if err := c.QueryRow(ctx, "SELECT $1::int + $2::int", i, j).Scan(&sum); err != nil || sum != i+j {
+							errs <- fmt.Errorf("client %d, %d: sum %d, %v", i, j, sum, err)
+							return
+						}
+						if err := c.QueryRow(ctx, "SELECT $1::text || '-' || current_database()", fmt.Sprint(i)).Scan(&s); err != nil || !strings.HasPrefix(s, fmt.Sprint(i)+"-") {
+							errs <- fmt.Errorf("client %d, %d: %q, %v", i, j, s, err)
+							return
+						}
+						b := &pgx.Batch{}
+						b.Queue("SELECT $1::int * 2", j)
+						b.Queue("SELECT $1::int * 3", j)
+						br := c.SendBatch(ctx, b)
+						var x, y int
+						err1 := br.QueryRow().Scan(&x)
+						err2 := br.QueryRow().Scan(&y)
+						err3 := br.Close()
+						if err := errors.Join(err1, err2, err3); err != nil || x != 2*j || y != 3*j {
+							errs <- fmt.Errorf("client %d, %d: batch %d %d, %v", i, j, x, y, err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Error(err)
+			}
+			if n := m.Counters().ServersOpened; n > 2 {
+				t.Errorf("%d server connections for %d clients, want at most 2", n, clients)
+			}
+		})
+	}
+}
+
+func TestPoolTransactionPrepareAndDeallocate(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	opt, _ := withPool(t, proxy.PoolTransaction, pool.Config{MaxPerTenant: 1})
+	r := startRouter(t, newCatalogDB(t), opt)
+	ctx := context.Background()
+	tenant := newTenant("pdealloc")
+	a, b := r.connect(t, tenant), r.connect(t, tenant)
+	// The same name in two clients, for different statements.
+	if _, err := a.Prepare(ctx, "q", "SELECT 'a:' || $1::text"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Prepare(ctx, "q", "SELECT 'b:' || $1::text"); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		for c, want := range map[*pgx.Conn]string{a: "a:1", b: "b:1"} {
+			var got string
+			if err := c.QueryRow(ctx, "q", "1").Scan(&got); err != nil || got != want {
+				t.Errorf("statement q = %q, %v; want %q", got, err, want)
+			}
+		}
+	}
+	// Deallocate (Close) forgets the client's name only.
+	if err := a.Deallocate(ctx, "q"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Exec(ctx, "q", "1"); err == nil {
+		t.Error("a deallocated statement still runs")
+	}
+	var got string
+	if err := b.QueryRow(ctx, "q", "2").Scan(&got); err != nil || got != "b:2" {
+		t.Errorf("other client's q after a's Deallocate = %q, %v", got, err)
+	}
+	// A statement that does not parse fails as on a direct connection.
+	if _, err := a.Prepare(ctx, "bad", "SELEC 1"); pgCode(err) != "42601" {
+		t.Errorf("bad statement: %v, want 42601", err)
+	}
+	if _, err := a.Prepare(ctx, "q", "SELECT 'again:' || $1::text"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.QueryRow(ctx, "q", "3").Scan(&got); err != nil || got != "again:3" {
+		t.Errorf("re-prepared q = %q, %v", got, err)
+	}
+}
