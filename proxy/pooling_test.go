@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -455,5 +457,39 @@ func TestPoolTransactionPrepareAndDeallocate(t *testing.T) {
 	}
 	if err := a.QueryRow(ctx, "q", "3").Scan(&got); err != nil || got != "again:3" {
 		t.Errorf("re-prepared q = %q, %v", got, err)
+	}
+}
+
+func TestPoolPsql(t *testing.T) {
+	psql := psqlPath(t)
+	for _, mode := range []proxy.PoolMode{proxy.PoolSession, proxy.PoolTransaction} {
+		t.Run(string(mode), func(t *testing.T) {
+			pgtest.CheckGoroutines(t)
+			opt, m := withPool(t, mode, pool.Config{MaxPerTenant: 1})
+			r := startRouter(t, newCatalogDB(t), opt)
+			tenant := newTenant("ppsql")
+			script := `BEGIN;
+INSERT INTO app_items VALUES (1, 'one');
+SELECT name AS item FROM app_items ORDER BY id DESC LIMIT 1 \gset
+COMMIT;
+SELECT :'item' || '/' || current_setting('application_name');
+SELECT count(*) FROM app_items;`
+			for i := range 3 { // one server connection, in turn
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				cmd := exec.CommandContext(ctx, psql, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+					"postgres://"+tenant+"@"+r.addr+"/app?sslmode=disable&application_name=psql"+fmt.Sprint(i))
+				cmd.Stdin = strings.NewReader(strings.Replace(script, "VALUES (1,", fmt.Sprintf("VALUES (%d,", 10+i), 1))
+				cmd.Env = append(os.Environ(), "PGPASSWORD="+appSecret)
+				out, err := cmd.CombinedOutput()
+				cancel()
+				want := fmt.Sprintf("one/psql%d\n%d", i, i+1)
+				if err != nil || !strings.Contains(string(out), want) {
+					t.Fatalf("psql run %d: %q, %v; want %q", i, out, err, want)
+				}
+			}
+			if n := m.Counters().ServersOpened; n != 1 {
+				t.Errorf("%d server connections for three psql runs in turn, want 1", n)
+			}
+		})
 	}
 }
