@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pgtenant/pgtenant/pool"
 	"github.com/pgtenant/pgtenant/proxy"
 )
 
@@ -21,13 +22,28 @@ import (
 // heap (pgconn) is measured on direct connections to Postgres and
 // subtracted; idle pgconn connections run no goroutines, so every stack
 // byte is the router's.
+//
+// Sub-benchmarks: unpooled (a relay per session), and pooled in
+// transaction mode, where an idle session holds no server connection; the
+// pool's few connections are not counted per session (all share them).
 func BenchmarkIdleSession(b *testing.B) {
+	b.Run("unpooled", func(b *testing.B) { benchIdleSession(b) })
+	// (Session mode holds a server connection per session, as unpooled;
+	// its pooled connections would also outlast each round, over the test
+	// server's max_connections.)
+	b.Run("pooled-transaction", func(b *testing.B) {
+		opt, _ := withPool(b, proxy.PoolTransaction, pool.Config{})
+		benchIdleSession(b, opt)
+	})
+}
+
+func benchIdleSession(b *testing.B, opts ...routerOpt) {
 	const sessions = 200
 	// As in production: metrics on, logs at info.
-	r := startRouter(b, newCatalogDB(b), func(c *proxy.Config) {
+	r := startRouter(b, newCatalogDB(b), append([]routerOpt{func(c *proxy.Config) {
 		c.Metrics = proxy.NewMetrics(prometheus.NewRegistry())
 		c.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
-	})
+	}}, opts...)...)
 	tenant := newTenant("idle")
 	direct := r.cluster.AdminDSN("postgres")
 	routed := r.dsn(tenant, appSecret)

@@ -21,7 +21,7 @@ import (
 
 // withPool turns pooling on in mode with a Manager of cfg's limits, closed
 // after the test.
-func withPool(t *testing.T, mode proxy.PoolMode, cfg pool.Config) (routerOpt, *pool.Manager) {
+func withPool(t testing.TB, mode proxy.PoolMode, cfg pool.Config) (routerOpt, *pool.Manager) {
 	m := pool.New(cfg)
 	t.Cleanup(m.Close)
 	return func(c *proxy.Config) { c.Pool = proxy.PoolConfig{Mode: mode, Manager: m} }, m
