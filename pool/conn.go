@@ -51,6 +51,11 @@ type Server struct {
 	// server does not report in ParameterStatus. Reset with a query (which
 	// is there to undo session state) clears it.
 	Settings map[string]string
+	// Prepared is the caller's record of the named statements it prepared
+	// on the connection (name → a use counter of its own, for eviction).
+	// Reset with a query clears it: a reset query such as DISCARD ALL
+	// deallocates them.
+	Prepared map[string]uint64
 }
 
 // FromHijacked is the Server of a connection taken over from pgconn.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pgtenant/pgtenant/internal/pgtest"
+	"github.com/pgtenant/pgtenant/internal/poll"
 	"github.com/pgtenant/pgtenant/pool"
 )
 
@@ -70,13 +71,7 @@ func connID(c *pool.Conn) int64 { return c.Conn.(*fakeConn).id }
 // waitFor polls cond until it holds, failing t after a deadline.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	poll.Until(t, 10*time.Second, what, cond)
 }
 
 func server(m *pool.Manager) pool.ServerStats {

@@ -48,6 +48,7 @@ func (s *Server) Reset(ctx context.Context, txStatus byte, query string) error {
 	}
 	if query != "" {
 		clear(s.Settings)
+		clear(s.Prepared)
 	}
 	return s.exchange(ctx, out, n)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgtenant/pgtenant/internal/pgtest"
+	"github.com/pgtenant/pgtenant/internal/poll"
 	"github.com/pgtenant/pgtenant/proxy"
 )
 
@@ -39,18 +40,14 @@ func tryConnect(dsn string) (*pgconn.PgConn, error) {
 // when a session ends is given back asynchronously).
 func eventually(t *testing.T, dsn string) *pgconn.PgConn {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := tryConnect(dsn)
-		if err == nil {
-			t.Cleanup(func() { _ = c.Close(context.Background()) })
-			return c
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("still refused: %v", err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	var c *pgconn.PgConn
+	poll.Until(t, 10*time.Second, "a connection to be admitted", func() bool {
+		var err error
+		c, err = tryConnect(dsn)
+		return err == nil
+	})
+	t.Cleanup(func() { _ = c.Close(context.Background()) })
+	return c
 }
 
 // startupOnly sends a StartupMessage for user on a raw connection and reads

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgtenant/pgtenant/internal/pgtest"
+	"github.com/pgtenant/pgtenant/internal/poll"
 	"github.com/pgtenant/pgtenant/pool"
 	"github.com/pgtenant/pgtenant/proxy"
 )
@@ -84,20 +85,13 @@ func TestPoolSessionResetsBetweenClients(t *testing.T) {
 // waitIdle waits until m holds n idle server connections.
 func waitIdle(t *testing.T, m *pool.Manager, n int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	poll.Until(t, 10*time.Second, fmt.Sprintf("the pool to hold %d idle connections", n), func() bool {
 		idle := 0
 		for _, p := range m.Pools() {
 			idle += p.ServersIdle
 		}
-		if idle == n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("pool holds %d idle connections, want %d: %+v", idle, n, m.Pools())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return idle == n
+	})
 }
 
 func TestPoolTransactionSharesConnections(t *testing.T) {

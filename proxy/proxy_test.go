@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgtenant/pgtenant/internal/pgtest"
+	"github.com/pgtenant/pgtenant/internal/poll"
 )
 
 func TestFirstConnectCreatesTenantThenReuses(t *testing.T) {
@@ -213,7 +214,6 @@ func TestCancelRequest(t *testing.T) {
 	}
 
 	done := make(chan error, 1)
-	started := time.Now()
 	go func() {
 		_, err := pc.Exec(ctx, "SELECT pg_sleep(30)").ReadAll()
 		done <- err
@@ -224,20 +224,14 @@ func TestCancelRequest(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer admin.Close(context.Background())
-	for {
+	poll.Until(t, 20*time.Second, "the query to start upstream", func() bool {
 		res := admin.ExecParams(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND query LIKE '%pg_sleep%' AND state = 'active'",
 			[][]byte{[]byte(itoa(pc.PID()))}, nil, nil, nil).Read()
 		if res.Err != nil {
 			t.Fatal(res.Err)
 		}
-		if string(res.Rows[0][0]) == "1" {
-			break
-		}
-		if time.Since(started) > 20*time.Second {
-			t.Fatal("query never started")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return string(res.Rows[0][0]) == "1"
+	})
 	cancelAt := time.Now()
 	if err := pc.CancelRequest(ctx); err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgtenant/pgtenant/internal/pgtest"
+	"github.com/pgtenant/pgtenant/internal/poll"
 	"github.com/pgtenant/pgtenant/provision/local"
 )
 
@@ -36,17 +37,12 @@ func spareOIDs(t *testing.T, e *env) map[uint32]bool {
 // waitSpares polls until e's template has n ready spares.
 func waitSpares(t *testing.T, e *env, n int) map[uint32]bool {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		s := spareOIDs(t, e)
-		if len(s) == n {
-			return s
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d spares after a minute, want %d", len(s), n)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	var s map[uint32]bool
+	poll.Until(t, time.Minute, fmt.Sprintf("%d ready spares", n), func() bool {
+		s = spareOIDs(t, e)
+		return len(s) == n
+	})
+	return s
 }
 
 func runSpares(t *testing.T, e *env) {

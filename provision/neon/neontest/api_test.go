@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pgtenant/pgtenant/internal/pgtest"
+	"github.com/pgtenant/pgtenant/internal/poll"
 )
 
 // TestAPIBasics runs without Postgres: auth, error shapes, project limit,
@@ -439,11 +440,7 @@ func TestFaults(t *testing.T) {
 		}
 		return false
 	}
-	for deadline := time.Now().Add(10 * time.Second); !droppedLogged(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("dropped request not logged with status 0: %+v", srv.Requests())
-		}
-	}
+	poll.Until(t, 10*time.Second, "the dropped request to be logged with status 0", droppedLogged)
 
 	// FailNextOperation: the op fails, the rest of its request is cancelled,
 	// the branch stays init and cannot be branched from.

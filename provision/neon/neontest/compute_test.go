@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgtenant/pgtenant/internal/pgtest"
+	"github.com/pgtenant/pgtenant/internal/poll"
 )
 
 // pgConfig builds a pgx config for host (an endpoint host, or an IP) that
@@ -199,13 +200,9 @@ func TestCompute(t *testing.T) {
 			_, err := victim.Exec(ctx, "SELECT pg_sleep(30)")
 			errc <- err
 		}()
-		deadline := time.Now().Add(10 * time.Second)
-		for query1(t, conn, "SELECT count(*)::text FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'") != "1" {
-			if time.Now().After(deadline) {
-				t.Fatal("the query never started")
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		poll.Until(t, 10*time.Second, "the query to start", func() bool {
+			return query1(t, conn, "SELECT count(*)::text FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'") == "1"
+		})
 		if err := victim.PgConn().CancelRequest(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -254,13 +251,10 @@ func TestCompute(t *testing.T) {
 		}
 		_ = conn.Close(ctx)
 		var ep struct{ Endpoint Endpoint }
-		deadline := time.Now().Add(10 * time.Second)
-		for c.call("GET", epPath, nil, &ep); ep.Endpoint.CurrentState != EndpointIdle; c.call("GET", epPath, nil, &ep) {
-			if time.Now().After(deadline) {
-				t.Fatalf("endpoint still %s", ep.Endpoint.CurrentState)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+		poll.Until(t, 10*time.Second, "the endpoint to go idle", func() bool {
+			c.call("GET", epPath, nil, &ep)
+			return ep.Endpoint.CurrentState == EndpointIdle
+		})
 		conn = connect(t, pgConfig(t, srv, bcp.Host, bcp.Role, bcp.Password, bcp.Database, ""))
 		if c.call("GET", epPath, nil, &ep); ep.Endpoint.CurrentState != EndpointActive {
 			t.Errorf("after a connect the endpoint is %s", ep.Endpoint.CurrentState)

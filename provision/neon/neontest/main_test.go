@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pgtenant/pgtenant/internal/pgtest"
+	"github.com/pgtenant/pgtenant/internal/poll"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -133,24 +134,17 @@ func apiErr(t *testing.T, raw []byte) APIError {
 // would, and fails unless all finished.
 func (c *apiClient) waitOpsDone(projectID string, ops []Operation) {
 	c.t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
 	for _, op := range ops {
-		for {
+		poll.Until(c.t, 20*time.Second, "operation "+op.Action+" to finish", func() bool {
 			var got struct{ Operation Operation }
 			if st, raw := c.call("GET", "/projects/"+projectID+"/operations/"+op.ID, nil, &got); st != 200 {
 				c.t.Fatalf("get operation: %d %s", st, raw)
 			}
-			if got.Operation.Status == OpFinished {
-				break
-			}
-			if got.Operation.Status != OpScheduling && got.Operation.Status != OpRunning {
+			if got.Operation.Status != OpFinished && got.Operation.Status != OpScheduling && got.Operation.Status != OpRunning {
 				c.t.Fatalf("operation %s ended %s: %s", got.Operation.Action, got.Operation.Status, got.Operation.Error)
 			}
-			if time.Now().After(deadline) {
-				c.t.Fatalf("operation %s still %s", op.Action, got.Operation.Status)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+			return got.Operation.Status == OpFinished
+		})
 	}
 }
 
