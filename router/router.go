@@ -169,8 +169,8 @@ type Router struct {
 	cat      *catalog.Catalog
 	res      *resolver.Resolver
 	srv      *proxy.Server
-	pool     *pool.Manager     // the Manager New made (pool.mode not off); closed after the drain
-	poolCfg  proxy.PoolConfig  // the proxy's, after ProxyHook
+	pool     *pool.Manager    // the Manager New made (pool.mode not off); closed after the drain
+	poolCfg  proxy.PoolConfig // the proxy's, after ProxyHook
 	reg      *prometheus.Registry
 	ln       net.Listener
 	blocks   *blockList
