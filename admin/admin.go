@@ -99,8 +99,9 @@ type Config struct {
 	// Pools is the proxy's pool Manager (GET /v1/pools). Nil: pooling is
 	// off, and /v1/pools says so.
 	Pools Pools
-	// PoolMode is the pool mode of clients that choose none (session or
-	// transaction) when Pools is set; empty means "off".
+	// PoolMode is the pool mode of clients that choose none: off, session
+	// or transaction (off with Pools set: only clients that ask for a mode
+	// are pooled). Empty means off.
 	PoolMode string
 	// ReadyTimeout bounds the catalog ping of /readyz. Zero or negative
 	// means 2s.

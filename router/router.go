@@ -308,8 +308,9 @@ func poolModeName(m proxy.PoolMode) string {
 }
 
 // Serve serves clients until ctx ends, drains (see proxy.Server.Serve),
-// then stops the admin listener and releases the resolver, the catalog's
-// pool and the provider. Call it once.
+// then stops the admin listener and releases the server connection pool
+// (pool.mode), the resolver, the catalog's pool and the provider. Call it
+// once.
 func (r *Router) Serve(ctx context.Context) error {
 	defer r.close()
 	r.surface.run(ctx, r)
