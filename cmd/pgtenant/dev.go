@@ -60,6 +60,11 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if *password == "" {
 		return errors.New("--password: the app secret must not be empty")
 	}
+	switch *poolMode {
+	case router.PoolModeOff, router.PoolModeSession, router.PoolModeTransaction:
+	default:
+		return fmt.Errorf("--pool-mode %q: want off, session or transaction", *poolMode)
+	}
 	if *provider != "local" && *provider != "neon-fake" {
 		return fmt.Errorf("--provider %q: want local or neon-fake", *provider)
 	}
@@ -119,7 +124,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fc.Provider.Local.TemplateSQL = *templateSQL
 	fc.Catalog.Key = key
 	fc.Admin.Listen = adminAddr
-	fc.Pool.Mode = *poolMode // validated with the rest by router.New
+	fc.Pool.Mode = *poolMode
 	if fc.Admin.Token, err = devAdminToken(filepath.Join(dir, "admin.token")); err != nil {
 		return err
 	}

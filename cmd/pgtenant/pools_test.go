@@ -68,3 +68,11 @@ func TestPoolsCommand(t *testing.T) {
 		t.Errorf("pools without --admin = %v, want a usage error", err)
 	}
 }
+
+// dev refuses an unknown --pool-mode before it starts anything.
+func TestDevPoolModeFlag(t *testing.T) {
+	err := run(context.Background(), []string{"dev", "--pool-mode", "statement", "--data-dir", t.TempDir()}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "--pool-mode") {
+		t.Fatalf("dev --pool-mode statement = %v", err)
+	}
+}
