@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/pgtenant/pgtenant/catalog"
+	"github.com/pgtenant/pgtenant/pool"
 	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/proxy"
 	"github.com/pgtenant/pgtenant/resolver"
@@ -62,6 +63,13 @@ type Router interface {
 	Blocked() []string
 }
 
+// Pools is this router's connection pooling, as GET /v1/pools shows it.
+// *pool.Manager implements it.
+type Pools interface {
+	Pools() []pool.PoolStats
+	Servers() []pool.ServerStats
+}
+
 // Deprovisioner deletes tenants' databases. provision.Provider implements it.
 type Deprovisioner interface {
 	Name() string
@@ -88,6 +96,13 @@ type Config struct {
 	// Tenant is the proxy's tenant rule, so that the API takes exactly the
 	// IDs clients can connect as. The zero value is the proxy's default.
 	Tenant proxy.TenantConfig
+	// Pools is the proxy's pool Manager (GET /v1/pools). Nil: pooling is
+	// off, and /v1/pools says so.
+	Pools Pools
+	// PoolMode is the pool mode of clients that choose none: off, session
+	// or transaction (off with Pools set: only clients that ask for a mode
+	// are pooled). Empty means off.
+	PoolMode string
 	// ReadyTimeout bounds the catalog ping of /readyz. Zero or negative
 	// means 2s.
 	ReadyTimeout time.Duration
@@ -135,6 +150,7 @@ func New(cfg Config) (*Handler, error) {
 	api.HandleFunc("/v1/tenants", h.tenants)
 	api.HandleFunc("/v1/tenants/{id}", h.tenant)
 	api.HandleFunc("/v1/tenants/{id}/{action}", h.tenantAction)
+	api.HandleFunc("/v1/pools", h.pools) // pools.go
 	api.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})
@@ -149,7 +165,7 @@ func New(cfg Config) (*Handler, error) {
 	prof.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	h.mux.Handle("/debug/pprof/", h.authorize(prof))
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path+" (see /metrics, /healthz, /readyz, /v1/tenants)")
+		writeError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path+" (see /metrics, /healthz, /readyz, /v1/tenants, /v1/pools)")
 	})
 	return h, nil
 }

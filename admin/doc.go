@@ -18,6 +18,7 @@
 //	POST   /v1/tenants/{id}/block             persist in the block list, apply here, end live sessions here
 //	POST   /v1/tenants/{id}/unblock           remove from the block list, apply here
 //	DELETE /v1/tenants/{id}?confirm={id}      end live sessions, delete at the provider, then in the catalog
+//	GET    /v1/pools                          pooling on this router: mode, each pool (route), each upstream's budget
 //
 // The block list lives in the shared catalog; other router instances apply
 // it when they refresh it (the router package does, periodically).

@@ -71,15 +71,20 @@ type env struct {
 	srv     *proxy.Server
 	prov    *countingProvider
 	reg     *prometheus.Registry
+	router  *pgrouter.Router
 	stop    func() // stops the router (drain) and waits for it
 	cancel  context.CancelFunc
 }
 
-// envOpt adjusts the proxy's or the admin API's configuration.
+// envOpt adjusts the router's, the proxy's or the admin API's
+// configuration.
 type envOpt struct {
-	proxy func(*proxy.Config)
-	admin func(*admin.Config)
+	router func(*pgrouter.Config)
+	proxy  func(*proxy.Config)
+	admin  func(*admin.Config)
 }
+
+func withRouter(f func(*pgrouter.Config)) envOpt { return envOpt{router: f} }
 
 func withProxy(f func(*proxy.Config)) envOpt { return envOpt{proxy: f} }
 func withAdmin(f func(*admin.Config)) envOpt { return envOpt{admin: f} }
@@ -113,6 +118,11 @@ func startEnv(t *testing.T, opts ...envOpt) *env {
 	cfg.DrainTimeout = 0
 	cfg.Limits.MaxHandshakes = 0
 	cfg.Limits.AuthBackoff.Threshold = 0
+	for _, o := range opts {
+		if o.router != nil {
+			o.router(&cfg)
+		}
+	}
 	rt, err := pgrouter.New(ctx, cfg, pgrouter.Options{
 		Log:      discard(),
 		Upstream: &pgrouter.Upstream{Provider: prov, CatalogDSN: c.AdminDSN(catDB), Close: adminPool.Close},
@@ -140,7 +150,7 @@ func startEnv(t *testing.T, opts ...envOpt) *env {
 	var once sync.Once
 	e := &env{
 		cluster: c, addr: rt.Addr().String(), apiURL: "http://" + rt.AdminAddr().String(), client: &http.Client{},
-		cat: rt.Catalog(), catPool: catPool, res: rt.Resolver(), srv: rt.Proxy(), prov: prov, reg: rt.Registry(), cancel: cancel,
+		cat: rt.Catalog(), catPool: catPool, res: rt.Resolver(), srv: rt.Proxy(), prov: prov, reg: rt.Registry(), router: rt, cancel: cancel,
 	}
 	e.stop = func() {
 		once.Do(func() {

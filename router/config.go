@@ -132,6 +132,8 @@ type Config struct {
 		DialOverride   string   `yaml:"dial_override"`
 	} `yaml:"upstream"`
 
+	Pool PoolSettings `yaml:"pool"` // pool.go
+
 	Provider struct {
 		Kind  string       `yaml:"kind"`
 		Neon  NeonSettings `yaml:"neon"`
@@ -177,6 +179,7 @@ func DefaultConfig() Config {
 	fc.Cache.NegativeTTL = time.Second
 	fc.Cache.FillTimeout = 2 * time.Minute
 	fc.Catalog.MaxConns = 10
+	fc.Pool = defaultPoolSettings() // pool.go
 	fc.Provider.Kind = "local"
 	fc.Provider.Local.Template = "pgtenant_template"
 	fc.Provider.Local.Prefix = "t_"
@@ -257,6 +260,7 @@ func (fc *Config) Validate() error {
 		}
 	}
 	errs = append(errs, fc.validateLimits()...) // limits.go
+	errs = append(errs, fc.Pool.validate()...)  // pool.go
 	// What the proxy checks, it owns; only the hint at where the secret
 	// comes from is the file's.
 	if pc, err := fc.ProxyConfig(); err == nil {

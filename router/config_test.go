@@ -98,7 +98,7 @@ func TestREADMEConfigs(t *testing.T) {
 	blocks := 0
 	for _, part := range strings.Split(string(readme), "```yaml\n")[1:] {
 		block, _, _ := strings.Cut(part, "```")
-		if !strings.Contains(block, "kind: neon") && !strings.HasPrefix(block, "# production") && !strings.HasPrefix(block, "# pgbouncer") {
+		if !strings.Contains(block, "kind: neon") && !strings.HasPrefix(block, "# production") && !strings.HasPrefix(block, "# pgbouncer") && !strings.HasPrefix(block, "# pooling") {
 			continue
 		}
 		blocks++
@@ -114,8 +114,16 @@ func TestREADMEConfigs(t *testing.T) {
 			t.Errorf("README PgBouncer block: dial_override %q, forward_params %q; want PgBouncer's address and %q",
 				fc.Upstream.DialOverride, fc.Upstream.ForwardParams, NeonPoolerParams)
 		}
+		// The Pooling section lists every key of the section with its default.
+		if strings.HasPrefix(block, "# pooling") {
+			want := DefaultConfig().Pool
+			want.Mode = PoolModeSession
+			if fc.Pool != want {
+				t.Errorf("README pooling block: %+v, want the defaults in session mode %+v", fc.Pool, want)
+			}
+		}
 	}
-	if blocks != 4 {
-		t.Fatalf("found %d config blocks (2 Neon, 1 production, 1 PgBouncer) in the README, want 4", blocks)
+	if blocks != 5 {
+		t.Fatalf("found %d config blocks (2 Neon, 1 production, 1 PgBouncer, 1 pooling) in the README, want 5", blocks)
 	}
 }

@@ -16,6 +16,7 @@ import (
 
 	adminapi "github.com/pgtenant/pgtenant/admin"
 	"github.com/pgtenant/pgtenant/catalog"
+	"github.com/pgtenant/pgtenant/pool"
 	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/provision/local"
 	"github.com/pgtenant/pgtenant/provision/neon"
@@ -168,6 +169,8 @@ type Router struct {
 	cat      *catalog.Catalog
 	res      *resolver.Resolver
 	srv      *proxy.Server
+	pool     *pool.Manager    // the Manager New made (pool.mode not off); closed after the drain
+	poolCfg  proxy.PoolConfig // the proxy's, after ProxyHook
 	reg      *prometheus.Registry
 	ln       net.Listener
 	blocks   *blockList
@@ -237,8 +240,19 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Router, err error) {
 	pcfg.Metrics = proxy.NewMetrics(r.reg)
 	pcfg.Upstream = r.upstream.Proxy
 	pcfg.DialUpstream = r.upstream.Dial
+	pm := newPoolMetrics() // pool.go
+	if cfg.Pool.On() {
+		r.pool = pool.New(cfg.Pool.ManagerConfig(pm.observeWait))
+		pcfg.Pool = cfg.Pool.ProxyConfig(r.pool)
+	}
 	if opts.ProxyHook != nil {
 		opts.ProxyHook(&pcfg)
+	}
+	// The metrics follow the Manager in force, the hook's too (whose wait
+	// histogram then stays empty unless it feeds it).
+	r.poolCfg = pcfg.Pool
+	if pm.mgr = pcfg.Pool.Manager; pm.mgr != nil {
+		r.reg.MustRegister(pm)
 	}
 	if r.srv, err = proxy.New(pcfg, r.res); err != nil {
 		return nil, err
@@ -249,10 +263,11 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Router, err error) {
 	// Block list, admin listener; stopped after Serve has drained, so
 	// /readyz says 503 throughout.
 	r.blocks = newBlockList(r.cat, r.srv, cfg.BlockedTenants)
-	if r.surface, err = r.startSurface(ctx, cfg, pcfg.Tenant, opts.AdminHook); err != nil {
+	if r.surface, err = r.startSurface(ctx, cfg, pcfg, opts.AdminHook); err != nil {
 		return nil, err
 	}
-	r.log.Info("router listening", "addr", r.ln.Addr().String(), "auth", pcfg.Auth.String(), "provider", r.upstream.Provider.Name())
+	r.log.Info("router listening", "addr", r.ln.Addr().String(), "auth", pcfg.Auth.String(), "provider", r.upstream.Provider.Name(),
+		"pool", r.PoolMode())
 	return r, nil
 }
 
@@ -276,9 +291,26 @@ func (r *Router) Catalog() *catalog.Catalog      { return r.cat }
 func (r *Router) Provider() provision.Provider   { return r.upstream.Provider }
 func (r *Router) Registry() *prometheus.Registry { return r.reg }
 
+// Pool is the pool.Manager the proxy borrows server connections from, or
+// nil when pooling is off.
+func (r *Router) Pool() *pool.Manager { return r.poolCfg.Manager }
+
+// PoolMode is the pool mode of clients that do not choose one: off,
+// session or transaction.
+func (r *Router) PoolMode() string { return poolModeName(r.poolCfg.Mode) }
+
+// poolModeName is a proxy.PoolMode as pool.mode spells it.
+func poolModeName(m proxy.PoolMode) string {
+	if m == proxy.PoolOff {
+		return PoolModeOff
+	}
+	return string(m)
+}
+
 // Serve serves clients until ctx ends, drains (see proxy.Server.Serve),
-// then stops the admin listener and releases the resolver, the catalog's
-// pool and the provider. Call it once.
+// then stops the admin listener and releases the server connection pool
+// (pool.mode), the resolver, the catalog's pool and the provider. Call it
+// once.
 func (r *Router) Serve(ctx context.Context) error {
 	defer r.close()
 	r.surface.run(ctx, r)
@@ -296,6 +328,11 @@ func (r *Router) close() {
 		}
 		if r.ln != nil {
 			_ = r.ln.Close() // Serve closed it already, unless it never ran
+		}
+		// After the drain: no client holds a server connection any more,
+		// so Close closes them all.
+		if r.pool != nil {
+			r.pool.Close()
 		}
 		if r.res != nil {
 			r.res.Close()

@@ -129,7 +129,7 @@ type surface struct {
 
 // startSurface applies the block list and opens the admin listener (if
 // admin.listen is set); run starts serving it and the refresh loop.
-func (r *Router) startSurface(ctx context.Context, cfg Config, tenant proxy.TenantConfig, hook func(*adminapi.Config)) (*surface, error) {
+func (r *Router) startSurface(ctx context.Context, cfg Config, pcfg proxy.Config, hook func(*adminapi.Config)) (*surface, error) {
 	bctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	_, err := r.blocks.refresh(bctx)
 	cancel()
@@ -150,8 +150,12 @@ func (r *Router) startSurface(ctx context.Context, cfg Config, tenant proxy.Tena
 		Resolver: r.res,
 		Router:   r.srv,
 		Provider: r.upstream.Provider,
-		Tenant:   tenant,
+		Tenant:   pcfg.Tenant,
+		PoolMode: poolModeName(pcfg.Pool.Mode),
 		Log:      r.log.With("component", "admin"),
+	}
+	if pcfg.Pool.Manager != nil {
+		acfg.Pools = pcfg.Pool.Manager
 	}
 	if hook != nil {
 		hook(&acfg)

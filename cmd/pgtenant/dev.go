@@ -40,6 +40,12 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	pgPort := fs.Int("pg-port", 0, "port of the local Postgres (0: the one used last time, else a free one)")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	// Session mode, not transaction: transaction mode does not keep
+	// protocol-level prepared statements, which pgx (and other drivers) use
+	// by default, so apps tried out on dev would fail there. Session mode
+	// still shows the pool at work: a client's server connection is reset
+	// and kept when it leaves, and the next client gets it logged in.
+	poolMode := fs.String("pool-mode", router.PoolModeSession, "connection pooling: off, session or transaction (transaction mode keeps no session state between transactions, protocol-level prepared statements included)")
 	adminListen := fs.String("admin-listen", devAdminListen, "address of the admin HTTP listener (/metrics, /healthz, /readyz, /v1 API; token in <data-dir>/admin.token); \"\": off. If the default is taken, a free port is used")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, "Usage: pgtenant dev [flags]\n\nStarts a local Postgres (initdb on first run) and the router in front of it.\n\n")
@@ -53,6 +59,11 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	if *password == "" {
 		return errors.New("--password: the app secret must not be empty")
+	}
+	switch *poolMode {
+	case router.PoolModeOff, router.PoolModeSession, router.PoolModeTransaction:
+	default:
+		return fmt.Errorf("--pool-mode %q: want off, session or transaction", *poolMode)
 	}
 	if *provider != "local" && *provider != "neon-fake" {
 		return fmt.Errorf("--provider %q: want local or neon-fake", *provider)
@@ -113,6 +124,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fc.Provider.Local.TemplateSQL = *templateSQL
 	fc.Catalog.Key = key
 	fc.Admin.Listen = adminAddr
+	fc.Pool.Mode = *poolMode
 	if fc.Admin.Token, err = devAdminToken(filepath.Join(dir, "admin.token")); err != nil {
 		return err
 	}
@@ -153,7 +165,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 
 	r, err := router.New(rctx, fc, router.Options{Log: log, Version: version, Upstream: parts})
 	if err == nil {
-		printDevBanner(stdout, cl, dir, r.Addr().String(), *password, fake, adminAddr, fc.Admin.Token)
+		printDevBanner(stdout, cl, dir, r.Addr().String(), *password, fake, adminAddr, fc.Admin.Token, fc.Pool)
 		err = r.Serve(rctx)
 	}
 	select {
@@ -198,7 +210,7 @@ func selfName() string {
 	return quote(os.Args[0])
 }
 
-func printDevBanner(w io.Writer, cl *localproc.Cluster, dir, addr, password string, fake *neonFake, adminAddr, adminToken string) {
+func printDevBanner(w io.Writer, cl *localproc.Cluster, dir, addr, password string, fake *neonFake, adminAddr, adminToken string, pool router.PoolSettings) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\npgtenant dev is running.\n")
 	fmt.Fprintf(&b, "  router    %s   (app secret: %s)\n", addr, password)
@@ -206,6 +218,15 @@ func printDevBanner(w io.Writer, cl *localproc.Cluster, dir, addr, password stri
 	if adminAddr != "" {
 		fmt.Fprintf(&b, "  admin     http://%s   (/metrics, /readyz; /v1 API token: %s, kept in admin.token)\n", adminAddr, adminToken)
 		fmt.Fprintf(&b, "            e.g. %s=%s %s tenants list --admin http://%s\n", router.EnvAdminToken, quote(adminToken), selfName(), adminAddr)
+	}
+	if pool.On() {
+		fmt.Fprintf(&b, "  pool      %s mode, up to %d server connections per upstream (--pool-mode; a client picks its own with options='-c pgtenant.pool_mode=...')\n",
+			pool.Mode, pool.MaxServerConnections)
+		if adminAddr != "" {
+			fmt.Fprintf(&b, "            e.g. %s=%s %s pools --admin http://%s\n", router.EnvAdminToken, quote(adminToken), selfName(), adminAddr)
+		}
+	} else {
+		fmt.Fprintf(&b, "  pool      off: each client connection has an upstream connection of its own (--pool-mode)\n")
 	}
 	what := "database"
 	if fake != nil {

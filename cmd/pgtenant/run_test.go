@@ -165,6 +165,16 @@ func TestDev(t *testing.T) {
 		t.Fatalf("current_database = %q", got)
 	}
 	query(t, dsn, "INSERT INTO notes VALUES ('survives restarts') RETURNING body")
+	// Dev pools in session mode, and its banner says how to look.
+	pm := regexp.MustCompile(`(?m)^  pool      session mode.*\n\s+e\.g\. ` + router.EnvAdminToken + `=(\S+) \S+ pools --admin (\S+)$`).FindStringSubmatch(stdout.String())
+	if pm == nil {
+		t.Fatalf("banner lacks the pool lines:\n%s", stdout.String())
+	}
+	var pools strings.Builder
+	if err := run(context.Background(), []string{"pools", "--admin", pm[2], "--token", pm[1]}, &pools, io.Discard); err != nil ||
+		!strings.Contains(pools.String(), "mode: session") || !strings.Contains(pools.String(), "tenant_42 ") {
+		t.Fatalf("pools: %v\n%s", err, pools.String())
+	}
 	if err := stop(); err != nil {
 		t.Fatalf("dev stopped with %v\n%s", err, stderr.String())
 	}

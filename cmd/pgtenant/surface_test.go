@@ -177,6 +177,14 @@ func TestServeAdmin(t *testing.T) {
 		}
 	})
 
+	t.Run("pools through the admin API", func(t *testing.T) {
+		var out strings.Builder
+		if err := run(context.Background(), []string{"pools", "--admin", api}, &out, io.Discard); err != nil ||
+			!strings.HasPrefix(out.String(), "pooling is off on this router") {
+			t.Fatalf("pools (serve's default is off): %v\n%s", err, out.String())
+		}
+	})
+
 	hup := func(t *testing.T, body, want string) {
 		t.Helper()
 		if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
