@@ -60,10 +60,10 @@ import (
 // baseline they are held to (Bed.createDatabase).
 //
 // bench sends its queries with the simple query protocol (pgconn's Exec),
-// never a prepared statement, so the transaction-pooled targets
-// (pgbouncer-transaction, router-pooled-tx, router-pgbouncer) run them as
-// every other target does: nothing needs a protocol-level prepared
-// statement, which the router's transaction mode does not support yet.
+// never a protocol-level prepared statement, so every target, the
+// transaction-pooled ones (pgbouncer-transaction, router-pooled-tx,
+// router-pgbouncer) included, runs them alike and none needs an exec mode
+// of its own.
 //
 // Everything is stopped and the directory removed by Bed.Close (the
 // command closes it on Ctrl-C too); the children also get a signal if this
