@@ -51,10 +51,11 @@ import (
 //
 // All targets do the same work against the same databases: tenant <id>'s
 // database t_<id> is created first, through the first router chosen (a
-// "router" started for that alone when no router is chosen), and then the direct and
-// PgBouncer targets log in to it as one shared role, pgtenant_bench (random
-// password, SCRAM, granted CONNECT on every tenant database), since the
-// tenants' own passwords are known only to the routers. Cold, which creates
+// "router" started for that alone when no router is chosen), and then the
+// direct and PgBouncer targets log in to it as one shared role,
+// pgtenant_bench (random password, SCRAM, granted CONNECT on every tenant
+// database), since the tenants' own passwords are known only to the
+// routers. Cold, which creates
 // tenants, runs against the routers, after "create-database": the bare
 // CREATE DATABASE ... TEMPLATE the routers run for a new tenant, as the
 // baseline they are held to (Bed.createDatabase).
