@@ -38,11 +38,12 @@ Examples:
   pgtenant bench --dsn 'postgres://{tenant}:pgtenant-dev@127.0.0.1:6432/app' --scenario cold --new-tenants 50
 
 --self needs no setup: it starts a throwaway Postgres, PgBouncer in session
-and transaction mode (if installed) and the router (pgtenant serve, as child
+and transaction mode (if installed) and the routers (pgtenant serve, as child
 processes), and compares direct, pgbouncer-session, pgbouncer-transaction,
-router and router-pgbouncer on the same tenant databases, with SCRAM logins
-everywhere and the routers' and PgBouncers' memory measured; all of it is
-removed when the run ends. --self-targets picks some of them, and only what
+router, router-pooled-session, router-pooled-tx (the router pooling upstream
+connections itself, pool.mode session and transaction) and router-pgbouncer on
+the same tenant databases, with SCRAM logins everywhere and the routers' and
+PgBouncers' memory measured; all of it is removed when the run ends. --self-targets picks some of them, and only what
 those need is started, e.g. for ~10,000 idle connections through the router
 to PgBouncer:
   pgtenant bench --self --self-targets pgbouncer-transaction,router-pgbouncer \

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	"github.com/pgtenant/pgtenant/internal/localproc"
 	"github.com/pgtenant/pgtenant/internal/pgtest"
 	"github.com/pgtenant/pgtenant/internal/testbed"
+	"github.com/pgtenant/pgtenant/router"
 )
 
 // These tests run `pgtenant bench --self` end to end through the command
@@ -32,25 +34,42 @@ const asPgtenantEnv = "PGTENANT_TEST_RUN_AS_PGTENANT"
 // selfDirLine is where --self says it keeps its files.
 var selfDirLine = regexp.MustCompile(`in (/\S*pgtenant-bench-self-\d+)`)
 
+// pooledLabels are the targets whose routers have a pool section.
+var pooledLabels = []string{testbed.RouterPooledSession, testbed.RouterPooledTx}
+
 // TestBenchSelf runs `pgtenant bench --self` briefly: Postgres, the two
-// PgBouncers and the two routers come up, every target answers without an
+// PgBouncers and the four routers come up, every target answers without an
 // error, Cold goes to create-database and the routers only, and everything
-// is gone afterwards.
+// is gone afterwards. Without pgbouncer it checks the targets that do not
+// need it; while the router takes no pool section (havePoolSection), the
+// targets that are not pooled, chosen by name.
 func TestBenchSelf(t *testing.T) {
 	pgtest.CheckGoroutines(t)
-	haveBouncer := checkPgBouncer(t)
-	if !haveBouncer {
-		t.Log("pgbouncer is not installed: checking the three targets without it")
-	}
-	rep, logs := runSelf(t, "--tenants", "2", "--conns-per-tenant", "2", "--duration", "1s", "--rounds", "1", "--new-tenants", "1")
-
-	want := []string{testbed.Direct, testbed.BouncerSession, testbed.BouncerTx, testbed.Router, testbed.RouterBouncer}
-	wantCold := []string{testbed.CreateDatabase, testbed.Router, testbed.RouterBouncer}
-	if !haveBouncer {
-		want, wantCold = []string{testbed.Direct, testbed.Router}, []string{testbed.CreateDatabase, testbed.Router}
-		if !strings.Contains(logs, "pgbouncer is not installed") {
-			t.Errorf("no note about the missing pgbouncer:\n%s", logs)
+	haveBouncer, havePool := checkPgBouncer(t), havePoolSection(t)
+	var want, wantCold []string
+	for _, l := range testbed.Labels() {
+		if (!haveBouncer && (l == testbed.BouncerSession || l == testbed.BouncerTx || l == testbed.RouterBouncer)) ||
+			(!havePool && slices.Contains(pooledLabels, l)) {
+			continue
 		}
+		want = append(want, l)
+		if strings.HasPrefix(l, testbed.Router) {
+			wantCold = append(wantCold, l)
+		}
+	}
+	wantCold = append([]string{testbed.CreateDatabase}, wantCold...)
+	if !haveBouncer {
+		t.Logf("pgbouncer is not installed: checking %s", strings.Join(want, ", "))
+	}
+	args := []string{"--tenants", "2", "--conns-per-tenant", "2", "--duration", "1s", "--rounds", "1", "--new-tenants", "1"}
+	if !havePool {
+		t.Logf("the router takes no pool section yet: leaving out %s (TestBenchSelfPooled skips)", strings.Join(pooledLabels, ", "))
+		args = append(args, "--self-targets", strings.Join(want, ","))
+	}
+	rep, logs := runSelf(t, args...)
+
+	if !haveBouncer && havePool && !strings.Contains(logs, "pgbouncer is not installed") {
+		t.Errorf("no note about the missing pgbouncer:\n%s", logs)
 	}
 	if len(rep.Scenarios) != 2 || rep.Scenarios[0].Name != bench.Cold || rep.Scenarios[1].Name != bench.Steady || rep.Partial {
 		t.Fatalf("scenarios %+v, want cold then steady", rep.Scenarios)
@@ -82,6 +101,80 @@ func TestBenchSelf(t *testing.T) {
 		}
 	}
 	checkSelfGone(t, logs)
+}
+
+// TestBenchSelfPooled runs every scenario but scale against the router
+// and the two routers pooling their upstream connections: each pooled
+// router says how it pools, and every target answers every query of
+// every scenario (Cold's new tenants included) without an error. It skips
+// while `pgtenant serve` rejects the pool section (router/config.go's
+// pool:, added on another branch).
+func TestBenchSelfPooled(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	if !havePoolSection(t) {
+		t.Skip("pgtenant serve rejects the pool section (router/config.go has no pool: yet; another branch adds it): " +
+			"router-pooled-session and router-pooled-tx cannot start")
+	}
+	targets := append([]string{testbed.Router}, pooledLabels...)
+	rep, logs := runSelf(t, "--scenario", "cold,steady,storm,idle", "--new-tenants", "2", "--tenants", "2", "--conns-per-tenant", "2",
+		"--duration", "2s", "--rounds", "1", "--self-targets", strings.Join(targets, ","))
+	for _, want := range []string{
+		testbed.RouterPooledSession + " on 127.0.0.1:", "pool.mode session, max_server_connections 68, max_per_tenant 2",
+		testbed.RouterPooledTx + " on 127.0.0.1:", "pool.mode transaction, max_server_connections 68, max_per_tenant 2",
+	} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, logs)
+		}
+	}
+	if len(rep.Scenarios) != 4 || rep.Partial {
+		t.Fatalf("scenarios %+v, want cold, steady, storm, idle", rep.Scenarios)
+	}
+	for _, s := range rep.Scenarios {
+		want := targets
+		if s.Name == bench.Cold {
+			want = append([]string{testbed.CreateDatabase}, targets...)
+		}
+		var got []string
+		for _, r := range s.Results {
+			got = append(got, r.Target)
+			if r.Target == testbed.CreateDatabase {
+				continue
+			}
+			if r.ErrorsTotal != 0 || r.Connects == 0 || r.Queries == 0 || r.Process == nil {
+				t.Errorf("%s/%s: %d connects, %d queries, errors %v, process %v", s.Name, r.Target, r.Connects, r.Queries, r.Errors, r.Process)
+			}
+			if s.Name == bench.Idle && r.HeldConns != 4 {
+				t.Errorf("idle/%s: held %d connections, want 4", r.Target, r.HeldConns)
+			}
+		}
+		if strings.Join(got, " ") != strings.Join(want, " ") {
+			t.Errorf("%s targets %q, want %q", s.Name, got, want)
+		}
+	}
+	checkSelfGone(t, logs)
+}
+
+// havePoolSection reports whether `pgtenant serve` takes a pool section,
+// which the pooled targets' routers are configured with: router/config.go
+// gains it on another branch. The routers are this binary (asPgtenantEnv),
+// so loading a configuration with one here is what their start-up does;
+// internal/testbed's TestRouterConfigPooled checks the configuration the
+// test bed writes itself.
+func havePoolSection(t *testing.T) bool {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "pool.yaml")
+	if err := os.WriteFile(path, []byte("pool:\n  mode: transaction\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := router.LoadConfig(path)
+	switch {
+	case err == nil:
+		return true
+	case strings.Contains(err.Error(), "field pool not found"):
+		return false
+	}
+	t.Fatalf("load a pool section: %v", err)
+	return false
 }
 
 // TestBenchSelfCold runs cold alone: create-database comes first, creates
@@ -158,7 +251,7 @@ func TestBenchSelfChosenTargets(t *testing.T) {
 			t.Errorf("stderr lacks %q:\n%s", want, logs)
 		}
 	}
-	for _, unwanted := range []string{"session pooling", testbed.RouterBouncer} {
+	for _, unwanted := range []string{"session pooling", testbed.RouterBouncer, testbed.RouterPooledSession, testbed.RouterPooledTx} {
 		if strings.Contains(logs, unwanted) {
 			t.Errorf("stderr mentions %q, which was not chosen:\n%s", unwanted, logs)
 		}
@@ -249,7 +342,8 @@ func TestBenchSelfFlagErrors(t *testing.T) {
 		{"stray argument", []string{"x"}, "unexpected arguments"},
 		{"invalid config", []string{"--rate", "-1"}, "rate must not be negative"},
 		{"unknown target", []string{"--self-targets", "direct,bouncer"}, `unknown target "bouncer"`},
-		{"cold without a router", []string{"--self-targets", "direct", "--new-tenants", "3"}, "choose router or router-pgbouncer too"},
+		{"cold without a router", []string{"--self-targets", "direct", "--new-tenants", "3"}, "choose a router too"},
+		{"unknown pooled target", []string{"--self-targets", "router-pooled-transaction"}, `unknown target "router-pooled-transaction"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

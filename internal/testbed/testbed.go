@@ -39,21 +39,32 @@ import (
 //   - the routers, each `pgtenant serve` in a child process
 //     (localproc.StartRouter, running Options.Pgtenant: for the command,
 //     its own executable), so that their memory and threads are measured
-//     alone: "router" reaches Postgres directly, "router-pgbouncer" reaches
-//     it through the transaction-mode PgBouncer (upstream.dial_override).
-//     Both share one catalog in the cluster, so they route a tenant to the
-//     same database; their clients log in with SCRAM against a random app
-//     secret, and they log in upstream as each tenant's own role.
+//     alone: "router" reaches Postgres directly with an upstream connection
+//     per client; "router-pooled-session" and "router-pooled-tx" reach it
+//     directly too but pool their upstream connections themselves
+//     (pool.mode session and transaction, sized as PgBouncer's pools are:
+//     routerPool); "router-pgbouncer" reaches it through the
+//     transaction-mode PgBouncer (upstream.dial_override). All share one
+//     catalog in the cluster, so they route a tenant to the same database;
+//     their clients log in with SCRAM against a random app secret, and
+//     they log in upstream as each tenant's own role.
 //
 // All targets do the same work against the same databases: tenant <id>'s
-// database t_<id> is created first, through a router (a "router" started
-// for that alone when no router is chosen), and then the direct and
-// PgBouncer targets log in to it as one shared role, pgtenant_bench (random
-// password, SCRAM, granted CONNECT on every tenant database), since the
-// tenants' own passwords are known only to the routers. Cold, which creates
+// database t_<id> is created first, through the first router chosen (a
+// "router" started for that alone when no router is chosen), and then the
+// direct and PgBouncer targets log in to it as one shared role,
+// pgtenant_bench (random password, SCRAM, granted CONNECT on every tenant
+// database), since the tenants' own passwords are known only to the
+// routers. Cold, which creates
 // tenants, runs against the routers, after "create-database": the bare
 // CREATE DATABASE ... TEMPLATE the routers run for a new tenant, as the
 // baseline they are held to (Bed.createDatabase).
+//
+// bench sends its queries with the simple query protocol (pgconn's Exec),
+// never a protocol-level prepared statement, so every target, the
+// transaction-pooled ones (pgbouncer-transaction, router-pooled-tx,
+// router-pgbouncer) included, runs them alike and none needs an exec mode
+// of its own.
 //
 // Everything is stopped and the directory removed by Bed.Close (the
 // command closes it on Ctrl-C too); the children also get a signal if this
@@ -68,8 +79,17 @@ const (
 	BouncerSession = "pgbouncer-session"
 	// BouncerTx is PgBouncer in transaction pool mode.
 	BouncerTx = "pgbouncer-transaction"
-	// Router is a router reaching Postgres directly.
+	// Router is a router reaching Postgres directly, with an upstream
+	// connection of its own per client connection (no pool section).
 	Router = "router"
+	// RouterPooledSession is a router reaching Postgres directly through
+	// its own pool in session mode (pool.mode: session): a client holds a
+	// pooled server connection until it disconnects.
+	RouterPooledSession = "router-pooled-session"
+	// RouterPooledTx is a router reaching Postgres directly through its
+	// own pool in transaction mode (pool.mode: transaction): a client holds
+	// a pooled server connection for a transaction (a lone query) at a time.
+	RouterPooledTx = "router-pooled-tx"
 	// RouterBouncer is a router reaching Postgres through BouncerTx.
 	RouterBouncer = "router-pgbouncer"
 	// CreateDatabase is Cold's baseline, first in every cold run; it is
@@ -77,8 +97,18 @@ const (
 	CreateDatabase = "create-database"
 )
 
-// labels are the targets to choose from, in run order.
-var labels = []string{Direct, BouncerSession, BouncerTx, Router, RouterBouncer}
+// labels are the targets to choose from, in run order: the routers
+// together, the pooled ones between router (a server connection per
+// client, as in session mode) and router-pgbouncer (transaction pooling,
+// as router-pooled-tx).
+var labels = []string{Direct, BouncerSession, BouncerTx, Router, RouterPooledSession, RouterPooledTx, RouterBouncer}
+
+// routerLabels are the router targets, in labels order: those that create
+// tenants, and so run Cold.
+var routerLabels = []string{Router, RouterPooledSession, RouterPooledTx, RouterBouncer}
+
+// isRouter reports whether target label is a router.
+func isRouter(label string) bool { return slices.Contains(routerLabels, label) }
 
 // Labels returns the targets to choose from (ParseTargets), in run order.
 func Labels() []string { return slices.Clone(labels) }
@@ -136,9 +166,9 @@ func ParseTargets(names []string, scs []bench.Scenario) ([]string, error) {
 	if len(chosen) == 0 {
 		return nil, fmt.Errorf("--self-targets: no target given (valid: %s)", strings.Join(labels, ", "))
 	}
-	if slices.Contains(scs, bench.Cold) && !chosen[Router] && !chosen[RouterBouncer] {
-		return nil, fmt.Errorf("--self-targets: cold (--scenario cold or --new-tenants) compares the routers with %s: choose %s or %s too",
-			CreateDatabase, Router, RouterBouncer)
+	if slices.Contains(scs, bench.Cold) && !slices.ContainsFunc(routerLabels, func(l string) bool { return chosen[l] }) {
+		return nil, fmt.Errorf("--self-targets: cold (--scenario cold or --new-tenants) compares the routers with %s: choose a router too (%s)",
+			CreateDatabase, strings.Join(routerLabels, ", "))
 	}
 	var out []string
 	for _, l := range labels {
@@ -197,7 +227,7 @@ func Start(ctx context.Context, opts Options) (_ *Bed, err error) {
 	case names == nil && haveBouncer:
 		names = labels
 	case names == nil:
-		names = []string{Direct, Router}
+		names = slices.DeleteFunc(slices.Clone(labels), needsBouncer)
 		s.notef("pgbouncer is not installed (%s, or on PATH): skipping %s, %s and %s; install it with `apt-get install pgbouncer` (or make deps)",
 			localproc.DefaultPgBouncer, BouncerSession, BouncerTx, RouterBouncer)
 	case !haveBouncer && slices.ContainsFunc(names, needsBouncer):
@@ -218,10 +248,10 @@ func Start(ctx context.Context, opts Options) (_ *Bed, err error) {
 	}
 	maxConns, need := maxConnections(cfg, names)
 	if need > maxConns {
-		s.notef("warning: Postgres gets max_connections %d, not the %d this run may need: direct, pgbouncer-session and router hold a server connection "+
-			"per client connection (%d x %d), and transaction pools one per client busy at once; connections beyond it fail with 53300. "+
-			"Choose transaction-pooled targets (--self-targets %s,%s) or fewer connections (--tenants, --conns-per-tenant)",
-			maxConns, need, max(cfg.Tenants, 1), max(cfg.ConnsPerTenant, 1), BouncerTx, RouterBouncer)
+		s.notef("warning: Postgres gets max_connections %d, not the %d this run may need: direct, pgbouncer-session, router and router-pooled-session "+
+			"hold a server connection per client connection (%d x %d), and transaction pools one per client busy at once; connections beyond it fail with 53300. "+
+			"Choose transaction-pooled targets (--self-targets %s,%s,%s) or fewer connections (--tenants, --conns-per-tenant)",
+			maxConns, need, max(cfg.Tenants, 1), max(cfg.ConnsPerTenant, 1), BouncerTx, RouterPooledTx, RouterBouncer)
 	}
 
 	defer func() {
@@ -290,32 +320,43 @@ func Start(ctx context.Context, opts Options) (_ *Bed, err error) {
 
 	secret, key := randomHex(16), catalog.NewKey()
 	env := routerEnv(secret, s.cluster.AdminDSN("postgres"), key)
-	var router, routerBouncer *localproc.Router
-	// Tenants are created through a router: the plain one if no router is
-	// chosen, stopped again once it has done that.
-	if has(Router) || !has(RouterBouncer) {
-		if router, err = s.startRouter(ctx, exe, Router, routerConfig(cfg, nil, spares), env); err != nil {
+	// Tenants are created through the first router chosen, or the plain
+	// one if no router is chosen, stopped again once it has done that.
+	routers := map[string]*localproc.Router{}
+	creatorLabel := ""
+	for _, l := range routerLabels {
+		if !has(l) && (l != Router || slices.ContainsFunc(names, isRouter)) {
+			continue
+		}
+		var via *localproc.PgBouncer
+		if l == RouterBouncer {
+			via = tx
+		}
+		r, err := s.startRouter(ctx, exe, l, routerConfig(cfg, via, poolMode(l), spares), env)
+		if err != nil {
 			return nil, err
 		}
-		s.notef("router (pgtenant serve) %s on %s (pid %d)", Router, router.Addr(), router.PID())
-	}
-	if has(RouterBouncer) {
-		if routerBouncer, err = s.startRouter(ctx, exe, RouterBouncer, routerConfig(cfg, tx, spares), env); err != nil {
-			return nil, err
+		routers[l] = r
+		if creatorLabel == "" {
+			creatorLabel = l
 		}
-		s.notef("router (pgtenant serve) %s on %s (pid %d, upstream through PgBouncer %s)",
-			RouterBouncer, routerBouncer.Addr(), routerBouncer.PID(), tx.Addr())
+		how := ""
+		switch {
+		case via != nil:
+			how = ", upstream through PgBouncer " + via.Addr()
+		case poolMode(l) != "":
+			budget, perTenant := routerPool(cfg)
+			how = fmt.Sprintf(", pooling upstream connections itself: pool.mode %s, max_server_connections %d, max_per_tenant %d",
+				poolMode(l), budget, perTenant)
+		}
+		s.notef("router (pgtenant serve) %s on %s (pid %d%s)", l, r.Addr(), r.PID(), how)
 	}
 
 	routerDSN := func(addr string) string {
 		return "postgres://" + bench.TenantPlaceholder + ":" + secret + "@" + addr + "/app?sslmode=disable"
 	}
-	creator, creatorLabel := router, Router
-	if creator == nil {
-		creator, creatorLabel = routerBouncer, RouterBouncer
-	}
 	grant := has(Direct) || has(BouncerSession) || has(BouncerTx)
-	if err := s.createTenants(ctx, cfg, creatorLabel, routerDSN(creator.Addr()), admin, grant); err != nil {
+	if err := s.createTenants(ctx, cfg, creatorLabel, routerDSN(routers[creatorLabel].Addr()), admin, grant); err != nil {
 		return nil, err
 	}
 	if spares > 0 {
@@ -323,12 +364,12 @@ func Start(ctx context.Context, opts Options) (_ *Bed, err error) {
 			return nil, err
 		}
 	}
-	if router != nil && !has(Router) {
+	if r := routers[Router]; r != nil && !has(Router) {
 		s.notef("stopping %s: no router is among the targets, it only created the tenants", Router)
-		if err := s.stopRouter(ctx, router); err != nil {
+		if err := s.stopRouter(ctx, r); err != nil {
 			s.notef("warning: stopping %s: %v", Router, err)
 		}
-		router = nil
+		delete(routers, Router)
 	}
 
 	tenantDSN := func(port uint16) string {
@@ -343,14 +384,12 @@ func Start(ctx context.Context, opts Options) (_ *Bed, err error) {
 			t = bench.Target{DSN: tenantDSN(session.Port()), PID: session.PID()}
 		case BouncerTx:
 			t = bench.Target{DSN: tenantDSN(tx.Port()), PID: tx.PID()}
-		case Router:
-			t = bench.Target{DSN: routerDSN(router.Addr()), PID: router.PID()}
-		case RouterBouncer:
-			t = bench.Target{DSN: routerDSN(routerBouncer.Addr()), PID: routerBouncer.PID()}
+		case Router, RouterPooledSession, RouterPooledTx, RouterBouncer:
+			t = bench.Target{DSN: routerDSN(routers[l].Addr()), PID: routers[l].PID()}
 		}
 		t.Label = l
 		s.targets = append(s.targets, t)
-		if l == Router || l == RouterBouncer {
+		if isRouter(l) {
 			s.routerTargets = append(s.routerTargets, t)
 		}
 	}
@@ -361,6 +400,30 @@ func Start(ctx context.Context, opts Options) (_ *Bed, err error) {
 // needsBouncer reports whether target label needs PgBouncer.
 func needsBouncer(label string) bool {
 	return label == BouncerSession || label == BouncerTx || label == RouterBouncer
+}
+
+// poolMode is router target label's pool.mode, or "" for a router without
+// a pool section (router, router-pgbouncer).
+func poolMode(label string) string {
+	switch label {
+	case RouterPooledSession:
+		return "session"
+	case RouterPooledTx:
+		return "transaction"
+	}
+	return ""
+}
+
+// routerPool sizes a pooled router's pool for cfg: max_per_tenant is the
+// connections per tenant, as PgBouncer's default_pool_size (startBouncer),
+// so that no client queues in session mode; max_server_connections, the
+// budget over all tenants, has room for every client connection at once
+// (C, session mode) plus Concurrency more, for Cold's new tenants and the
+// warm-up, whose pools keep their connection idle until the budget needs it
+// for another tenant.
+func routerPool(cfg bench.Config) (maxServer, maxPerTenant int) {
+	conns := max(cfg.ConnsPerTenant, 1)
+	return max(cfg.Tenants, 1)*conns + concurrency(cfg), conns
 }
 
 // concurrency is cfg's Concurrency with bench's default.
@@ -385,8 +448,8 @@ func idleOnly(cfg bench.Config) bool {
 }
 
 // txServerConns estimates the server connections a transaction pool of
-// one target (pgbouncer-transaction, or router-pgbouncer, whose tenants'
-// roles get pools of their own) opens and keeps: up to conns per tenant per
+// one target (pgbouncer-transaction, router-pooled-tx, or router-pgbouncer,
+// whose tenants' roles get pools of their own) opens and keeps: up to conns per tenant per
 // database while its clients run queries at once (C in all), but in Idle
 // only the warm-up and probe, Concurrency at a time, which leaves about one
 // per database plus Concurrency.
@@ -406,14 +469,17 @@ func txServerConns(cfg bench.Config) int {
 //
 //   - direct and router hold a backend per client connection: 2C covers one
 //     target's C and the previous one's still exiting;
-//   - pgbouncer-session keeps its C server connections after its rounds;
+//   - pgbouncer-session and router-pooled-session keep their C server
+//     connections after their rounds;
 //   - each transaction-pooled target keeps txServerConns: C, or in an
 //     idle-only run about tenants + K;
 //   - each PgBouncer keeps an auth_query connection per database;
 //   - Cold's N new tenants per target: the cold baseline's logins, and per
 //     creation in a router an admin session in the new database and the
-//     tenant's first upstream session (3K), and behind router-pgbouncer a
-//     pool and an auth_query connection per new database (2N);
+//     tenant's first upstream session (3K), behind router-pgbouncer a
+//     pool and an auth_query connection per new database (2N), and in a
+//     pooled router the new tenant's server connection, kept (N); a pooled
+//     router keeps no more than its budget (routerPool) in all;
 //   - each router's catalog and admin pools (poolConns each); and 64
 //     for superusers and the set-up.
 //
@@ -441,20 +507,30 @@ func maxConnections(cfg bench.Config, targets []string) (maxConns, need int) {
 			need += txServerConns(cfg)
 		}
 	}
-	routers := 1 // one creates the tenants even when none is chosen
-	if has(Router) && has(RouterBouncer) {
-		routers = 2
+	routers := 0
+	for _, l := range routerLabels {
+		if has(l) {
+			routers++
+		}
 	}
-	need += routers * 2 * poolConns(cfg)
+	need += max(routers, 1) * 2 * poolConns(cfg) // one creates the tenants even when none is chosen
+	newTenants := 0
 	if slices.Contains(cfg.Scenarios, bench.Cold) {
-		n := cfg.NewTenants
-		if n <= 0 {
-			n = tenants
+		newTenants = cfg.NewTenants
+		if newTenants <= 0 {
+			newTenants = tenants
 		}
 		need += 3 * k
 		if has(RouterBouncer) {
-			need += 2 * n
+			need += 2 * newTenants
 		}
+	}
+	budget, _ := routerPool(cfg)
+	if has(RouterPooledSession) {
+		need += min(budget, c+newTenants)
+	}
+	if has(RouterPooledTx) {
+		need += min(budget, txServerConns(cfg)+newTenants)
 	}
 	return min(need, maxConnectionsCap), need
 }
@@ -463,9 +539,10 @@ func maxConnections(cfg bench.Config, targets []string) (maxConns, need int) {
 // chosen targets may need more open files than limit, the soft limit they
 // inherit from this one, with the numbers and what to change; nil when
 // everything fits or the limit is unknown (0). A router holds two
-// descriptors per session (client and upstream); PgBouncer one per client
-// and one per server connection (txServerConns and the auth_query ones
-// for the transaction pool); on top of that each keeps ownFiles and a
+// descriptors per session (client and upstream), router-pooled-tx one
+// per client and one per server connection (txServerConns); PgBouncer one
+// per client and one per server connection (txServerConns and the
+// auth_query ones for the transaction pool); on top of that each keeps ownFiles and a
 // router its pools. This process's own need is the caller's (Preflight).
 func fileWarnings(cfg bench.Config, targets []string, limit uint64) []string {
 	if limit == 0 {
@@ -479,8 +556,12 @@ func fileWarnings(cfg bench.Config, targets []string, limit uint64) []string {
 		own     int // descriptors whatever the connections
 	}
 	var procs []proc
-	for _, l := range []string{Router, RouterBouncer} {
-		if has(l) {
+	for _, l := range routerLabels {
+		switch {
+		case !has(l):
+		case l == RouterPooledTx:
+			procs = append(procs, proc{l + " (pgtenant serve)", 1, ownFiles + 2*poolConns(cfg) + txServerConns(cfg)})
+		default:
 			procs = append(procs, proc{l + " (pgtenant serve)", 2, ownFiles + 2*poolConns(cfg)})
 		}
 	}
@@ -540,8 +621,10 @@ func (s *Bed) startBouncer(ctx context.Context, cfg bench.Config, mode string) (
 
 // routerConfig is the router's configuration file. Secrets are not in
 // it but in the environment (routerEnv). via, when set, is the
-// PgBouncer the router reaches Postgres through.
-func routerConfig(cfg bench.Config, via *localproc.PgBouncer, spares int) string {
+// PgBouncer the router reaches Postgres through; mode, when set, the
+// pool.mode of its own pool (poolMode), sized by routerPool, the reset
+// query and timeouts left at their defaults.
+func routerConfig(cfg bench.Config, via *localproc.PgBouncer, mode string, spares int) string {
 	c := max(cfg.Tenants, 1) * max(cfg.ConnsPerTenant, 1)
 	var b strings.Builder
 	b.WriteString("# Written by pgtenant bench --self. Secrets come from the environment.\n")
@@ -560,6 +643,10 @@ func routerConfig(cfg bench.Config, via *localproc.PgBouncer, spares int) string
 		fmt.Fprintf(&b, "upstream:\n  dial_override: %s\n", via.Addr())
 		// PgBouncer refuses startup parameters it does not track.
 		fmt.Fprintf(&b, "  forward_params: [%s]\n", strings.Join(router.NeonPoolerParams, ", "))
+	}
+	if mode != "" {
+		budget, perTenant := routerPool(cfg)
+		fmt.Fprintf(&b, "pool:\n  mode: %s\n  max_server_connections: %d\n  max_per_tenant: %d\n", mode, budget, perTenant)
 	}
 	return b.String()
 }
