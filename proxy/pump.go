@@ -21,11 +21,10 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, pumpBufSize); return
 
 // lazyReader reads a connection into pooled buffers (see bufPool). On
 // anything but a *net.TCPConn (a TLS connection buffers internally anyway)
-// it falls back to an owned buffer and Read.
+// it falls back to Read, holding a pooled buffer while it blocks.
 type lazyReader struct {
 	conn net.Conn
 	raw  syscall.RawConn
-	own  []byte
 
 	// State of one raw read, kept here so that the callback is a method
 	// value made once, not a closure allocated per read.
@@ -44,7 +43,6 @@ func newLazyReader(c net.Conn) *lazyReader {
 			return r
 		}
 	}
-	r.own = make([]byte, pumpBufSize)
 	return r
 }
 
@@ -70,8 +68,14 @@ func (r *lazyReader) readFD(fd uintptr) bool {
 // the next call to read or done.
 func (r *lazyReader) read() ([]byte, error) {
 	if r.raw == nil {
-		n, err := r.conn.Read(r.own)
-		return r.own[:n], err
+		// A blocking Read needs its buffer throughout; from the pool, so
+		// that a pump that runs briefly (a pooled transaction's) does not
+		// allocate one each time.
+		if r.bp == nil {
+			r.bp = bufPool.Get().(*[]byte)
+		}
+		n, err := r.conn.Read(*r.bp)
+		return (*r.bp)[:n], err
 	}
 	r.done()
 	if err := r.raw.Read(r.fn); err != nil { // deadline or closed

@@ -40,12 +40,12 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	pgPort := fs.Int("pg-port", 0, "port of the local Postgres (0: the one used last time, else a free one)")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
-	// Session mode, not transaction: transaction mode does not keep
-	// protocol-level prepared statements, which pgx (and other drivers) use
-	// by default, so apps tried out on dev would fail there. Session mode
-	// still shows the pool at work: a client's server connection is reset
-	// and kept when it leaves, and the next client gets it logged in.
-	poolMode := fs.String("pool-mode", router.PoolModeSession, "connection pooling: off, session or transaction (transaction mode keeps no session state between transactions, protocol-level prepared statements included)")
+	// Session mode, not transaction: people try things in dev with psql,
+	// and a SET or temporary table outside a transaction does not outlive
+	// its statement in transaction mode. Session mode still shows the pool
+	// at work: a client's server connection is reset and kept when it
+	// leaves, and the next client gets it logged in.
+	poolMode := fs.String("pool-mode", router.PoolModeSession, "connection pooling: off, session or transaction (transaction mode keeps no session state between transactions but the client's settings and protocol-level prepared statements)")
 	adminListen := fs.String("admin-listen", devAdminListen, "address of the admin HTTP listener (/metrics, /healthz, /readyz, /v1 API; token in <data-dir>/admin.token); \"\": off. If the default is taken, a free port is used")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, "Usage: pgtenant dev [flags]\n\nStarts a local Postgres (initdb on first run) and the router in front of it.\n\n")
