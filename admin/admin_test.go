@@ -12,6 +12,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/admin"
 	"github.com/pgtenant/pgtenant/internal/pgtest"
+	"github.com/pgtenant/pgtenant/internal/poll"
 	"github.com/pgtenant/pgtenant/proxy"
 )
 
@@ -65,20 +66,13 @@ func TestReadyzWhileDraining(t *testing.T) {
 	}
 	stopped := make(chan struct{})
 	go func() { e.stop(); close(stopped) }()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	poll.Until(t, 10*time.Second, "readyz to say 503 once shutdown began", func() bool {
 		status, body := e.call(t, "GET", "/readyz", "")
-		if status == 503 {
-			if !strings.Contains(body, "draining") {
-				t.Fatalf("readyz while draining: %s", body)
-			}
-			break
+		if status == 503 && !strings.Contains(body, "draining") {
+			t.Fatalf("readyz while draining: %s", body)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("readyz stayed 200 after shutdown began")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return status == 503
+	})
 	// The session still works while the router drains, and ends the drain.
 	if _, err := conn.Exec(context.Background(), "SELECT 1"); err != nil {
 		t.Fatalf("session while draining: %v", err)

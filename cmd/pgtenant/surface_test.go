@@ -18,6 +18,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/internal/pgtest"
+	"github.com/pgtenant/pgtenant/internal/poll"
 	"github.com/pgtenant/pgtenant/router"
 )
 
@@ -26,13 +27,7 @@ const testAdminToken = "serve-admin-t0ken"
 // waitFor polls cond until it holds or 20s pass.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	poll.Until(t, 20*time.Second, what, cond)
 }
 
 func httpGet(t *testing.T, url string) (int, string) {
