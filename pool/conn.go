@@ -56,6 +56,11 @@ type Server struct {
 	// Reset with a query clears it: a reset query such as DISCARD ALL
 	// deallocates them.
 	Prepared map[string]uint64
+	// Tag is the caller's mark of the session state it last set up on the
+	// connection (a fingerprint of a client's settings, say), so that the
+	// next client wanting the same can skip setting it up; zero means
+	// none. Reset with a query clears it.
+	Tag uint64
 }
 
 // FromHijacked is the Server of a connection taken over from pgconn.

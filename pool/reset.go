@@ -49,6 +49,7 @@ func (s *Server) Reset(ctx context.Context, txStatus byte, query string) error {
 	if query != "" {
 		clear(s.Settings)
 		clear(s.Prepared)
+		s.Tag = 0
 	}
 	return s.exchange(ctx, out, n)
 }

@@ -47,6 +47,14 @@ type pooledClient struct {
 	// defaults says the first borrow is yet to add the login's defaults
 	// to want.
 	defaults bool
+	// tag fingerprints want (0: not yet computed), for pool.Server.Tag.
+	tag uint64
+	// rt is the route borrowed on last, resolved at rtAt.
+	rt   resolver.Route
+	rtAt time.Time
+	// tls is the upstream TLS configuration of rt's host (for cancels).
+	tls     *tls.Config
+	tlsHost string
 
 	// current is the cancel target of the connection held now (nil: none),
 	// for the client's cancel key.
@@ -160,9 +168,16 @@ func (s *Server) servePooled(ctx context.Context, c net.Conn, sess *session, log
 // borrow takes a server connection for the client and applies its
 // settings to it.
 func (pc *pooledClient) borrow(ctx context.Context) (*pool.Conn, resolver.Route, error) {
-	conn, rt, err := pc.s.acquire(ctx, pc.tenant)
+	var known *resolver.Route
+	if time.Since(pc.rtAt) < routeReuse {
+		known = &pc.rt
+	}
+	conn, rt, err := pc.s.acquire(ctx, pc.tenant, known)
 	if err != nil {
 		return nil, rt, err
+	}
+	if known == nil {
+		pc.rt, pc.rtAt = rt, time.Now()
 	}
 	if pc.defaults {
 		// What the client did not ask for of the settings it may change
@@ -176,12 +191,22 @@ func (pc *pooledClient) borrow(ctx context.Context) (*pool.Conn, resolver.Route,
 			}
 		}
 	}
-	if err := applySettings(ctx, conn, pc.want); err != nil {
-		conn.Release(false)
-		return nil, rt, settingError(err)
+	if pc.tag == 0 {
+		pc.tag = settingsTag(pc.want)
+	}
+	if conn.Tag != pc.tag { // else it holds this client's settings already
+		if err := applySettings(ctx, conn, pc.want); err != nil {
+			conn.Release(false)
+			return nil, rt, settingError(err)
+		}
+		conn.Tag = pc.tag
 	}
 	return conn, rt, nil
 }
+
+// routeReuse is how long a pooled client borrows on the route it resolved
+// last without resolving again.
+const routeReuse = time.Second
 
 // attachLocked makes conn, at ReadyForQuery, the connection the client
 // holds and starts its pump.
@@ -205,7 +230,10 @@ func (pc *pooledClient) startPumpLocked() {
 }
 
 func (pc *pooledClient) tlsConfig(rt resolver.Route) *tls.Config {
-	return pc.s.cfg.Upstream.tlsConfig(rt.Host)
+	if pc.tlsHost != rt.Host || pc.tls == nil {
+		pc.tls, pc.tlsHost = pc.s.cfg.Upstream.tlsConfig(rt.Host), rt.Host
+	}
+	return pc.tls
 }
 
 // releasableLocked reports whether the held connection has nothing in
@@ -231,6 +259,10 @@ func (pc *pooledClient) onParameter(name, value string) {
 	}
 	if trackedParams[lk] {
 		pc.want[lk] = setting{name, value}
+		pc.tag = settingsTag(pc.want)
+		if pc.conn != nil {
+			pc.conn.Tag = pc.tag // the server's session says it too now
+		}
 	}
 }
 

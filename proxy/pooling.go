@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"maps"
 	"slices"
 	"strings"
@@ -153,6 +154,19 @@ func (s *Server) pooledStartup(params map[string]string) (PoolMode, map[string]s
 	return mode, want, nil
 }
 
+// settingsTag fingerprints want (FNV-1a over its sorted names and values);
+// never zero.
+func settingsTag(want map[string]setting) uint64 {
+	h := fnv.New64a()
+	for _, k := range slices.Sorted(maps.Keys(want)) {
+		h.Write([]byte(k))
+		h.Write([]byte{0})
+		h.Write([]byte(want[k].value))
+		h.Write([]byte{0})
+	}
+	return max(h.Sum64(), 1)
+}
+
 // serverValue is what the server's session says for name: its last
 // ParameterStatus, or what was SET on it for a setting it does not report.
 func serverValue(c *pool.Conn, name string) (string, bool) {
@@ -224,17 +238,26 @@ func quoteLiteral(s string) string {
 // route's pool, queueing under the server's budget. As connectUpstream, a
 // route whose upstream cannot be reached or refuses the login is
 // invalidated and resolved once more.
-func (s *Server) acquire(ctx context.Context, tenant string) (*pool.Conn, resolver.Route, error) {
+//
+// known, if set, is a route resolved a moment ago, tried first without
+// resolving again (a pooled client borrows once per transaction).
+func (s *Server) acquire(ctx context.Context, tenant string, known *resolver.Route) (*pool.Conn, resolver.Route, error) {
 	var lastErr error
 	for attempt := range 2 {
 		if attempt > 0 {
 			s.res.Invalidate(tenant)
 		}
-		resolveStart := time.Now()
-		rt, err := s.res.Resolve(ctx, tenant)
-		s.cfg.Metrics.resolved(resolveStart, rt, err)
-		if err != nil {
-			return nil, rt, resolveError(ctx, tenant, err)
+		var rt resolver.Route
+		if attempt == 0 && known != nil {
+			rt = *known
+		} else {
+			resolveStart := time.Now()
+			var err error
+			rt, err = s.res.Resolve(ctx, tenant)
+			s.cfg.Metrics.resolved(resolveStart, rt, err)
+			if err != nil {
+				return nil, rt, resolveError(ctx, tenant, err)
+			}
 		}
 		c, err := s.cfg.Pool.Manager.Acquire(ctx, pool.KeyFor(tenant, rt.Endpoint), func(ctx context.Context) (pool.Server, error) {
 			dialStart := time.Now()

@@ -88,6 +88,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	self := fs.Bool("self", false, "start Postgres, PgBouncer and the router in a temporary directory and compare them (no --dsn, --compare, --label or --pid: it sets them)")
 	selfTargetNames := fs.StringSlice("self-targets", nil, "with --self: the targets to start and compare, comma-separated, from "+
 		strings.Join(testbed.Labels(), ", ")+" (default all); they run in that order, the first chosen as the baseline, and cold adds "+testbed.CreateDatabase+" as its baseline")
+	selfPoolBudget := fs.Int("self-pool-budget", 0, "with --self: the pooled routers' pool.max_server_connections (also capping max_per_tenant); 0: room for every client connection at once")
+	selfMaxConns := fs.Int("self-max-connections", 0, "with --self: Postgres' max_connections; 0: sized for the chosen targets")
 	selfSpares := fs.Int("self-spares", 0, "with --self: spare databases the routers keep cloned ahead of demand (provider.local.spares); cold then measures a new tenant taking one")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, benchUsage)
@@ -110,6 +112,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("%w: --self-targets applies only with --self", errUsage)
 	case fs.Changed("self-spares"):
 		return fmt.Errorf("%w: --self-spares applies only with --self", errUsage)
+	case fs.Changed("self-pool-budget"), fs.Changed("self-max-connections"):
+		return fmt.Errorf("%w: --self-pool-budget and --self-max-connections apply only with --self", errUsage)
 	case fs.NArg() == 1 && *dsn == "":
 		*dsn = fs.Arg(0)
 	case fs.NArg() > 0:
@@ -150,6 +154,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 				return fmt.Errorf("%w: %w", errUsage, err)
 			}
 		}
+		if *selfPoolBudget < 0 || *selfMaxConns < 0 {
+			return fmt.Errorf("%w: --self-pool-budget and --self-max-connections: want 0 or more", errUsage)
+		}
 		if *selfSpares < 0 {
 			return fmt.Errorf("%w: --self-spares %d: want 0 or more", errUsage, *selfSpares)
 		}
@@ -160,11 +167,13 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return fmt.Errorf("--self runs the routers with this executable: %w", err)
 		}
 		bed, err := testbed.Start(ctx, testbed.Options{
-			Bench:    cfg,
-			Targets:  chosen,
-			Spares:   *selfSpares,
-			Pgtenant: exe,
-			Notes:    stderr,
+			Bench:          cfg,
+			Targets:        chosen,
+			Spares:         *selfSpares,
+			PoolBudget:     *selfPoolBudget,
+			MaxConnections: *selfMaxConns,
+			Pgtenant:       exe,
+			Notes:          stderr,
 			Preflight: func(cfg bench.Config) uint64 {
 				fl := checkFileLimit(stderr, cfg.MaxOpenConns())
 				noteColdConcurrency(stderr, cfg)

@@ -189,6 +189,13 @@ type Options struct {
 	// Spares is the spare databases the routers keep cloned ahead of
 	// demand (provider.local.spares).
 	Spares int
+	// PoolBudget, when positive, is the pooled routers'
+	// pool.max_server_connections (and caps max_per_tenant); zero sizes it
+	// so that no client queues (routerPool).
+	PoolBudget int
+	// MaxConnections, when positive, is Postgres' max_connections; zero
+	// sizes it for the chosen targets (maxConnections).
+	MaxConnections int
 	// Pgtenant is the pgtenant executable the routers run as (`Pgtenant
 	// serve --config ...`): for `pgtenant bench --self`, os.Executable().
 	Pgtenant string
@@ -207,7 +214,7 @@ type Options struct {
 // (Targets). On error everything it started is stopped again; otherwise
 // the caller must Close it.
 func Start(ctx context.Context, opts Options) (_ *Bed, err error) {
-	cfg, chosen, spares, exe, stderr := opts.Bench, opts.Targets, opts.Spares, opts.Pgtenant, opts.Notes
+	cfg, chosen, spares, exe, stderr, budget := opts.Bench, opts.Targets, opts.Spares, opts.Pgtenant, opts.Notes, opts.PoolBudget
 	if stderr == nil {
 		stderr = io.Discard
 	}
@@ -246,7 +253,10 @@ func Start(ctx context.Context, opts Options) (_ *Bed, err error) {
 	for _, w := range fileWarnings(cfg, names, softFiles) {
 		s.notef("warning: %s", w)
 	}
-	maxConns, need := maxConnections(cfg, names)
+	maxConns, need := maxConnections(cfg, names, budget)
+	if opts.MaxConnections > 0 {
+		maxConns = opts.MaxConnections
+	}
 	if need > maxConns {
 		s.notef("warning: Postgres gets max_connections %d, not the %d this run may need: direct, pgbouncer-session, router and router-pooled-session "+
 			"hold a server connection per client connection (%d x %d), and transaction pools one per client busy at once; connections beyond it fail with 53300. "+
@@ -332,7 +342,7 @@ func Start(ctx context.Context, opts Options) (_ *Bed, err error) {
 		if l == RouterBouncer {
 			via = tx
 		}
-		r, err := s.startRouter(ctx, exe, l, routerConfig(cfg, via, poolMode(l), spares), env)
+		r, err := s.startRouter(ctx, exe, l, routerConfig(cfg, via, poolMode(l), spares, budget), env)
 		if err != nil {
 			return nil, err
 		}
@@ -345,7 +355,7 @@ func Start(ctx context.Context, opts Options) (_ *Bed, err error) {
 		case via != nil:
 			how = ", upstream through PgBouncer " + via.Addr()
 		case poolMode(l) != "":
-			budget, perTenant := routerPool(cfg)
+			budget, perTenant := routerPool(cfg, budget)
 			how = fmt.Sprintf(", pooling upstream connections itself: pool.mode %s, max_server_connections %d, max_per_tenant %d",
 				poolMode(l), budget, perTenant)
 		}
@@ -421,8 +431,14 @@ func poolMode(label string) string {
 // (C, session mode) plus Concurrency more, for Cold's new tenants and the
 // warm-up, whose pools keep their connection idle until the budget needs it
 // for another tenant.
-func routerPool(cfg bench.Config) (maxServer, maxPerTenant int) {
+//
+// A positive budget is taken as it is (Options.PoolBudget), the ceiling
+// capped at it.
+func routerPool(cfg bench.Config, budget int) (maxServer, maxPerTenant int) {
 	conns := max(cfg.ConnsPerTenant, 1)
+	if budget > 0 {
+		return budget, min(conns, budget)
+	}
 	return max(cfg.Tenants, 1)*conns + concurrency(cfg), conns
 }
 
@@ -489,7 +505,7 @@ func txServerConns(cfg bench.Config) int {
 // the benchmark. A run that holds more than that through direct,
 // pgbouncer-session or router needs a bigger machine or a transaction
 // pool; the caller warns.
-func maxConnections(cfg bench.Config, targets []string) (maxConns, need int) {
+func maxConnections(cfg bench.Config, targets []string, poolBudget int) (maxConns, need int) {
 	has := func(l string) bool { return slices.Contains(targets, l) }
 	tenants, c, k := max(cfg.Tenants, 1), max(cfg.Tenants, 1)*max(cfg.ConnsPerTenant, 1), concurrency(cfg)
 	need = 64
@@ -525,7 +541,7 @@ func maxConnections(cfg bench.Config, targets []string) (maxConns, need int) {
 			need += 2 * newTenants
 		}
 	}
-	budget, _ := routerPool(cfg)
+	budget, _ := routerPool(cfg, poolBudget)
 	if has(RouterPooledSession) {
 		need += min(budget, c+newTenants)
 	}
@@ -624,7 +640,7 @@ func (s *Bed) startBouncer(ctx context.Context, cfg bench.Config, mode string) (
 // PgBouncer the router reaches Postgres through; mode, when set, the
 // pool.mode of its own pool (poolMode), sized by routerPool, the reset
 // query and timeouts left at their defaults.
-func routerConfig(cfg bench.Config, via *localproc.PgBouncer, mode string, spares int) string {
+func routerConfig(cfg bench.Config, via *localproc.PgBouncer, mode string, spares, poolBudget int) string {
 	c := max(cfg.Tenants, 1) * max(cfg.ConnsPerTenant, 1)
 	var b strings.Builder
 	b.WriteString("# Written by pgtenant bench --self. Secrets come from the environment.\n")
@@ -645,7 +661,7 @@ func routerConfig(cfg bench.Config, via *localproc.PgBouncer, mode string, spare
 		fmt.Fprintf(&b, "  forward_params: [%s]\n", strings.Join(router.NeonPoolerParams, ", "))
 	}
 	if mode != "" {
-		budget, perTenant := routerPool(cfg)
+		budget, perTenant := routerPool(cfg, poolBudget)
 		fmt.Fprintf(&b, "pool:\n  mode: %s\n  max_server_connections: %d\n  max_per_tenant: %d\n", mode, budget, perTenant)
 	}
 	return b.String()

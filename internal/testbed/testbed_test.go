@@ -139,14 +139,14 @@ func TestMaxConnections(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			gotMax, gotNeed := maxConnections(tt.cfg, tt.targets)
+			gotMax, gotNeed := maxConnections(tt.cfg, tt.targets, 0)
 			if gotMax != tt.max || gotNeed != tt.need {
 				t.Errorf("maxConnections = %d (need %d), want %d (need %d)", gotMax, gotNeed, tt.max, tt.need)
 			}
 			// Fewer targets never need more.
 			for _, l := range tt.targets {
 				fewer := slices.DeleteFunc(slices.Clone(tt.targets), func(x string) bool { return x == l })
-				if _, n := maxConnections(tt.cfg, fewer); n > gotNeed {
+				if _, n := maxConnections(tt.cfg, fewer, 0); n > gotNeed {
 					t.Errorf("without %s: need %d > %d", l, n, gotNeed)
 				}
 			}
@@ -203,7 +203,7 @@ func TestFileWarnings(t *testing.T) {
 func TestRouterConfig(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "router.yaml")
 	cfg := bench.Config{Scenarios: []bench.Scenario{bench.Cold}, NewTenants: 100, Concurrency: 100}
-	if err := os.WriteFile(path, []byte(routerConfig(cfg, nil, "", 2)), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte(routerConfig(cfg, nil, "", 2, 0)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	fc, err := router.LoadConfig(path)
@@ -220,16 +220,14 @@ func TestRouterConfig(t *testing.T) {
 	if fc.Provider.Local.Template != local.DefaultTemplate {
 		t.Errorf("template %q: create-database clones %q", fc.Provider.Local.Template, local.DefaultTemplate)
 	}
-	if strings.Contains(routerConfig(cfg, nil, "", 2), "pool:") {
+	if strings.Contains(routerConfig(cfg, nil, "", 2, 0), "pool:") {
 		t.Error("router has a pool section: it is the unpooled router")
 	}
 }
 
 // TestRouterConfigPooled checks the pooled routers' configuration as
 // `pgtenant serve` would load and validate it, with the secrets
-// routerEnv passes, next to the plain router's. The pool section is router/config.go's, added on
-// another branch: until it is there, the router rejects the key and the
-// test skips.
+// routerEnv passes, next to the plain router's.
 func TestRouterConfigPooled(t *testing.T) {
 	t.Setenv(router.EnvPassword, "secret")
 	t.Setenv(router.EnvAdminDSN, "postgres://postgres@127.0.0.1/postgres")
@@ -237,7 +235,7 @@ func TestRouterConfigPooled(t *testing.T) {
 	cfg := bench.Config{Tenants: 10, ConnsPerTenant: 4, Concurrency: 64}
 	for _, label := range []string{Router, RouterPooledSession, RouterPooledTx} {
 		t.Run(label, func(t *testing.T) {
-			text := routerConfig(cfg, nil, poolMode(label), 0)
+			text := routerConfig(cfg, nil, poolMode(label), 0, 0)
 			want := "pool:\n  mode: " + poolMode(label) + "\n  max_server_connections: 104\n  max_per_tenant: 4\n"
 			if label == Router {
 				want = ""
@@ -245,14 +243,17 @@ func TestRouterConfigPooled(t *testing.T) {
 			if !strings.Contains(text, want) {
 				t.Errorf("configuration lacks\n%s\nin\n%s", want, text)
 			}
+			if label != Router {
+				// A budget given (--self-pool-budget) is taken as it is.
+				if fixed := routerConfig(cfg, nil, poolMode(label), 0, 3); !strings.Contains(fixed, "max_server_connections: 3\n  max_per_tenant: 3\n") {
+					t.Errorf("with a budget of 3:\n%s", fixed)
+				}
+			}
 			path := filepath.Join(t.TempDir(), label+".yaml")
 			if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 				t.Fatal(err)
 			}
 			fc, err := router.LoadConfig(path)
-			if err != nil && strings.Contains(err.Error(), "field pool not found") {
-				t.Skipf("pgtenant serve does not take the pool section yet (router/config.go's pool:, on another branch), so %s cannot start: %v", label, err)
-			}
 			if err != nil {
 				t.Fatal(err)
 			}

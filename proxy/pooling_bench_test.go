@@ -1,0 +1,40 @@
+package proxy_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgtenant/pgtenant/pool"
+	"github.com/pgtenant/pgtenant/proxy"
+)
+
+// BenchmarkQuery runs "SELECT 1" over held connections (simple protocol),
+// unpooled and pooled in each mode: the relay's cost per query. Compare
+// the sub-benchmarks with each other (and with pgtenant bench against
+// PgBouncer), not with a fixed number.
+func BenchmarkQuery(b *testing.B) {
+	b.Run("unpooled", func(b *testing.B) { benchQuery(b) })
+	for _, mode := range []proxy.PoolMode{proxy.PoolSession, proxy.PoolTransaction} {
+		b.Run("pooled-"+string(mode), func(b *testing.B) {
+			opt, _ := withPool(b, mode, pool.Config{})
+			benchQuery(b, opt)
+		})
+	}
+}
+
+func benchQuery(b *testing.B, opts ...routerOpt) {
+	r := startRouter(b, newCatalogDB(b), opts...)
+	ctx := context.Background()
+	c, err := pgconn.Connect(ctx, r.dsn(newTenant("bq"), appSecret))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close(ctx)
+	for b.Loop() {
+		if _, err := c.Exec(ctx, "SELECT 1").ReadAll(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
