@@ -452,8 +452,10 @@ func concurrency(cfg bench.Config) int {
 
 // poolConns sizes each router's catalog and admin pools: a tenant's
 // creation holds a connection of each, so pools smaller than Concurrency
-// (10 by default) would queue Cold's creations inside the router.
-func poolConns(cfg bench.Config) int { return max(10, concurrency(cfg)) }
+// would queue Cold's creations inside the router. No bigger: under a small
+// max_connections (--self-max-connections) they take from the pool budget's
+// room.
+func poolConns(cfg bench.Config) int { return max(2, concurrency(cfg)) }
 
 // idleOnly reports whether every scenario of cfg but Cold is Idle, in
 // which only warm-up and the probe run queries, Concurrency at a time.
