@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"log/slog"
+	"maps"
 	"net"
 	"slices"
 	"strings"
@@ -113,22 +114,54 @@ func (s *Server) servePooled(ctx context.Context, c net.Conn, sess *session, log
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.connectTimeout())
 	defer cancel()
 	_ = c.SetDeadline(time.Now().Add(s.cfg.connectTimeout()))
-	conn, rt, err := pc.borrow(cctx)
-	cancel()
+	resolveStart := time.Now()
+	rt, err := s.res.Resolve(cctx, tenant) // creates the tenant on its first connect
+	s.cfg.Metrics.resolved(resolveStart, rt, err)
 	if err != nil {
-		return s.fail(c, err)
+		cancel()
+		return s.fail(c, resolveError(cctx, tenant, err))
 	}
+	pc.rt, pc.rtAt = rt, time.Now()
+	// In transaction mode a client that asks what an earlier one asked
+	// (the usual case: one app, one driver) is greeted with what that one
+	// was told, and borrows only for its first transaction.
+	gk := greetingKey{pool.KeyFor(tenant, rt.Endpoint), settingsTag(want)}
+	var conn *pool.Conn
+	var g *greeting
+	if mode == PoolTransaction {
+		if g, _ = s.greetings.Get(gk); g != nil && time.Since(g.at) > greetingTTL {
+			g = nil // the server's own settings may have changed (ALTER DATABASE ... SET)
+		}
+	}
+	if g == nil {
+		if conn, _, err = pc.borrow(cctx); err != nil {
+			cancel()
+			return s.fail(c, err)
+		}
+		g = &greeting{params: maps.Clone(conn.Params), pid: conn.PID, at: time.Now()}
+		if mode == PoolTransaction {
+			s.greetings.Add(gk, g)
+		}
+	} else {
+		pc.defaults = false // the greeting says the login's defaults
+	}
+	cancel()
 	// The client keeps what it is told now of the settings it may change.
-	for k, v := range conn.Params {
+	for k, v := range g.params {
 		if lk := strings.ToLower(k); trackedParams[lk] {
 			pc.want[lk] = setting{k, v}
 		}
 	}
-	sess.routed, sess.via, sess.upPID = true, rt.Via, conn.PID
-	ls := &liveSession{session: sess, remote: c.RemoteAddr().String(), start: time.Now(), upstream: conn.Conn, wake: pc.wake}
+	pc.tag = 0
+	sess.routed, sess.via, sess.upPID = true, rt.Via, g.pid
+	ls := &liveSession{session: sess, remote: c.RemoteAddr().String(), start: time.Now(), wake: pc.wake}
 	pc.ls = ls
 	sess.onEnd(s.live.add(ls))
-	giveBack := func() { conn.Release(conn.TxStatus == 'I') }
+	giveBack := func() {
+		if conn != nil {
+			conn.Release(conn.TxStatus == 'I')
+		}
+	}
 	if s.draining.Load() {
 		giveBack()
 		return s.fail(c, errShuttingDown())
@@ -137,18 +170,18 @@ func (s *Server) servePooled(ctx context.Context, c net.Conn, sess *session, log
 		giveBack()
 		return s.fail(c, blockedError(tenant))
 	}
-	key, release := s.cancels.register(cancelTarget{pid: conn.PID, follow: &pc.current})
+	key, release := s.cancels.register(cancelTarget{pid: g.pid, follow: &pc.current})
 	sess.onEnd(release)
 
 	var secret [4]byte
 	binary.BigEndian.PutUint32(secret[:], key.secret)
-	msgs := make([]pgproto3.BackendMessage, 0, len(conn.Params)+2)
-	for name, value := range conn.Params {
+	msgs := make([]pgproto3.BackendMessage, 0, len(g.params)+2)
+	for name, value := range g.params {
 		msgs = append(msgs, &pgproto3.ParameterStatus{Name: name, Value: value})
 	}
 	msgs = append(msgs,
-		&pgproto3.BackendKeyData{ProcessID: conn.PID, SecretKey: secret[:]},
-		&pgproto3.ReadyForQuery{TxStatus: conn.TxStatus})
+		&pgproto3.BackendKeyData{ProcessID: g.pid, SecretKey: secret[:]},
+		&pgproto3.ReadyForQuery{TxStatus: 'I'})
 	if err := writeMsgs(c, msgs...); err != nil {
 		giveBack()
 		return err
@@ -164,6 +197,26 @@ func (s *Server) servePooled(ctx context.Context, c net.Conn, sess *session, log
 	sess.client, sess.pooled = c, pc
 	return nil
 }
+
+// greeting is what a pooled client is told at login: the server's
+// parameters (its settings applied) and a backend pid for its cancel key.
+type greeting struct {
+	params map[string]string
+	pid    uint32
+	at     time.Time
+}
+
+// greetingTTL is how long a greeting is told to other clients.
+const greetingTTL = time.Minute
+
+// greetingKey is a route's pool and a client's settings (settingsTag).
+type greetingKey struct {
+	pool pool.Key
+	tag  uint64
+}
+
+// maxGreetings bounds the greetings kept (a few hundred bytes each).
+const maxGreetings = 4096
 
 // borrow takes a server connection for the client and applies its
 // settings to it.

@@ -487,3 +487,47 @@ SELECT count(*) FROM app_items;`
 		})
 	}
 }
+
+// TestPoolTransactionGreetsWithoutAServer checks that a transaction-mode
+// client that asks what an earlier one asked logs in while every server
+// connection is busy, and waits only for its first transaction.
+func TestPoolTransactionGreetsWithoutAServer(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	opt, m := withPool(t, proxy.PoolTransaction, pool.Config{MaxServerConnections: 1})
+	r := startRouter(t, newCatalogDB(t), opt)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	tenant := newTenant("pgreet")
+	holder := r.simple(t, tenant)
+	tx, err := holder.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	late := r.simple(t, tenant) // greeted while the one connection is in a transaction
+	if got := late.PgConn().ParameterStatus("server_version"); got == "" {
+		t.Error("greeting without server_version")
+	}
+	done := make(chan string, 1)
+	go func() {
+		var s string
+		_ = late.QueryRow(ctx, "SELECT 'served'").Scan(&s)
+		done <- s
+	}()
+	poll.Until(t, 10*time.Second, "the late client to queue", func() bool {
+		for _, p := range m.Pools() {
+			if p.ClientsWaiting > 0 {
+				return true
+			}
+		}
+		return false
+	})
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-done; got != "served" {
+		t.Errorf("late client's query: %q", got)
+	}
+	if n := m.Counters().ServersOpened; n != 1 {
+		t.Errorf("%d server connections opened, want 1", n)
+	}
+}

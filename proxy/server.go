@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -116,10 +117,12 @@ type Server struct {
 	nextConn atomic.Uint64
 	conns    sync.WaitGroup // the sessions Serve started before the drain
 	connMu   sync.Mutex     // orders conns.Go before drain's conns.Wait
-	live     registry
-	draining atomic.Bool
-	tls      *tlsTerminator // nil: TLS disabled
-	lim      *limiter       // limits, block list, auth backoff (limits.go)
+
+	greetings *lru.Cache[greetingKey, *greeting] // transaction pooling's cached greetings (pooled.go)
+	live      registry
+	draining  atomic.Bool
+	tls       *tlsTerminator // nil: TLS disabled
+	lim       *limiter       // limits, block list, auth backoff (limits.go)
 }
 
 // killGrace is how long Serve waits for killed sessions to send their
@@ -136,6 +139,13 @@ func New(cfg Config, r Resolver) (*Server, error) {
 		return nil, err
 	}
 	if err := cfg.Tenant.Validate(); err != nil {
+		return nil, err
+	}
+	if err := cfg.Pool.validate(); err != nil {
+		return nil, err
+	}
+	greetings, err := lru.New[greetingKey, *greeting](maxGreetings)
+	if err != nil {
 		return nil, err
 	}
 	log := cfg.Log
@@ -160,6 +170,8 @@ func New(cfg Config, r Resolver) (*Server, error) {
 		scram:   newSCRAMClients(upstreamSCRAMCacheSize),
 		tls:     term,
 		lim:     newLimiter(&cfg),
+
+		greetings: greetings,
 	}, nil
 }
 
