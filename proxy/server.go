@@ -304,6 +304,7 @@ type session struct {
 	bytesIn   atomic.Int64 // client → upstream
 	bytesOut  atomic.Int64 // upstream → client
 	cancelReq bool
+	direct    bool   // on the direct endpoint (pgtenant.endpoint=direct)
 	sni       string // TLS server name the client sent
 
 	killedBy *ClientError // why the router ended the routed session, if it did (metrics)
@@ -392,6 +393,9 @@ func (s *Server) ended(ctx context.Context, sess *session, log *slog.Logger, sta
 	}
 	if sess.sni != "" {
 		attrs = append(attrs, "sni", sess.sni)
+	}
+	if sess.direct {
+		attrs = append(attrs, "endpoint", "direct")
 	}
 	if err != nil && !(sess.routed && isQuietEOF(err)) && ctx.Err() == nil {
 		attrs = append(attrs, "err", err)
@@ -482,6 +486,7 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	if err != nil {
 		return s.fail(c, err)
 	}
+	sess.direct = direct
 	mode, want, err := s.pooledStartup(tenant, direct, p.params) // pooling.go; drops the pool mode option
 	if err != nil {
 		return s.fail(c, err)
