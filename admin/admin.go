@@ -47,6 +47,17 @@ type Blocks interface {
 	Unblock(ctx context.Context, tenant string) error
 }
 
+// PoolModes is the per-tenant pool modes: stored where every router
+// instance reads them, applied by this one. SetPoolMode stores tenant's
+// mode (session, transaction or off; "" clears it, so the router's default
+// applies) and applies it on this router before it returns; sessions
+// already running keep their mode. PoolMode is the mode this router
+// applies to tenant, "" for none. The router package implements it.
+type PoolModes interface {
+	SetPoolMode(ctx context.Context, tenant, mode string) error
+	PoolMode(tenant string) string
+}
+
 // Resolver is this router's route cache. *resolver.Resolver implements it.
 type Resolver interface {
 	Resolve(ctx context.Context, tenant string) (resolver.Route, error)
@@ -88,6 +99,9 @@ type Config struct {
 	Catalog Catalog
 	Blocks  Blocks
 	Ping    Pinger
+	// TenantModes is the shared per-tenant pool modes. Nil: PUT and DELETE
+	// /v1/tenants/{id}/pool-mode answer 501.
+	TenantModes PoolModes
 	// Resolver and Router are this router instance's.
 	Resolver Resolver
 	Router   Router
@@ -149,6 +163,7 @@ func New(cfg Config) (*Handler, error) {
 	api := http.NewServeMux()
 	api.HandleFunc("/v1/tenants", h.tenants)
 	api.HandleFunc("/v1/tenants/{id}", h.tenant)
+	api.HandleFunc("/v1/tenants/{id}/pool-mode", h.tenantPoolMode)
 	api.HandleFunc("/v1/tenants/{id}/{action}", h.tenantAction)
 	api.HandleFunc("/v1/pools", h.pools) // pools.go
 	api.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

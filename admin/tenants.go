@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -8,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/proxy"
 	"github.com/pgtenant/pgtenant/resolver"
@@ -66,23 +68,28 @@ type Session struct {
 
 // TenantStatus is the answer of GET /v1/tenants/{id}.
 type TenantStatus struct {
-	Tenant    string    `json:"tenant"`
-	InCatalog bool      `json:"in_catalog"`
-	Route     *Route    `json:"route,omitempty"`
-	Blocked   bool      `json:"blocked"`
-	Cached    bool      `json:"cached"`
-	Sessions  []Session `json:"sessions"`
+	Tenant    string `json:"tenant"`
+	InCatalog bool   `json:"in_catalog"`
+	Route     *Route `json:"route,omitempty"`
+	Blocked   bool   `json:"blocked"`
+	// PoolMode is the tenant's own pool mode (session, transaction or
+	// off) as this router applies it; absent when the router's default
+	// applies.
+	PoolMode string    `json:"pool_mode,omitempty"`
+	Cached   bool      `json:"cached"`
+	Sessions []Session `json:"sessions"`
 }
 
 // ActionResult is the answer of the POST and DELETE endpoints; fields that
 // do not apply to the action are left out.
 type ActionResult struct {
 	Tenant         string  `json:"tenant"`
-	Via            string  `json:"via,omitempty"`     // warm: cache, catalog or created
-	Route          *Route  `json:"route,omitempty"`   // warm
-	Seconds        float64 `json:"seconds,omitempty"` // warm: how long the resolve took
-	Evicted        *bool   `json:"evicted,omitempty"` // evict: whether a route was cached
-	Blocked        *bool   `json:"blocked,omitempty"` // block, unblock
+	Via            string  `json:"via,omitempty"`       // warm: cache, catalog or created
+	Route          *Route  `json:"route,omitempty"`     // warm
+	Seconds        float64 `json:"seconds,omitempty"`   // warm: how long the resolve took
+	Evicted        *bool   `json:"evicted,omitempty"`   // evict: whether a route was cached
+	Blocked        *bool   `json:"blocked,omitempty"`   // block, unblock
+	PoolMode       *string `json:"pool_mode,omitempty"` // pool-mode: the tenant's mode, "" for the router's default
 	SessionsClosed *int    `json:"sessions_closed,omitempty"`
 	Provider       string  `json:"provider,omitempty"` // delete: "deleted" or "not found"
 	Catalog        string  `json:"catalog,omitempty"`  // delete: "deleted" or "not found"
@@ -181,13 +188,16 @@ func (h *Handler) tenant(w http.ResponseWriter, r *http.Request) {
 	if ok {
 		st.Route = routeOf(ep)
 	}
+	if h.cfg.TenantModes != nil {
+		st.PoolMode = h.cfg.TenantModes.PoolMode(id)
+	}
 	for _, s := range h.cfg.Router.Sessions(id) {
 		st.Sessions = append(st.Sessions, Session{
 			Remote: s.Remote, Start: s.Start, Via: s.Via.String(), UpstreamPID: s.UpstreamPID,
 			BytesIn: s.BytesIn, BytesOut: s.BytesOut,
 		})
 	}
-	if !st.InCatalog && !st.Blocked && !st.Cached && len(st.Sessions) == 0 {
+	if !st.InCatalog && !st.Blocked && st.PoolMode == "" && !st.Cached && len(st.Sessions) == 0 {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("tenant %q not found", id))
 		return
 	}
@@ -264,6 +274,51 @@ func (h *Handler) tenantAction(w http.ResponseWriter, r *http.Request) {
 		no := false
 		writeJSON(w, http.StatusOK, ActionResult{Tenant: id, Blocked: &no})
 	}
+}
+
+// poolModeBody is the body of PUT /v1/tenants/{id}/pool-mode.
+type poolModeBody struct {
+	Mode *string `json:"mode"`
+}
+
+// tenantPoolMode serves PUT /v1/tenants/{id}/pool-mode {"mode": "session"}
+// (session, transaction or off; "" clears) and DELETE (clears): the
+// tenant's own pool mode, stored for every router instance and applied on
+// this one at once. Sessions already running keep their mode.
+func (h *Handler) tenantPoolMode(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPut && r.Method != http.MethodDelete {
+		methodNotAllowed(w, r, "PUT, DELETE")
+		return
+	}
+	id := h.tenantID(w, r)
+	if id == "" {
+		return
+	}
+	mode := ""
+	if r.Method == http.MethodPut {
+		var body poolModeBody
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&body); err != nil || body.Mode == nil {
+			writeError(w, http.StatusBadRequest, `want a JSON body {"mode": "session"|"transaction"|"off"|""}`)
+			return
+		}
+		mode = *body.Mode
+		if mode != "" && !catalog.ValidPoolMode(mode) {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("invalid pool mode %q: want session, transaction, off or \"\" (the router's default)", truncate(mode, 32)))
+			return
+		}
+	}
+	if h.cfg.TenantModes == nil {
+		writeError(w, http.StatusNotImplemented, "this router has no per-tenant pool modes")
+		return
+	}
+	if err := h.cfg.TenantModes.SetPoolMode(r.Context(), id, mode); err != nil {
+		h.internalError(w, "set pool mode", err)
+		return
+	}
+	h.log.Info("admin: tenant pool mode set", "tenant", id, "remote", r.RemoteAddr, "mode", mode)
+	writeJSON(w, http.StatusOK, ActionResult{Tenant: id, PoolMode: &mode})
 }
 
 // deleteTenant serves DELETE /v1/tenants/{id}?confirm={id}: it ends the

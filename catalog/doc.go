@@ -3,7 +3,8 @@
 // and their migration. Today that is the tenant table (pgtenant.tenants:
 // each tenant's upstream endpoint, see Catalog.Lookup, Catalog.Ensure,
 // Catalog.Delete and Catalog.List), the block list (pgtenant.blocked, see
-// Catalog.Block) and the key check (pgtenant.meta). Later additions, such as
+// Catalog.Block), the per-tenant pool modes (pgtenant.pool_modes, see
+// Catalog.SetPoolMode) and the key check (pgtenant.meta). Later additions, such as
 // an instance registry, migration versions and per-tenant credentials,
 // belong here too.
 //

@@ -19,4 +19,10 @@
 // authentication), throttle failed logins per (address, tenant) and end
 // idle sessions (idle.go); SetBlocked refuses tenants and ends their
 // sessions.
+//
+// With PoolConfig a client shares pooled server connections (pooling.go,
+// pooled.go) in the mode its options name (pgtenant.pool_mode), else its
+// tenant's (SetTenantPoolModes), else the router's. options
+// '-c pgtenant.endpoint=direct' asks for a connection of the client's own
+// to the route's host without Neon's -pooler suffix.
 package proxy

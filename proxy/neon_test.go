@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/internal/pgtest"
+	"github.com/pgtenant/pgtenant/pool"
 	"github.com/pgtenant/pgtenant/provision/neon"
 	"github.com/pgtenant/pgtenant/provision/neon/neontest"
 	"github.com/pgtenant/pgtenant/proxy"
@@ -27,10 +30,33 @@ type neonRouter struct {
 	addr string
 	fake *neontest.Server
 	logs *syncBuffer
+	srv  *proxy.Server
+
+	mu    sync.Mutex
+	dials []string // the upstream addresses the router dialled
 }
 
 func startNeonRouter(t *testing.T, projects int, opts ...func(*proxy.UpstreamConfig)) *neonRouter {
 	t.Helper()
+	return startNeonRouterWith(t, projects, func(c *proxy.Config) {
+		for _, o := range opts {
+			o(&c.Upstream)
+		}
+	})
+}
+
+// dialed returns the upstream addresses dialled so far.
+func (r *neonRouter) dialed() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.dials)
+}
+
+// startNeonRouterWith is startNeonRouter with opt adjusting the whole
+// proxy configuration.
+func startNeonRouterWith(t *testing.T, projects int, opt func(*proxy.Config)) *neonRouter {
+	t.Helper()
+	r := &neonRouter{}
 	ctx := context.Background()
 	c := pgtest.Shared(t)
 	be, err := neontest.NewBackendConfig(ctx, neontest.BackendConfig{
@@ -77,15 +103,22 @@ func startNeonRouter(t *testing.T, projects int, opts ...func(*proxy.UpstreamCon
 		RootCAs:       fake.CAPool(),
 		ForwardParams: []string{"client_encoding", "datestyle", "timezone", "standard_conforming_strings", "application_name"},
 	}
-	for _, o := range opts {
-		o(&up)
+	dial := fake.Dialer()
+	pcfg := proxy.Config{
+		Auth:     proxy.Auth{Password: appSecret},
+		Upstream: up,
+		DialUpstream: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			r.mu.Lock()
+			r.dials = append(r.dials, addr)
+			r.mu.Unlock()
+			return dial(ctx, network, addr)
+		},
+		Log: slog.New(slog.NewTextHandler(logs, nil)),
 	}
-	srv, err := proxy.New(proxy.Config{
-		Auth:         proxy.Auth{Password: appSecret},
-		Upstream:     up,
-		DialUpstream: fake.Dialer(),
-		Log:          slog.New(slog.NewTextHandler(logs, nil)),
-	}, res)
+	if opt != nil {
+		opt(&pcfg)
+	}
+	srv, err := proxy.New(pcfg, res)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +141,8 @@ func startNeonRouter(t *testing.T, projects int, opts ...func(*proxy.UpstreamCon
 			t.Logf("router log:\n%s", logs.String())
 		}
 	})
-	return &neonRouter{addr: ln.Addr().String(), fake: fake, logs: logs}
+	r.addr, r.fake, r.logs, r.srv = ln.Addr().String(), fake, logs, srv
+	return r
 }
 
 func (r *neonRouter) dsn(tenant string) string {
@@ -270,5 +304,84 @@ func TestNeonCancel(t *testing.T) {
 			return
 		case <-time.After(200 * time.Millisecond):
 		}
+	}
+}
+
+// directOpt asks for Neon's direct (non-pooler) endpoint.
+const directOpt = "&options=-c%20pgtenant.endpoint%3Ddirect"
+
+// TestNeonDirectEndpoint: options '-c pgtenant.endpoint=direct' connects to
+// the endpoint's host without -pooler, with SNI following it (the fake's
+// pooler refuses search_path as a startup parameter, the compute takes
+// it), on a connection of the client's own even when the router pools.
+func TestNeonDirectEndpoint(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	m := pool.New(pool.Config{})
+	t.Cleanup(m.Close)
+	r := startNeonRouterWith(t, 1, func(c *proxy.Config) {
+		c.Upstream.ForwardParams = nil // everything, so the pooler's check shows
+		c.Pool = proxy.PoolConfig{Mode: proxy.PoolTransaction, Manager: m}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	tenant := newTenant("direct")
+
+	// The default, pooled, goes to the pooler host.
+	pooled, err := pgx.Connect(ctx, r.dsn(tenant))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pooled.Close(context.Background())
+	if _, err := pooled.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	d := r.dialed()
+	if len(d) == 0 || !strings.Contains(d[len(d)-1], "-pooler.") {
+		t.Fatalf("pooled client dialled %v, want the -pooler host", d)
+	}
+
+	// Control: an unpooled client on the pooler host forwards search_path,
+	// which the pooler refuses.
+	r.srv.SetTenantPoolModes(map[string]proxy.PoolMode{tenant: proxy.PoolOff})
+	if c, err := pgx.Connect(ctx, r.dsn(tenant)+"&search_path=public"); err == nil {
+		c.Close(context.Background())
+		t.Fatal("the fake's pooler took search_path")
+	}
+
+	n := len(r.dialed())
+	conn, err := pgx.Connect(ctx, r.dsn(tenant)+"&search_path=public"+directOpt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	d = r.dialed()
+	if len(d) != n+1 || strings.Contains(d[n], "-pooler") || !strings.Contains(d[n], ".c-2.") {
+		t.Fatalf("direct client dialled %v, want one non-pooler endpoint host", d[n:])
+	}
+	pid := ""
+	if err := conn.QueryRow(ctx, "SELECT pg_backend_pid()::text").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "SET statement_timeout = '777ms'"); err != nil {
+		t.Fatal(err)
+	}
+	var got, pid2 string
+	if err := conn.QueryRow(ctx, "SELECT current_setting('statement_timeout'), pg_backend_pid()::text").Scan(&got, &pid2); err != nil {
+		t.Fatal(err)
+	}
+	if got != "777ms" || pid2 != pid {
+		t.Errorf("direct session: statement_timeout %q on backend %s (was %s)", got, pid2, pid)
+	}
+	var opts string
+	if err := conn.QueryRow(ctx, "SHOW search_path").Scan(&opts); err != nil || opts != "public" {
+		t.Errorf("search_path %q, %v", opts, err)
+	}
+	// Unpooled: the pool holds only the pooled client's server connection.
+	opened := 0
+	for _, p := range m.Pools() {
+		opened += p.ServersActive + p.ServersIdle + p.ServersOpening
+	}
+	if opened != 1 {
+		t.Errorf("the pool holds %d server connections, want the pooled client's 1", opened)
 	}
 }

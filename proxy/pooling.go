@@ -85,12 +85,108 @@ var trackedParams = map[string]bool{
 	"timezone": true, "standard_conforming_strings": true, "search_path": true,
 }
 
+// endpointOption is the setting a client names in its options parameter to
+// choose the upstream endpoint: options='-c pgtenant.endpoint=direct' for
+// the compute itself rather than Neon's -pooler (PgBouncer, transaction
+// mode) host; 'pooler' is the default.
+const endpointOption = "pgtenant.endpoint"
+
+// directEndpoint reports whether the client asked for the direct endpoint,
+// and drops the endpoint option from params.
+func directEndpoint(params map[string]string) (bool, error) {
+	rest, vals := cutOption(params["options"], endpointOption)
+	if len(vals) == 0 {
+		return false, nil
+	}
+	if rest == "" {
+		delete(params, "options")
+	} else {
+		params["options"] = rest
+	}
+	direct := false
+	for _, v := range vals {
+		switch strings.ToLower(v) {
+		case "direct":
+			direct = true
+		case "pooler":
+			direct = false
+		default:
+			return false, clientErr(codeInvalidParameterValue, fmt.Sprintf("invalid value for parameter %q: %q", endpointOption, truncate(v, 64)),
+				"Use direct or pooler.", nil)
+		}
+	}
+	return direct, nil
+}
+
+// directHost is host with the "-pooler" suffix of its first DNS label
+// removed (Neon's direct compute endpoint, docs/neon-api.md §8); a host
+// without one is returned as it is.
+func directHost(host string) string {
+	label, rest, dotted := strings.Cut(host, ".")
+	base, ok := strings.CutSuffix(label, "-pooler")
+	if !ok || base == "" {
+		return host
+	}
+	if !dotted {
+		return base
+	}
+	return base + "." + rest
+}
+
+// SetTenantPoolModes replaces the per-tenant pool modes (none until the
+// first call): a tenant listed is pooled in its mode instead of
+// Config.Pool.Mode, unless its client names pgtenant.pool_mode itself.
+// PoolOff gives the tenant unpooled connections; PoolSession and
+// PoolTransaction take effect only when Config.Pool has a Manager (else
+// the tenant is unpooled). Values that are no pool mode are ignored.
+// Sessions already running keep their mode. Safe for concurrent use.
+func (s *Server) SetTenantPoolModes(modes map[string]PoolMode) {
+	m := make(map[string]PoolMode, len(modes))
+	for t, mode := range modes {
+		switch mode {
+		case PoolOff, PoolSession, PoolTransaction:
+			m[t] = mode
+		default:
+			s.log.Warn("ignoring an unknown per-tenant pool mode", "tenant", t, "mode", string(mode))
+		}
+	}
+	s.tenantModes.Store(&m)
+}
+
+// TenantPoolModes returns a copy of SetTenantPoolModes' last map (empty
+// before the first call). Safe for concurrent use.
+func (s *Server) TenantPoolModes() map[string]PoolMode {
+	p := s.tenantModes.Load()
+	if p == nil {
+		return map[string]PoolMode{}
+	}
+	return maps.Clone(*p)
+}
+
+// tenantPoolMode is tenant's mode from SetTenantPoolModes, if it has one.
+func (s *Server) tenantPoolMode(tenant string) (PoolMode, bool) {
+	p := s.tenantModes.Load()
+	if p == nil {
+		return "", false
+	}
+	m, ok := (*p)[tenant]
+	return m, ok
+}
+
 // pooledStartup is what a pooled client's startup packet asks of its
-// session: its pool mode and its settings, by lower-case name. A pooled
-// server connection is logged in with the route's parameters only; the
-// client's settings are SET on whatever connection it is lent.
-func (s *Server) pooledStartup(params map[string]string) (PoolMode, map[string]setting, error) {
+// session: its pool mode and its settings, by lower-case name. The mode
+// is the client's option, else the tenant's (SetTenantPoolModes), else the
+// router's; a client on the direct endpoint is unpooled. A pooled server
+// connection is logged in with the route's parameters only; the client's
+// settings are SET on whatever connection it is lent.
+func (s *Server) pooledStartup(tenant string, direct bool, params map[string]string) (PoolMode, map[string]setting, error) {
 	mode := s.cfg.Pool.Mode
+	if tm, ok := s.tenantPoolMode(tenant); ok {
+		mode = tm
+		if s.cfg.Pool.Manager == nil {
+			mode = PoolOff // as the client option: nothing to pool with
+		}
+	}
 	want := make(map[string]setting, len(params))
 	opts := params["options"]
 	rest, modes := cutOption(opts, poolModeOption)
@@ -114,6 +210,9 @@ func (s *Server) pooledStartup(params map[string]string) (PoolMode, map[string]s
 		} else {
 			params["options"] = rest
 		}
+	}
+	if direct {
+		mode = PoolOff
 	}
 	if mode == PoolOff {
 		return mode, nil, nil

@@ -123,6 +123,8 @@ type Server struct {
 	draining  atomic.Bool
 	tls       *tlsTerminator // nil: TLS disabled
 	lim       *limiter       // limits, block list, auth backoff (limits.go)
+
+	tenantModes atomic.Pointer[map[string]PoolMode] // SetTenantPoolModes'; nil: none (pooling.go)
 }
 
 // killGrace is how long Serve waits for killed sessions to send their
@@ -314,6 +316,7 @@ type session struct {
 	bytesIn   atomic.Int64 // client → upstream
 	bytesOut  atomic.Int64 // upstream → client
 	cancelReq bool
+	direct    bool   // on the direct endpoint (pgtenant.endpoint=direct)
 	sni       string // TLS server name the client sent
 
 	killedBy *ClientError // why the router ended the routed session, if it did (metrics)
@@ -403,6 +406,9 @@ func (s *Server) ended(ctx context.Context, sess *session, log *slog.Logger, sta
 	if sess.sni != "" {
 		attrs = append(attrs, "sni", sess.sni)
 	}
+	if sess.direct {
+		attrs = append(attrs, "endpoint", "direct")
+	}
 	if err != nil && !(sess.routed && isQuietEOF(err)) && ctx.Err() == nil {
 		attrs = append(attrs, "err", err)
 		log.Warn("session failed", attrs...)
@@ -488,7 +494,12 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 		return s.fail(c, err)
 	}
 	sess.onEnd(releaseSlot)
-	mode, want, err := s.pooledStartup(p.params) // pooling.go; drops the pool mode option
+	direct, err := directEndpoint(p.params) // pooling.go; drops the endpoint option
+	if err != nil {
+		return s.fail(c, err)
+	}
+	sess.direct = direct
+	mode, want, err := s.pooledStartup(tenant, direct, p.params) // pooling.go; drops the pool mode option
 	if err != nil {
 		return s.fail(c, err)
 	}
@@ -502,7 +513,7 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	_ = c.SetDeadline(time.Now().Add(s.cfg.connectTimeout()))
 	var up *pgconn.HijackedConn
 	var rt resolver.Route
-	up, rt, err = s.connectUpstream(cctx, tenant, p.params)
+	up, rt, err = s.connectUpstream(cctx, tenant, p.params, direct)
 	cancel() // now: its timer and its place among ctx's children would last the session
 	if err != nil {
 		return s.fail(c, err)
@@ -695,7 +706,7 @@ func (s *Server) handleCancel(ctx context.Context, p startupPacket, log *slog.Lo
 // upstream cannot be reached or refuses the router's login is invalidated and
 // resolved once more before giving up (the catalog may have newer
 // credentials, or the cache an old address).
-func (s *Server) connectUpstream(ctx context.Context, tenant string, params map[string]string) (*pgconn.HijackedConn, resolver.Route, error) {
+func (s *Server) connectUpstream(ctx context.Context, tenant string, params map[string]string, direct bool) (*pgconn.HijackedConn, resolver.Route, error) {
 	var lastErr error
 	for attempt := range 2 {
 		if attempt > 0 {
@@ -706,6 +717,9 @@ func (s *Server) connectUpstream(ctx context.Context, tenant string, params map[
 		s.cfg.Metrics.resolved(resolveStart, rt, err)
 		if err != nil {
 			return nil, rt, resolveError(ctx, tenant, err)
+		}
+		if direct {
+			rt.Host = directHost(rt.Host)
 		}
 		dialStart := time.Now()
 		hj, err := s.login(ctx, rt, s.cfg.Upstream.upstreamParams(params, rt.Host))

@@ -85,3 +85,54 @@ func TestUpstreamErrorCodes(t *testing.T) {
 		t.Error("a network error is not retried")
 	}
 }
+
+func TestDirectHost(t *testing.T) {
+	for in, want := range map[string]string{
+		"ep-cool-darkness-123456-pooler.c-2.us-east-2.aws.neon.tech": "ep-cool-darkness-123456.c-2.us-east-2.aws.neon.tech",
+		"ep-cool-darkness-123456.c-2.us-east-2.aws.neon.tech":        "ep-cool-darkness-123456.c-2.us-east-2.aws.neon.tech",
+		"ep-x-pooler":            "ep-x",
+		"localhost":              "localhost",
+		"127.0.0.1":              "127.0.0.1",
+		"-pooler.example":        "-pooler.example",        // no label left: not a pooler host
+		"db.ep-x-pooler.example": "db.ep-x-pooler.example", // only the first label counts
+		"":                       "",
+	} {
+		if got := directHost(in); got != want {
+			t.Errorf("directHost(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestDirectEndpointOption(t *testing.T) {
+	for _, tc := range []struct {
+		opts, rest string
+		direct     bool
+		bad        bool
+	}{
+		{opts: "", rest: ""},
+		{opts: "-c pgtenant.endpoint=direct", direct: true},
+		{opts: "-c geqo=off --pgtenant.endpoint=DIRECT", rest: "-c geqo=off", direct: true},
+		{opts: "-c pgtenant.endpoint=direct -c pgtenant.endpoint=pooler", direct: false},
+		{opts: "-c pgtenant.endpoint=pooler -c geqo=off", rest: "-c geqo=off"},
+		{opts: "-c pgtenant.endpoint=nearest", bad: true},
+	} {
+		params := map[string]string{"user": "u"}
+		if tc.opts != "" {
+			params["options"] = tc.opts
+		}
+		direct, err := directEndpoint(params)
+		if tc.bad {
+			var ce *ClientError
+			if !errors.As(err, &ce) || ce.Code != codeInvalidParameterValue {
+				t.Errorf("%q: %v, want a 22023 client error", tc.opts, err)
+			}
+			continue
+		}
+		if err != nil || direct != tc.direct || params["options"] != tc.rest {
+			t.Errorf("%q: direct %v, options %q, %v; want %v, %q", tc.opts, direct, params["options"], err, tc.direct, tc.rest)
+		}
+		if _, ok := params["options"]; ok && tc.rest == "" {
+			t.Errorf("%q: empty options kept", tc.opts)
+		}
+	}
+}

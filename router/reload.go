@@ -17,7 +17,8 @@ var reloadable = []string{"log.level", "limits.", "blocked_tenants"}
 
 // Reload applies nc's reloadable keys to the running router: the log level
 // (when Options.Level was given), the limits, the block list's
-// blocked_tenants (and the shared list, read again from the catalog), and
+// blocked_tenants (and the shared list, read again from the catalog, as are
+// the per-tenant pool modes), and
 // the client TLS certificate (its files read again). Changed keys that need
 // a restart are named in a warning, never applied. Reload does not validate
 // nc; the caller (serve's SIGHUP) loads and validates it first, and keeps
@@ -54,6 +55,11 @@ func (r *Router) Reload(ctx context.Context, nc Config) error {
 	if err != nil {
 		r.log.Warn("config reload: block list not refreshed; keeping the last one", "err", err)
 	}
+	mctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	if merr := r.modes.refresh(mctx); merr != nil {
+		r.log.Warn("config reload: per-tenant pool modes not refreshed; keeping the last ones", "err", merr)
+	}
+	cancel()
 
 	if keys := changedKeys(r.cur, nc); len(keys) > 0 {
 		r.log.Warn("config reload: these keys changed but only take effect after a restart", "keys", strings.Join(keys, ","))

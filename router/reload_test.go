@@ -2,6 +2,7 @@ package router
 
 import (
 	"context"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -63,5 +64,41 @@ func TestBlockListRefresh(t *testing.T) {
 	}
 	if err := b.Block(context.Background(), "q"); err != nil || strings.Join(p.blocked, ",") != "q,z" {
 		t.Fatalf("after Block: blocked %v, err %v", p.blocked, err)
+	}
+}
+
+// fakeModes is the proxy's and the store's side of the per-tenant pool
+// modes, in memory.
+type fakeModes struct {
+	stored  map[string]string
+	applied map[string]proxy.PoolMode
+}
+
+func (f *fakeModes) SetPoolMode(_ context.Context, t, m string) error { f.stored[t] = m; return nil }
+func (f *fakeModes) ClearPoolMode(_ context.Context, t string) error  { delete(f.stored, t); return nil }
+func (f *fakeModes) PoolModes(context.Context) (map[string]string, error) {
+	return maps.Clone(f.stored), nil
+}
+func (f *fakeModes) SetTenantPoolModes(m map[string]proxy.PoolMode) { f.applied = m }
+func (f *fakeModes) TenantPoolModes() map[string]proxy.PoolMode     { return f.applied }
+
+func TestTenantPoolModesApply(t *testing.T) {
+	f := &fakeModes{stored: map[string]string{"a": "off"}}
+	p := &tenantPoolModes{store: f, proxy: f}
+	ctx := context.Background()
+	if err := p.refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if m, ok := f.applied["a"]; !ok || m != proxy.PoolOff || p.PoolMode("a") != "off" {
+		t.Fatalf("applied %v, PoolMode(a) %q", f.applied, p.PoolMode("a"))
+	}
+	if err := p.SetPoolMode(ctx, "b", "transaction"); err != nil || f.applied["b"] != proxy.PoolTransaction || p.PoolMode("b") != "transaction" {
+		t.Fatalf("after SetPoolMode: applied %v, err %v", f.applied, err)
+	}
+	if err := p.SetPoolMode(ctx, "b", "statement"); err == nil {
+		t.Fatal("SetPoolMode took statement")
+	}
+	if err := p.SetPoolMode(ctx, "a", ""); err != nil || len(f.applied) != 1 || p.PoolMode("a") != "" {
+		t.Fatalf("after clearing a: applied %v, err %v", f.applied, err)
 	}
 }

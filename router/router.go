@@ -174,6 +174,7 @@ type Router struct {
 	reg      *prometheus.Registry
 	ln       net.Listener
 	blocks   *blockList
+	modes    *tenantPoolModes
 	surface  *surface
 
 	mu  sync.Mutex
@@ -260,9 +261,10 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Router, err error) {
 	if r.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, err
 	}
-	// Block list, admin listener; stopped after Serve has drained, so
+	// Block list, per-tenant pool modes, admin listener; stopped after Serve has drained, so
 	// /readyz says 503 throughout.
 	r.blocks = newBlockList(r.cat, r.srv, cfg.BlockedTenants)
+	r.modes = &tenantPoolModes{store: r.cat, proxy: r.srv}
 	if r.surface, err = r.startSurface(ctx, cfg, pcfg, opts.AdminHook); err != nil {
 		return nil, err
 	}

@@ -117,7 +117,7 @@ func (b *blockList) refresh(ctx context.Context) (ending int, err error) {
 }
 
 // surface is the production surface around the proxy: the admin listener
-// and the block list's refresh loop.
+// and the refresh loops of the block list and the per-tenant pool modes.
 type surface struct {
 	refresh time.Duration
 	srv     *http.Server // nil: no admin listener
@@ -127,8 +127,9 @@ type surface struct {
 	ctx     context.Context // of the loops; ends with stop
 }
 
-// startSurface applies the block list and opens the admin listener (if
-// admin.listen is set); run starts serving it and the refresh loop.
+// startSurface applies the block list and the per-tenant pool modes and
+// opens the admin listener (if admin.listen is set); run starts serving it
+// and the refresh loops.
 func (r *Router) startSurface(ctx context.Context, cfg Config, pcfg proxy.Config, hook func(*adminapi.Config)) (*surface, error) {
 	bctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	_, err := r.blocks.refresh(bctx)
@@ -136,23 +137,30 @@ func (r *Router) startSurface(ctx context.Context, cfg Config, pcfg proxy.Config
 	if err != nil {
 		return nil, fmt.Errorf("block list: %w", err)
 	}
+	bctx, cancel = context.WithTimeout(ctx, 15*time.Second)
+	err = r.modes.refresh(bctx)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("per-tenant pool modes: %w", err)
+	}
 	s := &surface{refresh: cfg.Admin.BlockedRefresh}
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	if cfg.Admin.Listen == "" {
 		return s, nil
 	}
 	acfg := adminapi.Config{
-		Token:    cfg.Admin.Token,
-		Gatherer: r.reg,
-		Catalog:  r.cat,
-		Blocks:   r.blocks,
-		Ping:     catalogPing{r.catPool},
-		Resolver: r.res,
-		Router:   r.srv,
-		Provider: r.upstream.Provider,
-		Tenant:   pcfg.Tenant,
-		PoolMode: poolModeName(pcfg.Pool.Mode),
-		Log:      r.log.With("component", "admin"),
+		Token:       cfg.Admin.Token,
+		Gatherer:    r.reg,
+		Catalog:     r.cat,
+		Blocks:      r.blocks,
+		TenantModes: r.modes,
+		Ping:        catalogPing{r.catPool},
+		Resolver:    r.res,
+		Router:      r.srv,
+		Provider:    r.upstream.Provider,
+		Tenant:      pcfg.Tenant,
+		PoolMode:    poolModeName(pcfg.Pool.Mode),
+		Log:         r.log.With("component", "admin"),
 	}
 	if pcfg.Pool.Manager != nil {
 		acfg.Pools = pcfg.Pool.Manager
@@ -183,8 +191,7 @@ func (r *Router) startSurface(ctx context.Context, cfg Config, pcfg proxy.Config
 	return s, nil
 }
 
-// run serves the admin listener and runs the block list's refresh loop
-// until stop.
+// run serves the admin listener and runs the refresh loops until stop.
 func (s *surface) run(ctx context.Context, r *Router) {
 	if s.srv != nil {
 		s.wg.Go(func() {
@@ -194,6 +201,7 @@ func (s *surface) run(ctx context.Context, r *Router) {
 		})
 	}
 	s.wg.Go(func() { refreshBlockedLoop(s.ctx, s.refresh, r.log, r.blocks) })
+	s.wg.Go(func() { refreshPoolModesLoop(s.ctx, s.refresh, r.log, r.modes) })
 }
 
 // stop ends the loops and shuts the admin listener down; call it after the
@@ -243,6 +251,41 @@ func refreshBlockedLoop(ctx context.Context, interval time.Duration, log *slog.L
 			continue
 		case failing:
 			log.Info("block list refresh works again")
+			failing = false
+		}
+	}
+}
+
+// refreshPoolModesLoop applies the shared per-tenant pool modes every
+// interval (admin.blocked_refresh, the block list's), so a mode set through
+// another router instance takes effect here within one interval. Failures
+// are logged as refreshBlockedLoop logs them.
+func refreshPoolModesLoop(ctx context.Context, interval time.Duration, log *slog.Logger, p *tenantPoolModes) {
+	if interval <= 0 {
+		return
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, min(interval, 15*time.Second))
+		err := p.refresh(rctx)
+		cancel()
+		switch {
+		case err != nil && ctx.Err() != nil:
+			return
+		case err != nil:
+			if !failing {
+				log.Warn("per-tenant pool modes refresh failed; keeping the last ones", "err", err)
+			}
+			failing = true
+		case failing:
+			log.Info("per-tenant pool modes refresh works again")
 			failing = false
 		}
 	}

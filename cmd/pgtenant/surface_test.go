@@ -161,6 +161,21 @@ func TestServeAdmin(t *testing.T) {
 		if _, err := connect(t, "acme"); err != nil {
 			t.Fatalf("connect after unblock: %v", err)
 		}
+		if out, err = tenants("", "pool-mode", "acme", "off"); err != nil || !strings.Contains(out, "pool mode off") {
+			t.Fatalf("pool-mode: %v\n%s", err, out)
+		}
+		if out, err = tenants("", "show", "acme"); err != nil || !strings.Contains(out, "pool mode    off") {
+			t.Fatalf("show after pool-mode: %v\n%s", err, out)
+		}
+		if _, err := tenants("", "pool-mode", "acme", "statement"); err == nil || !strings.Contains(err.Error(), "want session") {
+			t.Fatalf("pool-mode statement: %v", err)
+		}
+		if out, err = tenants("", "pool-mode", "acme", "default"); err != nil {
+			t.Fatalf("pool-mode default: %v\n%s", err, out)
+		}
+		if out, err = tenants("", "show", "acme"); err != nil || !strings.Contains(out, "pool mode    the router's default") {
+			t.Fatalf("show after pool-mode default: %v\n%s", err, out)
+		}
 		if _, err := tenants("", "delete", "beta"); err == nil || !strings.Contains(err.Error(), "--yes") {
 			t.Fatalf("delete without --yes: %v", err)
 		}

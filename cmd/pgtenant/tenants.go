@@ -19,7 +19,7 @@ import (
 )
 
 const tenantsUsage = `Usage: pgtenant tenants <list|show|delete> --config FILE [flags]
-       pgtenant tenants <list|show|warm|evict|block|unblock|delete> --admin URL [flags]
+       pgtenant tenants <list|show|warm|evict|block|unblock|pool-mode|delete> --admin URL [flags]
 
   list [--after TENANT] [--limit N]   tenants in the catalog, in ID order (no secrets)
   show TENANT                         the tenant's route and, for neon, its branch/project at Neon
@@ -28,6 +28,8 @@ const tenantsUsage = `Usage: pgtenant tenants <list|show|delete> --config FILE [
   warm TENANT                         --admin only: create the tenant now, ahead of its first connect
   evict TENANT                        --admin only: forget the tenant's cached route on that router
   block TENANT | unblock TENANT       --admin only: refuse (and end) the tenant's connections, or let them in again
+  pool-mode TENANT MODE               --admin only: the tenant's pool mode for new connections, on every router:
+                                      session, transaction, off (unpooled), or default (the router's pool.mode)
 
 Without --admin it uses the same configuration (file and environment) as
 'pgtenant serve' and works on the catalog and provider directly. With
@@ -77,7 +79,7 @@ func runTenants(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
-	var tenant string
+	var tenant, mode string
 	switch verb {
 	case "list":
 		if fs.NArg() != 0 {
@@ -88,6 +90,16 @@ func runTenants(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			return fmt.Errorf("%w: tenants %s takes one tenant ID", errUsage, verb)
 		}
 		tenant = fs.Arg(0)
+	case "pool-mode":
+		if fs.NArg() != 2 {
+			return fmt.Errorf("%w: tenants pool-mode takes a tenant ID and a mode (session, transaction, off or default)", errUsage)
+		}
+		tenant, mode = fs.Arg(0), fs.Arg(1)
+		switch mode {
+		case "session", "transaction", "off", "default":
+		default:
+			return fmt.Errorf("%w: pool mode %q: want session, transaction, off or default", errUsage, mode)
+		}
 	default:
 		fs.Usage()
 		return fmt.Errorf("%w: unknown tenants command %q", errUsage, verb)
@@ -96,10 +108,10 @@ func runTenants(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return fmt.Errorf("deleting tenant %q destroys its database and data: add --yes to confirm", tenant)
 	}
 	if *adminURL != "" { // tenants_api.go
-		return runTenantsAPI(ctx, stdout, apiClient{base: *adminURL, token: cmp.Or(*token, os.Getenv(router.EnvAdminToken))}, verb, tenant, *after, *limit)
+		return runTenantsAPI(ctx, stdout, apiClient{base: *adminURL, token: cmp.Or(*token, os.Getenv(router.EnvAdminToken))}, verb, tenant, mode, *after, *limit)
 	}
 	switch verb {
-	case "warm", "evict", "block", "unblock":
+	case "warm", "evict", "block", "unblock", "pool-mode":
 		return fmt.Errorf("%w: tenants %s acts on a running router: give its admin listener with --admin URL", errUsage, verb)
 	}
 

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -25,6 +27,11 @@ type apiClient struct {
 // do sends method path and decodes a 2xx JSON answer into out. Other
 // answers become errors carrying the API's {"error": ...}.
 func (c apiClient) do(ctx context.Context, method, path string, out any) error {
+	return c.send(ctx, method, path, nil, out)
+}
+
+// send is do with in, when not nil, sent as the JSON body.
+func (c apiClient) send(ctx context.Context, method, path string, in, out any) error {
 	u, err := url.Parse(strings.TrimRight(c.base, "/") + path)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return fmt.Errorf("%w: --admin %q: want a URL like http://127.0.0.1:9090", errUsage, c.base)
@@ -32,9 +39,20 @@ func (c apiClient) do(ctx context.Context, method, path string, out any) error {
 	if c.token == "" {
 		return fmt.Errorf("%w: no admin API token: set %s (or --token)", errUsage, router.EnvAdminToken)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
+	var reqBody io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		reqBody = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), reqBody)
 	if err != nil {
 		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set("Authorization", "Bearer "+c.token)
 	req.Header.Set("Accept", "application/json")
@@ -75,8 +93,9 @@ func (e *apiError) Error() string {
 	return fmt.Sprintf("admin API: %s (HTTP %d)", e.msg, e.status)
 }
 
-// runTenantsAPI runs a tenants command through a router's admin API.
-func runTenantsAPI(ctx context.Context, w io.Writer, c apiClient, verb, tenant, after string, limit int) error {
+// runTenantsAPI runs a tenants command through a router's admin API. mode
+// is pool-mode's: session, transaction, off or default (clear).
+func runTenantsAPI(ctx context.Context, w io.Writer, c apiClient, verb, tenant, mode, after string, limit int) error {
 	t := "/v1/tenants/" + url.PathEscape(tenant)
 	switch verb {
 	case "list":
@@ -114,8 +133,8 @@ func runTenantsAPI(ctx context.Context, w io.Writer, c apiClient, verb, tenant, 
 		} else {
 			fmt.Fprintln(w, "upstream     not in the catalog")
 		}
-		fmt.Fprintf(w, "blocked      %s\ncached       %s (on this router)\nsessions     %d (on this router)\n",
-			yesNo(st.Blocked), yesNo(st.Cached), len(st.Sessions))
+		fmt.Fprintf(w, "blocked      %s\npool mode    %s\ncached       %s (on this router)\nsessions     %d (on this router)\n",
+			yesNo(st.Blocked), cmp.Or(st.PoolMode, "the router's default"), yesNo(st.Cached), len(st.Sessions))
 		for _, s := range st.Sessions {
 			fmt.Fprintf(w, "  %s  since %s  via %s  upstream pid %d  in %d B  out %d B\n",
 				s.Remote, s.Start.UTC().Format(time.RFC3339), s.Via, s.UpstreamPID, s.BytesIn, s.BytesOut)
@@ -157,6 +176,21 @@ func runTenantsAPI(ctx context.Context, w io.Writer, c apiClient, verb, tenant, 
 		} else {
 			fmt.Fprintf(w, "tenant %s unblocked (other routers follow within admin.blocked_refresh)\n", res.Tenant)
 		}
+		return nil
+
+	case "pool-mode":
+		var res adminapi.ActionResult
+		var err error
+		if mode == "default" {
+			err = c.do(ctx, http.MethodDelete, t+"/pool-mode", &res)
+		} else {
+			err = c.send(ctx, http.MethodPut, t+"/pool-mode", map[string]string{"mode": mode}, &res)
+		}
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "tenant %s: pool mode %s for new connections (sessions running keep theirs; other routers follow within admin.blocked_refresh)\n",
+			res.Tenant, cmp.Or(mode, "default"))
 		return nil
 
 	case "delete":

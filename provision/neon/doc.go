@@ -14,7 +14,9 @@
 //     Neon's recommended isolation. Endpoint.ProviderID is "<project_id>".
 //
 // Routes always use the endpoint's pooled host ("<endpoint-id>-pooler.<rest>",
-// Neon's transaction-mode PgBouncer), port 5432. Neon requires TLS and picks
+// Neon's transaction-mode PgBouncer), port 5432; a client that needs the
+// direct host asks the proxy for it (options '-c pgtenant.endpoint=direct'),
+// which drops the -pooler suffix itself. Neon requires TLS and picks
 // the endpoint from SNI, so the router must dial with sslmode verify-full and
 // the route's host as server name.
 //
