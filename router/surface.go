@@ -200,8 +200,13 @@ func (s *surface) run(ctx context.Context, r *Router) {
 			}
 		})
 	}
-	s.wg.Go(func() { refreshBlockedLoop(s.ctx, s.refresh, r.log, r.blocks) })
-	s.wg.Go(func() { refreshPoolModesLoop(s.ctx, s.refresh, r.log, r.modes) })
+	s.wg.Go(func() {
+		refreshLoop(s.ctx, s.refresh, r.log, "block list", func(ctx context.Context) error {
+			_, err := r.blocks.refresh(ctx) // the proxy logs the sessions it ends
+			return err
+		})
+	})
+	s.wg.Go(func() { refreshLoop(s.ctx, s.refresh, r.log, "per-tenant pool modes", r.modes.refresh) })
 }
 
 // stop ends the loops and shuts the admin listener down; call it after the
@@ -220,11 +225,12 @@ func (s *surface) stop() {
 	s.wg.Wait()
 }
 
-// refreshBlockedLoop applies the shared block list every interval, so a
-// tenant blocked through another router instance is refused here too (and
-// its live sessions here ended) within one interval. Failures are logged
-// when they start and when they stop, not at every tick.
-func refreshBlockedLoop(ctx context.Context, interval time.Duration, log *slog.Logger, b *blockList) {
+// refreshLoop calls refresh every interval: the block list's and the
+// per-tenant pool modes' (what), so that a change made through another
+// router instance takes effect here within one interval. Failures are
+// logged when they start and when they stop, not at every tick; the last
+// state is kept meanwhile.
+func refreshLoop(ctx context.Context, interval time.Duration, log *slog.Logger, what string, refresh func(context.Context) error) {
 	if interval <= 0 {
 		return
 	}
@@ -238,54 +244,18 @@ func refreshBlockedLoop(ctx context.Context, interval time.Duration, log *slog.L
 		case <-t.C:
 		}
 		rctx, cancel := context.WithTimeout(ctx, min(interval, 15*time.Second))
-		_, err := b.refresh(rctx) // the proxy logs the sessions it ends
+		err := refresh(rctx)
 		cancel()
 		switch {
 		case err != nil && ctx.Err() != nil:
 			return
 		case err != nil:
 			if !failing {
-				log.Warn("block list refresh failed; keeping the last one", "err", err)
-			}
-			failing = true
-			continue
-		case failing:
-			log.Info("block list refresh works again")
-			failing = false
-		}
-	}
-}
-
-// refreshPoolModesLoop applies the shared per-tenant pool modes every
-// interval (admin.blocked_refresh, the block list's), so a mode set through
-// another router instance takes effect here within one interval. Failures
-// are logged as refreshBlockedLoop logs them.
-func refreshPoolModesLoop(ctx context.Context, interval time.Duration, log *slog.Logger, p *tenantPoolModes) {
-	if interval <= 0 {
-		return
-	}
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	failing := false
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		rctx, cancel := context.WithTimeout(ctx, min(interval, 15*time.Second))
-		err := p.refresh(rctx)
-		cancel()
-		switch {
-		case err != nil && ctx.Err() != nil:
-			return
-		case err != nil:
-			if !failing {
-				log.Warn("per-tenant pool modes refresh failed; keeping the last ones", "err", err)
+				log.Warn(what+" refresh failed; keeping the last one", "err", err)
 			}
 			failing = true
 		case failing:
-			log.Info("per-tenant pool modes refresh works again")
+			log.Info(what + " refresh works again")
 			failing = false
 		}
 	}
