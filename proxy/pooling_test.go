@@ -531,3 +531,29 @@ func TestPoolTransactionGreetsWithoutAServer(t *testing.T) {
 		t.Errorf("%d server connections opened, want 1", n)
 	}
 }
+
+// TestPoolDrain checks that a drain ends pooled sessions, held and between
+// transactions, with 57P01 and lets Serve return.
+func TestPoolDrain(t *testing.T) {
+	for _, mode := range []proxy.PoolMode{proxy.PoolSession, proxy.PoolTransaction} {
+		t.Run(string(mode), func(t *testing.T) {
+			pgtest.CheckGoroutines(t)
+			opt, _ := withPool(t, mode, pool.Config{})
+			r := startRouter(t, newCatalogDB(t), opt, func(c *proxy.Config) { c.DrainTimeout = 200 * time.Millisecond })
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			c := r.simple(t, newTenant("pdrain"))
+			stopped := make(chan struct{})
+			go func() { r.stop(); close(stopped) }()
+			poll.Until(t, 10*time.Second, "the router to drain", r.srv.Draining)
+			select {
+			case <-stopped:
+			case <-time.After(30 * time.Second):
+				t.Fatal("Serve did not return after the drain")
+			}
+			if _, err := c.Exec(ctx, "SELECT 1"); pgCode(err) != "57P01" {
+				t.Errorf("pooled session after the drain: %v, want 57P01", err)
+			}
+		})
+	}
+}
