@@ -105,6 +105,10 @@ func (c *Conn) Key() Key { return c.p.key }
 // Created is when c was logged in.
 func (c *Conn) Created() time.Time { return c.created }
 
+// IdleSince is when c was last given back to its pool, before the Acquire
+// that handed it out; zero for a connection dialled for that Acquire.
+func (c *Conn) IdleSince() time.Time { return c.idleSince }
+
 // Release gives c back to its pool. clean says it can serve another
 // client as it is: the server is at ReadyForQuery 'I' with nothing in
 // flight and its session state is what the pool's users expect. A clean

@@ -49,6 +49,17 @@ type PoolConfig struct {
 	// client. Empty means pool.DefaultResetQuery (DISCARD ALL). Transaction
 	// mode resets nothing, as PgBouncer does.
 	ResetQuery string
+	// ServerCheckDelay: a server connection idle longer than this is
+	// checked (an empty query) before it is lent, as PgBouncer's
+	// server_check_delay. Zero means 30s; negative, never.
+	ServerCheckDelay time.Duration
+}
+
+func (c *PoolConfig) serverCheckDelay() time.Duration {
+	if c.ServerCheckDelay == 0 {
+		return 30 * time.Second
+	}
+	return c.ServerCheckDelay
 }
 
 func (c *PoolConfig) validate() error {
@@ -358,7 +369,7 @@ func (s *Server) acquire(ctx context.Context, tenant string, known *resolver.Rou
 				return nil, rt, resolveError(ctx, tenant, err)
 			}
 		}
-		c, err := s.cfg.Pool.Manager.Acquire(ctx, pool.KeyFor(tenant, rt.Endpoint), func(ctx context.Context) (pool.Server, error) {
+		c, err := s.acquireChecked(ctx, pool.KeyFor(tenant, rt.Endpoint), func(ctx context.Context) (pool.Server, error) {
 			dialStart := time.Now()
 			hj, err := s.login(ctx, rt, s.cfg.Upstream.upstreamParams(nil, rt.Host))
 			if err != nil {
@@ -383,6 +394,30 @@ func (s *Server) acquire(ctx context.Context, tenant string, known *resolver.Rou
 		}
 	}
 	return nil, resolver.Route{}, lastErr
+}
+
+// acquireChecked is Manager.Acquire, with a connection that sat idle longer
+// than PoolConfig.ServerCheckDelay checked with an empty query first, as
+// PgBouncer's server_check_query does: a server that went away meanwhile
+// (restarted, idle_session_timeout, a Neon compute scaled to zero) is
+// closed and another taken, rather than failing the client's transaction.
+func (s *Server) acquireChecked(ctx context.Context, key pool.Key, dial pool.DialFunc) (*pool.Conn, error) {
+	delay := s.cfg.Pool.serverCheckDelay()
+	for {
+		c, err := s.cfg.Pool.Manager.Acquire(ctx, key, dial)
+		if err != nil || delay < 0 || c.IdleSince().IsZero() || time.Since(c.IdleSince()) < delay {
+			return c, err
+		}
+		cerr := c.Exec(ctx, "")
+		if cerr == nil {
+			return c, nil
+		}
+		c.Release(false)
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		s.log.Debug("pooled server connection failed its check; closed", "server", key.Server, "err", cerr)
+	}
 }
 
 // budgetError is a full budget, told to the client as Postgres tells it

@@ -557,3 +557,38 @@ func TestPoolDrain(t *testing.T) {
 		})
 	}
 }
+
+// TestPoolReplacesDeadServer checks that a pooled connection whose server
+// went away while it sat idle is found out before it is lent, and the
+// client's next transaction runs on a new one.
+func TestPoolReplacesDeadServer(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	m := pool.New(pool.Config{})
+	t.Cleanup(m.Close)
+	r := startRouter(t, newCatalogDB(t), func(c *proxy.Config) {
+		c.Pool = proxy.PoolConfig{Mode: proxy.PoolTransaction, Manager: m, ServerCheckDelay: time.Nanosecond}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c := r.simple(t, newTenant("pdead"))
+	pid := queryString(t, c, "SELECT pg_backend_pid()::text")
+	admin, err := pgx.Connect(ctx, r.cluster.AdminDSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	if _, err := admin.Exec(ctx, "SELECT pg_terminate_backend($1::int)", pid); err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, 10*time.Second, "the backend to exit", func() bool {
+		var n int
+		_ = admin.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1::int", pid).Scan(&n)
+		return n == 0
+	})
+	if got := queryString(t, c, "SELECT pg_backend_pid()::text"); got == pid {
+		t.Errorf("still on the terminated backend %s", pid)
+	}
+	if n := m.Counters().ServersOpened; n != 2 {
+		t.Errorf("%d server connections opened, want 2 (the dead one replaced)", n)
+	}
+}
