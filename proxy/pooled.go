@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/binary"
 	"errors"
 	"log/slog"
 	"maps"
@@ -14,8 +13,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgtenant/pgtenant/pool"
 	"github.com/pgtenant/pgtenant/resolver"
@@ -173,16 +170,7 @@ func (s *Server) servePooled(ctx context.Context, c net.Conn, sess *session, log
 	key, release := s.cancels.register(cancelTarget{pid: g.pid, follow: &pc.current})
 	sess.onEnd(release)
 
-	var secret [4]byte
-	binary.BigEndian.PutUint32(secret[:], key.secret)
-	msgs := make([]pgproto3.BackendMessage, 0, len(g.params)+2)
-	for name, value := range g.params {
-		msgs = append(msgs, &pgproto3.ParameterStatus{Name: name, Value: value})
-	}
-	msgs = append(msgs,
-		&pgproto3.BackendKeyData{ProcessID: g.pid, SecretKey: secret[:]},
-		&pgproto3.ReadyForQuery{TxStatus: 'I'})
-	if err := writeMsgs(c, msgs...); err != nil {
+	if err := greet(c, g.params, key, 'I'); err != nil {
 		giveBack()
 		return err
 	}

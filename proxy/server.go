@@ -542,16 +542,7 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	})
 	sess.onEnd(release)
 
-	var secret [4]byte
-	binary.BigEndian.PutUint32(secret[:], key.secret)
-	msgs := make([]pgproto3.BackendMessage, 0, len(up.ParameterStatuses)+2)
-	for name, value := range up.ParameterStatuses {
-		msgs = append(msgs, &pgproto3.ParameterStatus{Name: name, Value: value})
-	}
-	msgs = append(msgs,
-		&pgproto3.BackendKeyData{ProcessID: up.PID, SecretKey: secret[:]},
-		&pgproto3.ReadyForQuery{TxStatus: up.TxStatus})
-	if err := writeMsgs(c, msgs...); err != nil {
+	if err := greet(c, up.ParameterStatuses, key, up.TxStatus); err != nil {
 		return err
 	}
 	_ = c.SetDeadline(time.Time{}) // from here on liveness is TCP keepalive's job
@@ -594,6 +585,21 @@ func relay(client, upstream net.Conn, ls *liveSession) error {
 		err = err2
 	}
 	return err
+}
+
+// greet ends a client's login: the server's parameters, the client's
+// cancel key (the router's, see cancelKey) and ReadyForQuery.
+func greet(c net.Conn, params map[string]string, key cancelKey, txStatus byte) error {
+	var secret [4]byte
+	binary.BigEndian.PutUint32(secret[:], key.secret)
+	msgs := make([]pgproto3.BackendMessage, 0, len(params)+2)
+	for name, value := range params {
+		msgs = append(msgs, &pgproto3.ParameterStatus{Name: name, Value: value})
+	}
+	msgs = append(msgs,
+		&pgproto3.BackendKeyData{ProcessID: key.pid, SecretKey: secret[:]},
+		&pgproto3.ReadyForQuery{TxStatus: txStatus})
+	return writeMsgs(c, msgs...)
 }
 
 // negotiate reads startup-phase packets until a StartupMessage or a
