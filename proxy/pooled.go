@@ -179,7 +179,7 @@ func (s *Server) servePooled(ctx context.Context, c net.Conn, sess *session, log
 		giveBack()
 	} else {
 		pc.mu.Lock()
-		pc.attachLocked(conn, rt)
+		pc.attachLocked(conn, rt, true)
 		pc.mu.Unlock()
 	}
 	sess.client, sess.pooled = c, pc
@@ -251,7 +251,7 @@ const routeReuse = time.Second
 
 // attachLocked makes conn, at ReadyForQuery, the connection the client
 // holds and starts its pump.
-func (pc *pooledClient) attachLocked(conn *pool.Conn, rt resolver.Route) {
+func (pc *pooledClient) attachLocked(conn *pool.Conn, rt resolver.Route, pump bool) {
 	_ = conn.Conn.SetDeadline(time.Time{}) // a wake or a stop may have left one
 	pc.conn = conn
 	pc.tr.Reset()
@@ -261,7 +261,9 @@ func (pc *pooledClient) attachLocked(conn *pool.Conn, rt resolver.Route) {
 	pc.unnamedOK = false
 	pc.current.Store(&cancelTarget{addr: rt.Addr(), pid: conn.PID, secret: conn.SecretKey,
 		tlsConfig: pc.tlsConfig(rt), dial: pc.s.dial})
-	pc.startPumpLocked()
+	if pump {
+		pc.startPumpLocked()
+	}
 }
 
 func (pc *pooledClient) startPumpLocked() {
@@ -328,17 +330,8 @@ func (pc *pooledClient) pumpServer(conn *pool.Conn, done chan<- serverEnd) {
 	for {
 		b, rerr := r.read()
 		if len(b) > 0 {
-			pc.mu.Lock()
-			before := pc.tr.Ready()
-			pc.tr.Feed(b)
-			st, ready := pc.tr.TxStatus(), pc.tr.Ready() != before
-			pc.mu.Unlock()
-			if ready { // before the write: the client cannot have answered yet
-				pc.ls.noteReady(st)
-			}
-			nw, werr := pc.client.Write(b)
+			werr := pc.relayChunk(b)
 			r.done()
-			pc.ls.bytesOut.Add(int64(nw))
 			if werr != nil {
 				_ = pc.client.Close() // wakes run
 				done <- serverEnd{endClientGone, werr}
@@ -479,6 +472,7 @@ func (pc *pooledClient) forward(ctx context.Context, b []byte) error {
 	}
 	defer func() { clear(need); pc.need = need[:0] }()
 	var quietSince time.Time
+	inline := false
 	pc.mu.Lock()
 	for {
 		if pc.conn == nil {
@@ -502,8 +496,9 @@ func (pc *pooledClient) forward(ctx context.Context, b []byte) error {
 				return err
 			}
 			pc.mu.Lock()
-			pc.attachLocked(conn, rt)
+			pc.attachLocked(conn, rt, false) // the replies are read inline, see inlineReplies
 			pc.unnamedOK = hasUnnamed(missing)
+			inline = true
 			break
 		}
 		missing := pc.missing(pc.conn, need, false)
@@ -575,13 +570,101 @@ func (pc *pooledClient) forward(ctx context.Context, b []byte) error {
 	}
 	if len(b) > 0 {
 		if _, err := conn.Conn.Write(b); err != nil {
+			if inline {
+				pc.mu.Lock()
+				pc.handoffLocked()
+				pc.mu.Unlock()
+			}
 			return err
 		}
+	}
+	if inline {
+		pc.inlineReplies(conn, term)
 	}
 	if term {
 		return errTerminated
 	}
 	return nil
+}
+
+// inlineFor is how long run reads a transaction's replies itself before
+// it hands them to a server pump and goes back to reading the client.
+const inlineFor = 20 * time.Millisecond
+
+// inlineReplies reads the replies to the request that began a transaction
+// on run's own goroutine, for at most inlineFor: a lone statement (most
+// of what transaction pooling serves) is then answered and its connection
+// given back with no pump started. Anything else (a transaction left
+// open, a slow or partial answer, COPY, an error, a kill) goes on to a
+// server pump, which takes up the stream where this left it.
+func (pc *pooledClient) inlineReplies(conn *pool.Conn, term bool) {
+	pc.mu.Lock()
+	complete := !term && !pc.dirty && pc.reqs.AtBoundary() && !pc.reqs.Pending() && pc.reqs.Count() > pc.tr.Ready()-pc.base
+	pc.mu.Unlock()
+	if !complete {
+		pc.mu.Lock()
+		pc.handoffLocked()
+		pc.mu.Unlock()
+		return
+	}
+	_ = conn.Conn.SetReadDeadline(time.Now().Add(inlineFor))
+	r := newLazyReader(conn.Conn)
+	defer r.done()
+	for {
+		b, rerr := r.read()
+		var werr error
+		if len(b) > 0 {
+			werr = pc.relayChunk(b)
+			r.done()
+		}
+		pc.mu.Lock()
+		if werr == nil && rerr == nil && pc.ls.killed.Load() == nil {
+			if pc.tr.Idle() && pc.releasableLocked() {
+				pc.conn = nil
+				pc.current.Store(nil)
+				pc.mu.Unlock()
+				conn.TxStatus = 'I'
+				conn.Release(true)
+				return
+			}
+			if !pc.tr.AtReady() { // more to come
+				pc.mu.Unlock()
+				continue
+			}
+		}
+		// A transaction left open, an error, a timeout, a kill: the pump
+		// takes over (and finds out about the error again itself).
+		pc.handoffLocked()
+		pc.mu.Unlock()
+		return
+	}
+}
+
+// handoffLocked starts the server pump on the held connection, which run
+// was reading itself; a kill meanwhile is left for the pump to see.
+func (pc *pooledClient) handoffLocked() {
+	if pc.ls.killed.Load() != nil {
+		_ = pc.conn.Conn.SetReadDeadline(time.Now())
+	} else {
+		_ = pc.conn.Conn.SetReadDeadline(time.Time{})
+	}
+	pc.startPumpLocked()
+}
+
+// relayChunk passes b, the server's next bytes, to the client, following
+// them with the Tracker.
+func (pc *pooledClient) relayChunk(b []byte) error {
+	pc.mu.Lock()
+	before := pc.tr.Ready()
+	pc.tr.Feed(b)
+	st, ready := pc.tr.TxStatus(), pc.tr.Ready() != before
+	pc.mu.Unlock()
+	if ready { // before the write: the client cannot have answered yet
+		pc.ls.noteReady(st)
+	}
+	nw, werr := pc.client.Write(b)
+	pc.ls.bytesOut.Add(int64(nw))
+	return werr
 }
 
 // finish ends the session: it stops the server pump, gives the held

@@ -592,3 +592,25 @@ func TestPoolReplacesDeadServer(t *testing.T) {
 		t.Errorf("%d server connections opened, want 2 (the dead one replaced)", n)
 	}
 }
+
+// TestPoolTransactionCopy checks COPY in both directions in transaction
+// mode, where the server waits for the client in the middle of a statement.
+func TestPoolTransactionCopy(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	opt, _ := withPool(t, proxy.PoolTransaction, pool.Config{MaxPerTenant: 1})
+	r := startRouter(t, newCatalogDB(t), opt)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c := r.simple(t, newTenant("pcopy"))
+	tag, err := c.PgConn().CopyFrom(ctx, strings.NewReader("1\tone\n2\ttwo\n3\tthree\n"), "COPY app_items FROM STDIN")
+	if err != nil || tag.RowsAffected() != 3 {
+		t.Fatalf("COPY FROM: %v, %v", tag, err)
+	}
+	var out strings.Builder
+	if _, err := c.PgConn().CopyTo(ctx, &out, "COPY (SELECT name FROM app_items ORDER BY id) TO STDOUT"); err != nil || out.String() != "one\ntwo\nthree\n" {
+		t.Fatalf("COPY TO: %q, %v", out.String(), err)
+	}
+	if got := queryString(t, c, "SELECT count(*)::text FROM app_items"); got != "3" {
+		t.Errorf("rows after COPY: %s", got)
+	}
+}
