@@ -115,18 +115,9 @@ func (c *TenantConfig) fromStartup(p *startupPacket) (string, error) {
 				err = add(k, t)
 			}
 		case CarrierOptions:
-			opts, ok := p.params["options"]
-			if !ok {
-				continue
-			}
-			rest, tenants := splitTenantOption(opts)
+			tenants := takeOption(p.params, tenantOption)
 			if len(tenants) == 0 {
 				continue
-			}
-			if rest == "" {
-				delete(p.params, "options")
-			} else {
-				p.params["options"] = rest
 			}
 			for _, t := range tenants[1:] {
 				if t != tenants[0] {
@@ -252,6 +243,25 @@ func (c *TenantConfig) ways() string {
 // cutOption).
 func splitTenantOption(opts string) (rest string, tenants []string) {
 	return cutOption(opts, tenantOption)
+}
+
+// takeOption removes setting name from params' options parameter (see
+// cutOption) and returns the values it named; the options that are left
+// are kept, or the parameter dropped when none are.
+func takeOption(params map[string]string, name string) []string {
+	opts, ok := params["options"]
+	if !ok {
+		return nil
+	}
+	rest, values := cutOption(opts, name)
+	switch {
+	case len(values) == 0:
+	case rest == "":
+		delete(params, "options")
+	default:
+		params["options"] = rest
+	}
+	return values
 }
 
 // optToken is one white-space separated word of an options parameter: as

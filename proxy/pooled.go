@@ -679,7 +679,7 @@ func (pc *pooledClient) finish(cause error) error {
 	if conn == nil { // between transactions: nothing held, run alone writes to the client
 		if reason := pc.ls.killed.Load(); reason != nil {
 			_ = writeMsgs(pc.client, toErrorResponse(reason))
-			lingerClose(pc.client)
+			lingerClose(pc.client, killLinger)
 			return errKilled
 		}
 		return pc.tell(cause)
@@ -708,7 +708,7 @@ func (pc *pooledClient) finish(cause error) error {
 	}
 	switch end.kind {
 	case endKilled:
-		lingerClose(pc.client) // what the client sent meanwhile must not reset our ErrorResponse away
+		lingerClose(pc.client, killLinger) // what the client sent meanwhile must not reset our ErrorResponse away
 		return errKilled
 	case endClientGone, endServerGone:
 		return end.err
@@ -725,7 +725,7 @@ func (pc *pooledClient) tell(cause error) error {
 	var ce *ClientError
 	if errors.As(cause, &ce) {
 		_ = writeError(pc.client, cause)
-		lingerClose(pc.client)
+		lingerClose(pc.client, refuseLinger)
 	}
 	return cause
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgtenant/pgtenant/pool"
@@ -105,15 +106,7 @@ const endpointOption = "pgtenant.endpoint"
 // directEndpoint reports whether the client asked for the direct endpoint,
 // and drops the endpoint option from params.
 func directEndpoint(params map[string]string) (bool, error) {
-	rest, vals := cutOption(params["options"], endpointOption)
-	if len(vals) == 0 {
-		return false, nil
-	}
-	if rest == "" {
-		delete(params, "options")
-	} else {
-		params["options"] = rest
-	}
+	vals := takeOption(params, endpointOption)
 	direct := false
 	for _, v := range vals {
 		switch strings.ToLower(v) {
@@ -199,9 +192,7 @@ func (s *Server) pooledStartup(tenant string, direct bool, params map[string]str
 		}
 	}
 	want := make(map[string]setting, len(params))
-	opts := params["options"]
-	rest, modes := cutOption(opts, poolModeOption)
-	for _, m := range modes {
+	for _, m := range takeOption(params, poolModeOption) {
 		switch PoolMode(strings.ToLower(m)) {
 		case PoolSession, PoolTransaction:
 			if s.cfg.Pool.Manager == nil {
@@ -215,13 +206,6 @@ func (s *Server) pooledStartup(tenant string, direct bool, params map[string]str
 				"Use session or transaction.", nil)
 		}
 	}
-	if len(modes) > 0 {
-		if rest == "" {
-			delete(params, "options")
-		} else {
-			params["options"] = rest
-		}
-	}
 	if direct {
 		mode = PoolOff
 	}
@@ -229,16 +213,12 @@ func (s *Server) pooledStartup(tenant string, direct bool, params map[string]str
 		return mode, nil, nil
 	}
 	for k, v := range params {
-		switch k {
-		case "user", "database", "replication", "options":
-			continue
+		if k != "options" && s.cfg.Upstream.forwards(k) {
+			want[strings.ToLower(k)] = setting{k, v}
 		}
-		if f := s.cfg.Upstream.ForwardParams; f != nil && !containsFold(f, k) {
-			continue
-		}
-		want[strings.ToLower(k)] = setting{k, v}
 	}
-	toks := optTokens(rest)
+	opts := params["options"]
+	toks := optTokens(opts)
 	for i := 0; i < len(toks); i++ {
 		v := toks[i].val
 		switch {
@@ -280,10 +260,8 @@ func settingsTag(want map[string]setting) uint64 {
 // serverValue is what the server's session says for name: its last
 // ParameterStatus, or what was SET on it for a setting it does not report.
 func serverValue(c *pool.Conn, name string) (string, bool) {
-	for k, v := range c.Params {
-		if strings.EqualFold(k, name) {
-			return v, true
-		}
+	if v, ok := paramOf(c.Params, name); ok {
+		return v, true
 	}
 	v, ok := c.Settings[strings.ToLower(name)]
 	return v, ok
@@ -300,7 +278,7 @@ func applySettings(ctx context.Context, c *pool.Conn, want map[string]setting) e
 		if cur, ok := serverValue(c, st.name); ok && cur == st.value {
 			continue
 		}
-		fmt.Fprintf(&q, "SET %s TO %s;", quoteIdent(st.name), quoteLiteral(st.value))
+		fmt.Fprintf(&q, "SET %s TO %s;", pgx.Identifier{st.name}.Sanitize(), quoteLiteral(st.value))
 		applied = append(applied, st)
 	}
 	if len(applied) == 0 {
@@ -329,11 +307,6 @@ func paramOf(params map[string]string, name string) (string, bool) {
 	return "", false
 }
 
-// quoteIdent quotes a setting name as an SQL identifier.
-func quoteIdent(s string) string {
-	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
-}
-
 // quoteLiteral quotes a value as an SQL string literal, safe whatever
 // standard_conforming_strings says (as libpq's PQescapeLiteral).
 func quoteLiteral(s string) string {
@@ -344,56 +317,30 @@ func quoteLiteral(s string) string {
 	return "'" + s + "'"
 }
 
-// acquire resolves tenant and borrows a logged-in server connection of its
-// route's pool, queueing under the server's budget. As connectUpstream, a
-// route whose upstream cannot be reached or refuses the login is
-// invalidated and resolved once more.
-//
-// known, if set, is a route resolved a moment ago, tried first without
-// resolving again (a pooled client borrows once per transaction).
+// acquire borrows a logged-in server connection of tenant's route's pool,
+// queueing under the server's budget, through routed (known: the route
+// resolved last, tried first; a pooled client borrows once per
+// transaction).
 func (s *Server) acquire(ctx context.Context, tenant string, known *resolver.Route) (*pool.Conn, resolver.Route, error) {
-	var lastErr error
-	for attempt := range 2 {
-		if attempt > 0 {
-			s.res.Invalidate(tenant)
-		}
-		var rt resolver.Route
-		if attempt == 0 && known != nil {
-			rt = *known
-		} else {
-			resolveStart := time.Now()
-			var err error
-			rt, err = s.res.Resolve(ctx, tenant)
-			s.cfg.Metrics.resolved(resolveStart, rt, err)
-			if err != nil {
-				return nil, rt, resolveError(ctx, tenant, err)
-			}
-		}
+	return routed(ctx, s, tenant, known, func(rt *resolver.Route) (*pool.Conn, error) {
 		c, err := s.acquireChecked(ctx, pool.KeyFor(tenant, rt.Endpoint), func(ctx context.Context) (pool.Server, error) {
 			dialStart := time.Now()
-			hj, err := s.login(ctx, rt, s.cfg.Upstream.upstreamParams(nil, rt.Host))
+			hj, err := s.login(ctx, *rt, s.cfg.Upstream.upstreamParams(nil, rt.Host))
 			if err != nil {
 				return pool.Server{}, err
 			}
 			s.cfg.Metrics.upstreamConnected(dialStart)
 			return pool.FromHijacked(hj), nil
 		})
-		if err == nil {
-			return c, rt, nil
-		}
 		var be *pool.BudgetError
 		switch {
 		case errors.As(err, &be):
-			return nil, rt, budgetError(be)
+			return nil, budgetError(be)
 		case errors.Is(err, pool.ErrClosed):
-			return nil, rt, errShuttingDown()
+			return nil, errShuttingDown()
 		}
-		lastErr = upstreamError(tenant, rt, err)
-		if ctx.Err() != nil || !retryableUpstream(err) {
-			break
-		}
-	}
-	return nil, resolver.Route{}, lastErr
+		return c, err
+	})
 }
 
 // acquireChecked is Manager.Acquire, with a connection that sat idle longer

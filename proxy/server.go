@@ -663,20 +663,31 @@ func (s *Server) fail(c net.Conn, err error) error {
 	}
 	_ = c.SetWriteDeadline(time.Now().Add(time.Second)) // a stalled client cannot hold us
 	if writeError(c, err) == nil {
-		lingerClose(c)
+		lingerClose(c, refuseLinger)
 	}
 	return err
 }
+
+// How long lingerClose waits: after a refusal, after a kill.
+const (
+	refuseLinger = 100 * time.Millisecond
+	killLinger   = time.Second
+)
 
 // lingerClose half-closes c and discards what the client already sent, so
 // that closing does not turn into a TCP reset that could destroy our
 // ErrorResponse before the client reads it (as when a client sends more than
 // the router read, e.g. an HTTP request).
-func lingerClose(c net.Conn) {
+//
+// d bounds the wait: refusals at login linger briefly (the client reads
+// our answer at once), a killed session longer (its client may be busy,
+// and write again before it reads). A client that reads the error and
+// hangs up ends it sooner.
+func lingerClose(c net.Conn, d time.Duration) {
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.CloseWrite()
 	}
-	_ = c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	_ = c.SetReadDeadline(time.Now().Add(d))
 	_, _ = io.CopyN(io.Discard, c, 1<<16)
 }
 
@@ -708,37 +719,62 @@ func (s *Server) handleCancel(ctx context.Context, p startupPacket, log *slog.Lo
 	log.Debug("cancel request forwarded", "pid", p.pid, "upstream", t.addr)
 }
 
-// connectUpstream resolves tenant and logs in to its database. A route whose
-// upstream cannot be reached or refuses the router's login is invalidated and
-// resolved once more before giving up (the catalog may have newer
-// credentials, or the cache an old address).
+// connectUpstream resolves tenant and logs in to its database (its direct
+// endpoint when direct), through routed.
 func (s *Server) connectUpstream(ctx context.Context, tenant string, params map[string]string, direct bool) (*pgconn.HijackedConn, resolver.Route, error) {
+	return routed(ctx, s, tenant, nil, func(rt *resolver.Route) (*pgconn.HijackedConn, error) {
+		if direct {
+			rt.Host = directHost(rt.Host)
+		}
+		dialStart := time.Now()
+		hj, err := s.login(ctx, *rt, s.cfg.Upstream.upstreamParams(params, rt.Host))
+		if err == nil {
+			s.cfg.Metrics.upstreamConnected(dialStart)
+		}
+		return hj, err
+	})
+}
+
+// routed runs try on tenant's route: known, if set (a route resolved a
+// moment ago), else a resolved one. A route whose upstream cannot be
+// reached or refuses the router's login is invalidated and try runs once
+// more on a route resolved afresh (the catalog may have newer credentials,
+// or the cache an old address). try may adjust the route it is given (the
+// one returned); a *ClientError from it ends the attempts as it is, other
+// errors reach the client through upstreamError.
+func routed[T any](ctx context.Context, s *Server, tenant string, known *resolver.Route, try func(*resolver.Route) (T, error)) (T, resolver.Route, error) {
+	var zero T
 	var lastErr error
 	for attempt := range 2 {
 		if attempt > 0 {
 			s.res.Invalidate(tenant)
 		}
-		resolveStart := time.Now()
-		rt, err := s.res.Resolve(ctx, tenant)
-		s.cfg.Metrics.resolved(resolveStart, rt, err)
-		if err != nil {
-			return nil, rt, resolveError(ctx, tenant, err)
+		var rt resolver.Route
+		if attempt == 0 && known != nil {
+			rt = *known
+		} else {
+			resolveStart := time.Now()
+			var err error
+			rt, err = s.res.Resolve(ctx, tenant)
+			s.cfg.Metrics.resolved(resolveStart, rt, err)
+			if err != nil {
+				return zero, rt, resolveError(ctx, tenant, err)
+			}
 		}
-		if direct {
-			rt.Host = directHost(rt.Host)
-		}
-		dialStart := time.Now()
-		hj, err := s.login(ctx, rt, s.cfg.Upstream.upstreamParams(params, rt.Host))
+		v, err := try(&rt)
 		if err == nil {
-			s.cfg.Metrics.upstreamConnected(dialStart)
-			return hj, rt, nil
+			return v, rt, nil
+		}
+		var ce *ClientError
+		if errors.As(err, &ce) {
+			return zero, rt, err
 		}
 		lastErr = upstreamError(tenant, rt, err)
 		if ctx.Err() != nil || !retryableUpstream(err) {
 			break
 		}
 	}
-	return nil, resolver.Route{}, lastErr
+	return zero, resolver.Route{}, lastErr
 }
 
 // retryableUpstream reports whether a failed upstream login may succeed with

@@ -97,14 +97,9 @@ func endpointID(host string) string {
 func (u *UpstreamConfig) upstreamParams(params map[string]string, host string) map[string]string {
 	out := make(map[string]string, len(params)+2) // room for login's user and database
 	for k, v := range params {
-		switch k {
-		case "user", "database", "replication":
-			continue
+		if u.forwards(k) {
+			out[k] = v
 		}
-		if u.ForwardParams != nil && !containsFold(u.ForwardParams, k) {
-			continue
-		}
-		out[k] = v
 	}
 	if u.EndpointOption {
 		opt := "endpoint=" + endpointID(host)
@@ -114,6 +109,17 @@ func (u *UpstreamConfig) upstreamParams(params map[string]string, host string) m
 		out["options"] = opt
 	}
 	return out
+}
+
+// forwards reports whether the client's startup parameter k goes upstream:
+// not what the router decides itself (who logs in where, replication),
+// and only what ForwardParams lists when set.
+func (u *UpstreamConfig) forwards(k string) bool {
+	switch k {
+	case "user", "database", "replication":
+		return false
+	}
+	return u.ForwardParams == nil || containsFold(u.ForwardParams, k)
 }
 
 func containsFold(list []string, s string) bool {
