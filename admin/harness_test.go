@@ -182,12 +182,15 @@ func (e *env) connect(t *testing.T, tenant string) (*pgx.Conn, error) {
 
 // call sends an API request with token ("" for none) and returns the
 // status and the raw body, checking that the answer is JSON.
-func (e *env) call(t *testing.T, method, path, token string) (int, string) {
+// send makes an API request with body (JSON; may be empty) and returns
+// the status and the body of the answer.
+func (e *env) send(t *testing.T, method, path, token, body string) (int, string) {
 	t.Helper()
-	req, err := http.NewRequest(method, e.apiURL+path, nil)
+	req, err := http.NewRequest(method, e.apiURL+path, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
+	req.Header.Set("Content-Type", "application/json")
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
@@ -200,10 +203,16 @@ func (e *env) call(t *testing.T, method, path, token string) (int, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if path != "/metrics" && !json.Valid(b) {
+	return resp.StatusCode, string(b)
+}
+
+func (e *env) call(t *testing.T, method, path, token string) (int, string) {
+	t.Helper()
+	status, b := e.send(t, method, path, token, "")
+	if path != "/metrics" && !json.Valid([]byte(b)) {
 		t.Errorf("%s %s: body is not JSON: %q", method, path, b)
 	}
-	return resp.StatusCode, string(b)
+	return status, b
 }
 
 // do is call with the admin token, decoding a 2xx body into out.

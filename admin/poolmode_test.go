@@ -1,7 +1,6 @@
 package admin_test
 
 import (
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -10,29 +9,6 @@ import (
 	"github.com/pgtenant/pgtenant/internal/pgtest"
 	"github.com/pgtenant/pgtenant/proxy"
 )
-
-// send is call with a JSON body.
-func (e *env) send(t *testing.T, method, path, token, body string) (int, string) {
-	t.Helper()
-	req, err := http.NewRequest(method, e.apiURL+path, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := e.client.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, string(b)
-}
 
 func TestAPITenantPoolMode(t *testing.T) {
 	pgtest.CheckGoroutines(t)
