@@ -218,3 +218,44 @@ func (b *budget) serveOneLocked(now time.Time, closing []*Conn, underFloor bool)
 		}
 	}
 }
+
+// belowFloorWaitsLocked reports whether a tenant below the floor waits:
+// it is served before any turn goes on.
+func (b *budget) belowFloorWaitsLocked() bool {
+	if b.floor == 0 || b.ring == nil {
+		return false
+	}
+	t := b.ring
+	for {
+		if t.open < b.floor {
+			return true
+		}
+		if t = t.rnext; t == b.ring {
+			return false
+		}
+	}
+}
+
+// turnWaiterLocked returns the waiter of c's pool that c, just released
+// clean, should go to straight away, or nil. It goes to the pool's first
+// waiter while no other tenant waits (c's turn starts over), or while c's
+// turn is shorter than turn and no tenant below the floor waits; after
+// that it goes back to the budget, whose round of waiting tenants decides
+// who gets the capacity.
+func (b *budget) turnWaiterLocked(c *Conn, now time.Time, turn time.Duration) *waiter {
+	p := c.p
+	if p.waiting == 0 {
+		return nil
+	}
+	if p.t.rnext == p.t { // only c's tenant waits
+		c.turn = now
+	} else if turn < 0 || now.Sub(c.turn) >= turn || b.belowFloorWaitsLocked() {
+		return nil
+	}
+	for w := p.t.wq.head; w != nil; w = w.next {
+		if w.p == p {
+			return w
+		}
+	}
+	return nil
+}

@@ -7,6 +7,7 @@ const (
 	DefaultMaxServerConnections = 80
 	DefaultQueueTimeout         = 30 * time.Second
 	DefaultIdleTimeout          = 10 * time.Minute
+	DefaultTurn                 = 20 * time.Millisecond
 )
 
 // DefaultResetQuery is the reset query of session pooling, as PgBouncer's
@@ -23,8 +24,9 @@ type Config struct {
 	// Keep it below the server's max_connections. Zero or negative means 80.
 	MaxServerConnections int
 	// MinPerTenant is the floor: a tenant holding fewer connections on a
-	// server is served before others when capacity frees, and may close
-	// other tenants' idle connections to get its own. It cannot take
+	// server is served before others when capacity frees. (Any tenant may
+	// close the idle connections of a tenant holding more than it does to
+	// get its own; none of a tenant holding as many or fewer.) It cannot take
 	// connections that are in use. Zero means no floor; it is capped at
 	// the ceiling.
 	MinPerTenant int
@@ -42,6 +44,15 @@ type Config struct {
 	// MaxLifetime, when positive, closes server connections that old when
 	// they are next released or found idle. Zero means no limit.
 	MaxLifetime time.Duration
+	// Turn is how long a server connection may go on serving its own
+	// tenant's queued clients, one after the other, while other tenants
+	// wait; then it is given up for them. A turn amortizes a server login
+	// (a few milliseconds) over the transactions queued behind it: with
+	// more tenants than connections, handing every freed connection to the
+	// next tenant instead would cost a login per transaction. Zero means
+	// DefaultTurn; negative means no turn (freed capacity always goes round
+	// the tenants with waiters).
+	Turn time.Duration
 	// OnWait, when set, is called with the time each queued Acquire waited
 	// before it was served (not those that timed out or were cancelled),
 	// on that Acquire's goroutine and outside any lock: the caller's wait
@@ -72,6 +83,13 @@ func (c *Config) queueTimeout() time.Duration {
 		return DefaultQueueTimeout
 	}
 	return c.QueueTimeout
+}
+
+func (c *Config) turn() time.Duration {
+	if c.Turn == 0 {
+		return DefaultTurn
+	}
+	return c.Turn
 }
 
 func (c *Config) idleTimeout() time.Duration {

@@ -95,6 +95,7 @@ type Conn struct {
 	p         *pool
 	created   time.Time
 	idleSince time.Time
+	turn      time.Time // when its current turn with its tenant's waiters began; guarded by p.b.mu
 	state     uint8
 	l         [2]links // guarded by p.b.mu; listPool, listBudget
 }

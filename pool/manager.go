@@ -130,7 +130,8 @@ func (m *Manager) pool(key Key) *pool {
 // takeLocked tries to serve p now: with its most recently released idle
 // connection (closing expired ones on the way), else with a free slot of
 // the budget, else by evicting the least recently used idle connection of
-// another pool (of the same tenant, when the tenant is at its ceiling).
+// another of the tenant's routes or of a tenant holding more connections
+// (of the same tenant only, when the tenant is at its ceiling).
 // ok with a nil Conn means a slot was reserved for p: the caller dials.
 func (m *Manager) takeLocked(p *pool, now time.Time, closing []*Conn) (c *Conn, ok bool, _ []*Conn) {
 	b, t := p.b, p.t
@@ -144,19 +145,22 @@ func (m *Manager) takeLocked(p *pool, now time.Time, closing []*Conn) (c *Conn, 
 			continue
 		}
 		c.state = stateActive
+		c.turn = now
 		p.active++
 		return c, true, closing
 	}
 	if t.open >= b.ceil || b.open >= b.max {
+		// The victim is the least recently used idle connection of the
+		// tenant's own other routes or, below the ceiling, of a tenant
+		// holding more connections than this one: a tenant never loses
+		// its connections to a bigger one (max-min fairness), so a tenant
+		// with hundreds of busy clients cannot churn away the few
+		// connections small tenants keep between their queries.
 		var v *Conn
-		if t.open < b.ceil {
-			v = b.idle.tail
-		} else {
-			for x := b.idle.tail; x != nil; x = x.l[listBudget].prev {
-				if x.p.t == t {
-					v = x
-					break
-				}
+		for x := b.idle.tail; x != nil; x = x.l[listBudget].prev {
+			if x.p.t == t || (t.open < b.ceil && x.p.t.open > t.open) {
+				v = x
+				break
 			}
 		}
 		if v == nil {
@@ -222,7 +226,7 @@ func (m *Manager) dial(ctx context.Context, p *pool, dial DialFunc) (*Conn, erro
 		_ = s.Conn.Close()
 		return nil, ErrClosed
 	}
-	c := &Conn{Server: s, p: p, created: now, state: stateActive}
+	c := &Conn{Server: s, p: p, created: now, turn: now, state: stateActive}
 	p.active++
 	b.mu.Unlock()
 	m.c.opened.Add(1)
@@ -330,6 +334,13 @@ func (m *Manager) release(c *Conn, clean bool) {
 		}
 	}
 	if keep {
+		if w := b.turnWaiterLocked(c, now, m.cfg.turn()); w != nil {
+			// Straight to the next client of its own route: no login.
+			b.grantLocked(w, grant{c: c}, now, false)
+			p.active++
+			b.mu.Unlock()
+			return
+		}
 		c.state = stateIdle
 		c.idleSince = now
 		p.idle.pushFront(c)

@@ -176,7 +176,7 @@ func TestBudgetQueuesAndHandsOver(t *testing.T) {
 func TestFairness(t *testing.T) {
 	pgtest.CheckGoroutines(t)
 	f := &fakeServers{}
-	m := pool.New(pool.Config{MaxServerConnections: 2})
+	m := pool.New(pool.Config{MaxServerConnections: 2, Turn: -1}) // no turns: the round alone (TestTurn has them)
 	defer m.Close()
 	held := []*pool.Conn{mustAcquire(t, m, key("big"), f), mustAcquire(t, m, key("big"), f)}
 
@@ -228,6 +228,72 @@ func TestFairness(t *testing.T) {
 	}
 	if s := server(m); s.Waiting != 0 || s.Open > 2 {
 		t.Errorf("after cancel: %+v", s)
+	}
+}
+
+// TestTurn: a released connection goes on serving its own tenant's queued
+// acquirers, with no new login, while its turn lasts, even though another
+// tenant waits; with turns off it goes round the waiting tenants.
+func TestTurn(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		turn      time.Duration
+		wantSmall bool // the small tenant gets the second release
+	}{
+		{"long turn", time.Hour, false},
+		{"no turn", -1, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pgtest.CheckGoroutines(t)
+			f := &fakeServers{}
+			m := pool.New(pool.Config{MaxServerConnections: 1, Turn: tc.turn})
+			defer m.Close()
+			held := mustAcquire(t, m, key("big"), f)
+			first := held.PID
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			got := make(chan *pool.Conn)
+			var wg sync.WaitGroup
+			acquire := func(tenant string) {
+				wg.Go(func() {
+					c, err := m.Acquire(ctx, key(tenant), f.dial)
+					if err != nil {
+						if !errors.Is(err, context.Canceled) {
+							t.Error(err)
+						}
+						return
+					}
+					got <- c
+				})
+			}
+			for range 10 {
+				acquire("big")
+			}
+			waitFor(t, "10 queued", func() bool { return server(m).Waiting == 10 })
+			acquire("small")
+			waitFor(t, "11 queued", func() bool { return server(m).Waiting == 11 })
+
+			held.Release(true) // the cursor is at big: big's either way
+			held = <-got
+			held.Release(true)
+			held = <-got
+			if small := held.Key().Tenant == "small"; small != tc.wantSmall {
+				t.Errorf("second release went to %s", held.Key().Tenant)
+			}
+			if !tc.wantSmall {
+				for range 5 {
+					held.Release(true)
+					held = <-got
+				}
+				if held.Key().Tenant != "big" || held.PID != first || f.dials.Load() != 1 {
+					t.Errorf("after 7 releases in one turn: tenant %s, pid %d (first %d), %d dials, want one connection throughout",
+						held.Key().Tenant, held.PID, first, f.dials.Load())
+				}
+			}
+			cancel()
+			wg.Wait()
+			held.Release(true)
+		})
 	}
 }
 
@@ -301,6 +367,45 @@ func TestEvictsOtherTenantsIdle(t *testing.T) {
 	if f.maxLive.Load() > 2 {
 		t.Errorf("%d open at once, budget 2", f.maxLive.Load())
 	}
+}
+
+// TestNoEvictionByBigger: a tenant may close the idle connection of a
+// tenant holding more connections than it does, never of one holding as
+// many or fewer: it queues for its own instead.
+func TestNoEvictionByBigger(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	f := &fakeServers{}
+	m := pool.New(pool.Config{MaxServerConnections: 3, QueueTimeout: time.Minute})
+	defer m.Close()
+	small := mustAcquire(t, m, key("small"), f)
+	small.Release(true) // small keeps one idle connection
+	big1, big2 := mustAcquire(t, m, key("big"), f), mustAcquire(t, m, key("big"), f)
+
+	got := make(chan *pool.Conn, 1)
+	go func() {
+		c, err := m.Acquire(context.Background(), key("big"), f.dial)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- c
+	}()
+	waitFor(t, "big queued", func() bool { return server(m).Waiting == 1 })
+	if small.Conn.(*fakeConn).closed.Load() || m.Counters().Evictions != 0 {
+		t.Fatal("big (2 connections) closed small's only connection")
+	}
+	big1.Release(true)
+	c := <-got
+	if connID(c) != connID(big1) {
+		t.Errorf("big's waiter got connection %d, want big's own %d", connID(c), connID(big1))
+	}
+	// A tenant with none may close the idle connection of one with more.
+	fresh := mustAcquire(t, m, key("fresh"), f)
+	if !small.Conn.(*fakeConn).closed.Load() || m.Counters().Evictions != 1 {
+		t.Error("fresh (no connection) did not get small's idle one")
+	}
+	fresh.Release(true)
+	c.Release(true)
+	big2.Release(true)
 }
 
 func TestCeiling(t *testing.T) {
@@ -631,7 +736,7 @@ func TestConcurrent(t *testing.T) {
 func TestFairnessManyTenants(t *testing.T) {
 	pgtest.CheckGoroutines(t)
 	f := &fakeServers{}
-	m := pool.New(pool.Config{MaxServerConnections: 1})
+	m := pool.New(pool.Config{MaxServerConnections: 1, Turn: -1})
 	defer m.Close()
 	held := mustAcquire(t, m, key("big"), f)
 	ctx, cancel := context.WithCancel(context.Background())
