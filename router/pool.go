@@ -30,6 +30,7 @@ type PoolSettings struct {
 	IdleTimeout          time.Duration `yaml:"idle_timeout"`
 	ServerLifetime       time.Duration `yaml:"server_lifetime"`
 	ServerResetQuery     string        `yaml:"server_reset_query"`
+	Turn                 time.Duration `yaml:"turn"`
 }
 
 func defaultPoolSettings() PoolSettings {
@@ -39,6 +40,7 @@ func defaultPoolSettings() PoolSettings {
 		QueueTimeout:         pool.DefaultQueueTimeout,
 		IdleTimeout:          pool.DefaultIdleTimeout,
 		ServerResetQuery:     pool.DefaultResetQuery,
+		Turn:                 pool.DefaultTurn,
 	}
 }
 
@@ -79,6 +81,9 @@ func (p *PoolSettings) validate() []error {
 	if p.IdleTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("pool.idle_timeout: %s: want a positive duration", p.IdleTimeout))
 	}
+	if p.Turn < 0 {
+		errs = append(errs, fmt.Errorf("pool.turn: %s is negative (0: no turns, a freed connection goes round the waiting tenants)", p.Turn))
+	}
 	if p.ServerLifetime < 0 {
 		errs = append(errs, fmt.Errorf("pool.server_lifetime: %s is negative (0: no limit)", p.ServerLifetime))
 	}
@@ -101,8 +106,18 @@ func (p *PoolSettings) ManagerConfig(onWait func(time.Duration)) pool.Config {
 		QueueTimeout:         p.QueueTimeout,
 		IdleTimeout:          p.IdleTimeout,
 		MaxLifetime:          p.ServerLifetime,
+		Turn:                 turn(p.Turn),
 		OnWait:               onWait,
 	}
+}
+
+// turn maps pool.turn, where 0 means no turns, to pool.Config.Turn, where
+// that is a negative value.
+func turn(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 // ProxyConfig maps the section to the proxy's PoolConfig, with m as its

@@ -11,7 +11,7 @@ import (
 // The pool section validates with every reason named by its key, and maps
 // to the pool and proxy packages' configurations.
 func TestPoolSettings(t *testing.T) {
-	fc, err := LoadConfig(writeFile(t, "pool:\n  mode: transaction\n  max_server_connections: 20\n  min_per_tenant: 2\n  max_per_tenant: 5\n  queue_timeout: 2s\n  server_lifetime: 1h\n"))
+	fc, err := LoadConfig(writeFile(t, "pool:\n  mode: transaction\n  max_server_connections: 20\n  min_per_tenant: 2\n  max_per_tenant: 5\n  queue_timeout: 2s\n  server_lifetime: 1h\n  turn: 0s\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -20,7 +20,7 @@ func TestPoolSettings(t *testing.T) {
 	}
 	mc := fc.Pool.ManagerConfig(nil)
 	if mc.MaxServerConnections != 20 || mc.MinPerTenant != 2 || mc.MaxPerTenant != 5 || mc.QueueTimeout != 2*time.Second ||
-		mc.IdleTimeout != 10*time.Minute || mc.MaxLifetime != time.Hour {
+		mc.IdleTimeout != 10*time.Minute || mc.MaxLifetime != time.Hour || mc.Turn >= 0 {
 		t.Fatalf("pool.Config %+v", mc)
 	}
 	if pc := fc.Pool.ProxyConfig(nil); pc.Mode != proxy.PoolTransaction || pc.ResetQuery != "DISCARD ALL" {
@@ -31,10 +31,10 @@ func TestPoolSettings(t *testing.T) {
 	}
 
 	bad := PoolSettings{Mode: "statement", MaxServerConnections: 0, MinPerTenant: -1, MaxPerTenant: -1,
-		QueueTimeout: 0, IdleTimeout: -time.Second, ServerLifetime: -time.Second}
+		QueueTimeout: 0, IdleTimeout: -time.Second, ServerLifetime: -time.Second, Turn: -time.Second}
 	msg := fmtErrs(bad.validate())
 	for _, want := range []string{"pool.mode", "pool.max_server_connections", "pool.min_per_tenant", "pool.max_per_tenant",
-		"pool.queue_timeout", "pool.idle_timeout", "pool.server_lifetime"} {
+		"pool.queue_timeout", "pool.idle_timeout", "pool.server_lifetime", "pool.turn"} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("no %s error in:\n%s", want, msg)
 		}
