@@ -41,11 +41,23 @@ const (
 	// many as a round has if fewer (NewTenants / Rounds). Duration does
 	// not apply.
 	Cold Scenario = "cold"
+	// Fairness pits one heavy tenant against small ones: tenant 0 gets
+	// HeavyConns clients, tenants 1 .. Tenants-1 get ConnsPerTenant each,
+	// all running Query in a closed loop on held connections as in Steady
+	// (Rate does not apply). It runs as two steps, each in rounds of its
+	// own: FairnessAlone, the small tenants' clients alone, then Fairness,
+	// small and heavy together. Each step reports the small tenants' and
+	// the heavy tenant's query latencies apart (Groups). Tenants must be at
+	// least 2.
+	Fairness Scenario = "fairness"
+	// FairnessAlone names Fairness's first step in reports and Progress;
+	// it is not a scenario of its own (ParseScenario rejects it).
+	FairnessAlone Scenario = "fairness-alone"
 )
 
 // Scenarios lists every scenario, in the order the command line documents
 // them.
-var Scenarios = []Scenario{Steady, Storm, Idle, Scale, Cold}
+var Scenarios = []Scenario{Steady, Storm, Idle, Scale, Cold, Fairness}
 
 // ParseScenario returns the Scenario named s.
 func ParseScenario(s string) (Scenario, error) {
@@ -54,7 +66,7 @@ func ParseScenario(s string) (Scenario, error) {
 			return sc, nil
 		}
 	}
-	return "", fmt.Errorf("unknown scenario %q (want one of steady, storm, idle, scale, cold)", s)
+	return "", fmt.Errorf("unknown scenario %q (want one of steady, storm, idle, scale, cold, fairness)", s)
 }
 
 // TenantPlaceholder is replaced by a tenant ID in a Target's DSN.
@@ -127,8 +139,9 @@ func (t Target) Templated() bool { return strings.Contains(t.DSN, TenantPlacehol
 
 // Progress is a snapshot of a running benchmark, for a live status line.
 type Progress struct {
-	// Scenario and Tenants are the current scenario and its tenant count
-	// (which grows step by step in Scale).
+	// Scenario and Tenants are the current scenario (FairnessAlone in
+	// Fairness's first step) and its tenant count (which grows step by
+	// step in Scale).
 	Scenario Scenario
 	Tenants  int
 	// Target is the label of the target being driven.
@@ -159,8 +172,11 @@ type Config struct {
 	// means 1.
 	Tenants int
 	// ConnsPerTenant is the number of connections (or storm workers) per
-	// tenant; zero means 1.
+	// tenant; zero means 1. In Fairness it applies to the small tenants.
 	ConnsPerTenant int
+	// HeavyConns is the number of clients of Fairness's heavy tenant
+	// (tenant 0); zero means 400.
+	HeavyConns int
 	// TenantPrefix starts every tenant ID; empty means "bench_". Cold's
 	// new tenants are named TenantPrefix+"new_"+<random hex>+"_"+<n>.
 	TenantPrefix string
@@ -174,8 +190,8 @@ type Config struct {
 	// target in total; every round gets Duration/Rounds of it. Zero means
 	// 10s.
 	Duration time.Duration
-	// Ramp spreads the opening of held connections (Steady, Idle, Scale)
-	// evenly over this long; zero opens them as fast as Concurrency allows.
+	// Ramp spreads the opening of held connections (Steady, Idle, Scale,
+	// Fairness) evenly over this long; zero opens them as fast as Concurrency allows.
 	// Ramp time is not part of Duration.
 	Ramp time.Duration
 	// Rounds is the number of rounds (A B A B ...) the scenarios are
@@ -229,6 +245,13 @@ func (c *Config) connsPerTenant() int {
 		return 1
 	}
 	return c.ConnsPerTenant
+}
+
+func (c *Config) heavyConns() int {
+	if c.HeavyConns <= 0 {
+		return 400
+	}
+	return c.HeavyConns
 }
 
 func (c *Config) tenantPrefix() string {
@@ -311,6 +334,8 @@ func (c *Config) MaxOpenConns() int {
 		switch sc {
 		case Cold:
 			n = max(n, min(c.concurrency(), c.newTenants()))
+		case Fairness:
+			n = max(n, (c.tenants()-1)*c.connsPerTenant()+c.heavyConns())
 		default:
 			n = max(n, c.tenants()*c.connsPerTenant())
 		}
@@ -347,11 +372,14 @@ func (c *Config) Validate() error {
 			errs = append(errs, err)
 		}
 	}
+	if slices.Contains(c.Scenarios, Fairness) && c.tenants() < 2 {
+		errs = append(errs, errors.New("fairness needs at least 2 tenants: a heavy one and a small one"))
+	}
 	for _, f := range []struct {
 		name string
 		v    int64
 	}{
-		{"tenants", int64(c.Tenants)}, {"conns per tenant", int64(c.ConnsPerTenant)},
+		{"tenants", int64(c.Tenants)}, {"conns per tenant", int64(c.ConnsPerTenant)}, {"heavy conns", int64(c.HeavyConns)},
 		{"new tenants", int64(c.NewTenants)}, {"rounds", int64(c.Rounds)},
 		{"concurrency", int64(c.Concurrency)}, {"duration", int64(c.Duration)},
 		{"ramp", int64(c.Ramp)}, {"connect timeout", int64(c.ConnectTimeout)},

@@ -22,6 +22,10 @@
 //   - cold: the first connect of NewTenants tenants that do not exist yet;
 //     a target may do its own work per new tenant instead (Target.Cold),
 //     e.g. a bare CREATE DATABASE as the baseline routers are held to
+//   - fairness: a heavy tenant (HeavyConns clients) next to small ones
+//     (ConnsPerTenant each), closed loop, in two steps: fairness-alone, the
+//     small tenants alone, then fairness, all together; each reports the
+//     small tenants' and the heavy tenant's query latencies apart
 //
 // Every scenario runs against each target in turn, in rounds (A B A B ...),
 // because on a shared, noisy machine only side-by-side ratios mean
@@ -40,9 +44,10 @@
 //	{
 //	  "scenarios": [                  // in the order they ran; scale: one per step
 //	    {
-//	      "name": "steady",             // steady | storm | idle | scale | cold
+//	      "name": "steady",             // steady | storm | idle | scale | cold | fairness-alone | fairness
 //	      "tenants": 4,                 // tenants driven (cold: new tenants per target)
-//	      "conns_per_tenant": 4,        // connections (storm: workers) per tenant
+//	      "conns_per_tenant": 4,        // connections (storm: workers) per tenant (fairness: per small tenant)
+//	      "heavy_conns": 400,           // fairness step only: the heavy tenant's connections
 //	      "rounds": 3,
 //	      "duration_ms": 5000,          // planned time per target over all rounds (cold: 0)
 //	      "rate": 0,                    // open-loop queries/s, 0 = closed loop
@@ -58,11 +63,16 @@
 //	          "connections_per_s": 0,   // connects / elapsed (storm, cold)
 //	          "queries": 81234,         // successful queries
 //	          "query_p50_ms": 0.09, "query_p90_ms": 0.15, "query_p99_ms": 0.4, "query_max_ms": 7.2,
-//	          "queries_per_s": 16237.0, // queries / elapsed (steady, scale, storm)
+//	          "queries_per_s": 16237.0, // queries / elapsed (steady, scale, storm, fairness)
 //	          "ttfq_count": 5,          // cold only: new tenants that answered a first query,
 //	          "ttfq_p50_ms": 210.0, "ttfq_p90_ms": 260.1, "ttfq_p99_ms": 270.3, "ttfq_max_ms": 270.3,
 //	                                    //   and the time from starting to connect to that answer
 //	                                    //   (a target with a Cold hook: its calls, and their time)
+//	          "small_queries": 9000,    // fairness steps only: the small tenants' queries,
+//	          "small_query_p50_ms": 0.2, "small_query_p95_ms": 0.4, "small_query_p99_ms": 0.9,
+//	          "small_p99_vs_alone": 1.6,//   fairness: small_query_p99_ms / the same target's in fairness-alone,
+//	          "heavy_queries": 90000,   //   and the heavy tenant's (0 in fairness-alone)
+//	          "heavy_query_p50_ms": 4.1, "heavy_query_p99_ms": 9.8, "heavy_queries_per_s": 9000.0,
 //	          "rss_before_kb": 20480,   // only for a target with a PID: VmRSS before the first round,
 //	          "rss_after_kb": 24576,    //   at the end of the last round (connections still open),
 //	          "rss_delta_kb": 4096,     //   mean growth per round,
@@ -93,8 +103,8 @@
 //
 //   - latency CDFs of connects and queries (cold: and of first queries):
 //     latency on a log scale, fraction of the values up to it from 0 to 1
-//   - open connections over time, and (steady, scale, storm) queries per
-//     second, each target's rounds laid end to end
+//   - open connections over time, and (steady, scale, storm, fairness)
+//     queries per second, each target's rounds laid end to end
 //
 // The plots are drawn from Result fields that the JSON report leaves out:
 // ConnectCDF, QueryCDF and TTFQCDF (at most about 400 points each, taken

@@ -14,8 +14,9 @@ import (
 // mailed or attached to a CI run as is. Per scenario it shows the
 // parameters, plots (latency CDFs of connects and queries, and of first
 // queries in cold; open connections over time; throughput over time in
-// steady, scale and storm), and the figures of WriteTable with their ratios
-// to the first target. Each target has the same colour in every plot.
+// steady, scale, storm and fairness), and the figures of WriteTable with
+// their ratios to the first target. Each target has the same colour in
+// every plot.
 //
 // The plots need the fields of Result that are not in the JSON report
 // (ConnectCDF, QueryCDF, TTFQCDF, Timeline): for a Report decoded from
@@ -123,12 +124,15 @@ func (s *ScenarioReport) htmlParams() []htmlParam {
 	default:
 		ps = append(ps, htmlParam{"connections per tenant", strconv.Itoa(s.ConnsPerTenant)})
 	}
+	if s.HeavyConns > 0 {
+		ps = append(ps, htmlParam{"heavy tenant's connections", strconv.Itoa(s.HeavyConns)})
+	}
 	ps = append(ps, htmlParam{"rounds", strconv.Itoa(s.Rounds)})
 	if s.Name != Cold {
 		per := time.Duration(s.DurationMs*float64(time.Millisecond)) / time.Duration(max(s.Rounds, 1))
 		ps = append(ps, htmlParam{"time per round", per.Round(time.Millisecond).String()})
 		switch s.Name {
-		case Steady, Scale, Storm:
+		case Steady, Scale, Storm, FairnessAlone, Fairness:
 			load := "closed loop"
 			if s.Rate > 0 {
 				load = "open loop, " + strconv.FormatFloat(s.Rate, 'f', -1, 64) + " queries/s"
@@ -144,9 +148,10 @@ func (s *ScenarioReport) htmlParams() []htmlParam {
 func judge(key string, ratio float64) string {
 	dir := 0 // +1: higher is better, -1: lower is better
 	switch key {
-	case "connections_per_s", "queries_per_s", "queries", "connects", "held_conns", "ttfq_count":
+	case "connections_per_s", "queries_per_s", "queries", "connects", "held_conns", "ttfq_count",
+		"small_queries", "heavy_queries", "heavy_queries_per_s":
 		dir = 1
-	case "errors_total", "rss_after_kb", "rss_delta_kb", "rss_per_conn_kb":
+	case "errors_total", "rss_after_kb", "rss_delta_kb", "rss_per_conn_kb", "small_p99_vs_alone":
 		dir = -1
 	default:
 		if strings.HasSuffix(key, "_ms") && key != "elapsed_ms" {
@@ -210,7 +215,7 @@ func (s *ScenarioReport) plots(styles map[string]lineStyle) ([]template.HTML, bo
 		out = append(out, s.timelineChart(styles, "Open connections", "open connections", openSeries))
 	}
 	switch s.Name {
-	case Steady, Scale, Storm:
+	case Steady, Scale, Storm, FairnessAlone, Fairness:
 		out = append(out, s.timelineChart(styles, "Throughput", "queries/s", throughputSeries))
 	}
 	return out, false

@@ -23,12 +23,17 @@ type Report struct {
 
 // ScenarioReport is one scenario (or one Scale step) against every target.
 type ScenarioReport struct {
-	// Name is the scenario: steady, storm, idle, scale or cold.
+	// Name is the scenario: steady, storm, idle, scale, cold, or one of
+	// fairness's steps, fairness-alone and fairness.
 	Name Scenario `json:"name"`
 	// Tenants is the number of tenants driven (Cold: new tenants per
-	// target); ConnsPerTenant the connections or workers per tenant.
+	// target; fairness-alone: the small ones only); ConnsPerTenant the
+	// connections or workers per tenant (Fairness: per small tenant).
 	Tenants        int `json:"tenants"`
 	ConnsPerTenant int `json:"conns_per_tenant"`
+	// HeavyConns is the heavy tenant's clients in the fairness step (0
+	// elsewhere).
+	HeavyConns int `json:"heavy_conns,omitempty"`
 	// Rounds is the number of rounds each target got.
 	Rounds int `json:"rounds"`
 	// DurationMs is the planned time per target, over all rounds (0 for
@@ -79,6 +84,8 @@ type Result struct {
 	QueriesPerSec float64 `json:"queries_per_s"`
 	// TTFQ is set in Cold only.
 	*TTFQ
+	// Groups is set in Fairness only.
+	*Groups
 	// Process is set when the target has a PID.
 	*Process
 	// ErrorsTotal is the sum of Errors.
@@ -113,6 +120,27 @@ type TTFQ struct {
 	MaxMs float64 `json:"ttfq_max_ms"`
 }
 
+// Groups splits Fairness's query figures between its two groups of
+// clients, the small tenants' and the heavy tenant's; the Result's own
+// query figures cover both. Latencies count as in Result.
+type Groups struct {
+	// SmallQueries counts the small tenants' successful queries.
+	SmallQueries    int64   `json:"small_queries"`
+	SmallQueryP50Ms float64 `json:"small_query_p50_ms"`
+	SmallQueryP95Ms float64 `json:"small_query_p95_ms"`
+	SmallQueryP99Ms float64 `json:"small_query_p99_ms"`
+	// SmallP99VsAlone, in the fairness step, is SmallQueryP99Ms divided
+	// by the same target's in the fairness-alone step before it: how much
+	// the heavy tenant slows the small ones' tail (0 when not known).
+	SmallP99VsAlone float64 `json:"small_p99_vs_alone"`
+	// HeavyQueries counts the heavy tenant's successful queries (0 in
+	// fairness-alone); HeavyQueriesPerSec is HeavyQueries / elapsed.
+	HeavyQueries       int64   `json:"heavy_queries"`
+	HeavyQueryP50Ms    float64 `json:"heavy_query_p50_ms"`
+	HeavyQueryP99Ms    float64 `json:"heavy_query_p99_ms"`
+	HeavyQueriesPerSec float64 `json:"heavy_queries_per_s"`
+}
+
 // Process describes the memory and threads of the process serving a
 // target (Target.PID), from /proc/PID/status, in kB.
 type Process struct {
@@ -138,6 +166,7 @@ type figure struct {
 	key, label string
 	v          float64
 	integer    bool
+	times      bool // a ratio, shown as 1.23x
 }
 
 // figures lists r's numbers in table order; the keys are exactly the JSON
@@ -169,6 +198,19 @@ func (r *Result) figures() []figure {
 			ms("ttfq_p90_ms", "first query p90 ms", t.P90Ms),
 			ms("ttfq_p99_ms", "first query p99 ms", t.P99Ms),
 			ms("ttfq_max_ms", "first query max ms", t.MaxMs),
+		)
+	}
+	if g := r.Groups; g != nil {
+		fs = append(fs,
+			n("small_queries", "small queries", g.SmallQueries),
+			ms("small_query_p50_ms", "small query p50 ms", g.SmallQueryP50Ms),
+			ms("small_query_p95_ms", "small query p95 ms", g.SmallQueryP95Ms),
+			ms("small_query_p99_ms", "small query p99 ms", g.SmallQueryP99Ms),
+			figure{key: "small_p99_vs_alone", label: "small p99 with heavy / alone", v: g.SmallP99VsAlone, times: true},
+			n("heavy_queries", "heavy queries", g.HeavyQueries),
+			ms("heavy_query_p50_ms", "heavy query p50 ms", g.HeavyQueryP50Ms),
+			ms("heavy_query_p99_ms", "heavy query p99 ms", g.HeavyQueryP99Ms),
+			ms("heavy_queries_per_s", "heavy queries/s", g.HeavyQueriesPerSec),
 		)
 	}
 	if p := r.Process; p != nil {
@@ -283,7 +325,7 @@ type tableRow struct {
 func (s *ScenarioReport) tableRows() []tableRow {
 	// Rows follow the order of a result with every optional group; each
 	// result has the figures of the groups it has.
-	full := Result{TTFQ: &TTFQ{}, Process: &Process{}}
+	full := Result{TTFQ: &TTFQ{}, Groups: &Groups{}, Process: &Process{}}
 	order := full.figures()
 	values := make([]map[string]figure, len(s.Results))
 	for i := range s.Results {
@@ -332,7 +374,14 @@ func (s *ScenarioReport) describe() string {
 	if s.Name == Cold {
 		d = fmt.Sprintf("%d new tenants per target over %s", s.Tenants, plural(s.Rounds, "round"))
 	} else {
-		d = fmt.Sprintf("%d tenants x %d conns, %s of %v", s.Tenants, s.ConnsPerTenant, plural(s.Rounds, "round"),
+		who := fmt.Sprintf("%d tenants x %d conns", s.Tenants, s.ConnsPerTenant)
+		switch s.Name {
+		case FairnessAlone:
+			who = fmt.Sprintf("%d small tenants x %d conns without the heavy one", s.Tenants, s.ConnsPerTenant)
+		case Fairness:
+			who = fmt.Sprintf("%d small tenants x %d conns + 1 heavy tenant x %d conns", s.Tenants-1, s.ConnsPerTenant, s.HeavyConns)
+		}
+		d = fmt.Sprintf("%s, %s of %v", who, plural(s.Rounds, "round"),
 			(time.Duration(s.DurationMs*float64(time.Millisecond)) / time.Duration(max(s.Rounds, 1))).Round(time.Millisecond))
 		if s.Rate > 0 {
 			d += fmt.Sprintf(", open loop at %g queries/s", s.Rate)
@@ -352,6 +401,8 @@ func plural(n int, noun string) string {
 func formatFigure(f figure, ri int, ratio map[string]float64) string {
 	var v string
 	switch {
+	case f.times:
+		v = strconv.FormatFloat(f.v, 'f', 2, 64) + "x"
 	case f.integer:
 		v = strconv.FormatFloat(f.v, 'f', 0, 64)
 	case f.v >= 100 || f.v <= -100:

@@ -81,7 +81,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 				accs[ti].rounds++
 			}
 		}
-		if sr := r.scenarioReport(st, rounds, accs); len(sr.Results) > 0 {
+		if sr := r.scenarioReport(st, rounds, accs, rep.Scenarios); len(sr.Results) > 0 {
 			rep.Scenarios = append(rep.Scenarios, sr)
 		}
 	}
@@ -174,10 +174,20 @@ func (r *runner) newTenantID() string {
 	return r.cfg.tenantPrefix() + "new_" + r.runID + "_" + strconv.FormatInt(r.coldSeq.Add(1), 10)
 }
 
-// step is one scenario at one tenant count (Scale has several).
+// step is one scenario at one tenant count (Scale has several), or one of
+// Fairness's two steps.
 type step struct {
 	sc      Scenario
-	tenants int // Cold: new tenants per target
+	tenants int  // Cold: new tenants per target
+	alone   bool // Fairness: the small tenants without the heavy one
+}
+
+// name is the step's name in reports.
+func (st step) name() Scenario {
+	if st.alone {
+		return FairnessAlone
+	}
+	return st.sc
 }
 
 func (r *runner) steps() []step {
@@ -187,13 +197,15 @@ func (r *runner) steps() []step {
 		switch sc {
 		case Scale:
 			for k := 1; k < n; k *= 2 {
-				steps = append(steps, step{Scale, k})
+				steps = append(steps, step{sc: Scale, tenants: k})
 			}
-			steps = append(steps, step{Scale, n})
+			steps = append(steps, step{sc: Scale, tenants: n})
 		case Cold:
-			steps = append(steps, step{Cold, r.cfg.newTenants()})
+			steps = append(steps, step{sc: Cold, tenants: r.cfg.newTenants()})
+		case Fairness:
+			steps = append(steps, step{sc: Fairness, tenants: n - 1, alone: true}, step{sc: Fairness, tenants: n})
 		default:
-			steps = append(steps, step{sc, n})
+			steps = append(steps, step{sc: sc, tenants: n})
 		}
 	}
 	return steps
@@ -209,6 +221,8 @@ func (r *runner) runRound(ctx context.Context, st step, round, rounds int, t *ta
 		r.storm(ctx, t, st.tenants, a, window)
 	case Idle:
 		r.idle(ctx, t, st.tenants, a, window)
+	case Fairness:
+		r.fairness(ctx, t, st.alone, a, window)
 	case Cold:
 		k := st.tenants / rounds
 		if round < st.tenants%rounds {
@@ -218,12 +232,47 @@ func (r *runner) runRound(ctx context.Context, st step, round, rounds int, t *ta
 	}
 }
 
+// seat is one client of a scenario: the connection config of its tenant,
+// and for Fairness the group histogram its query latencies also go to.
+type seat struct {
+	cc  *pgconn.Config
+	grp *Histogram // nil: none
+}
+
+// seats returns n x per seats for tenants first .. first+n-1, seat i
+// belonging to tenant first + i%n.
+func (t *target) seats(first, n, per int, grp *Histogram) []seat {
+	s := make([]seat, n*per)
+	for i := range s {
+		s[i] = seat{cc: t.config(first + i%n), grp: grp}
+	}
+	return s
+}
+
 // steady opens tenants x ConnsPerTenant connections, runs the query loop
 // on all of them for window, and closes them.
 func (r *runner) steady(ctx context.Context, t *target, tenants int, a *acc, window time.Duration) {
+	r.hold(ctx, t, t.seats(0, tenants, r.cfg.connsPerTenant(), nil), a, window, true)
+}
+
+// fairness runs steady's loop, always closed, for the small tenants
+// (1 .. Tenants-1, ConnsPerTenant clients each) and, unless alone, the
+// heavy tenant 0's HeavyConns clients; each group's query latencies also
+// go to its own histogram.
+func (r *runner) fairness(ctx context.Context, t *target, alone bool, a *acc, window time.Duration) {
+	seats := t.seats(1, r.cfg.tenants()-1, r.cfg.connsPerTenant(), &a.small)
+	if !alone {
+		seats = append(seats, t.seats(0, 1, r.cfg.heavyConns(), &a.heavy)...)
+	}
+	r.hold(ctx, t, seats, a, window, false)
+}
+
+// hold opens a connection per seat, runs the query loop on all of them for
+// window (open-loop at Rate if openLoop and Rate is set), and closes them.
+func (r *runner) hold(ctx context.Context, t *target, seats []seat, a *acc, window time.Duration, openLoop bool) {
 	before, okBefore := r.proc(t)
-	conns := make([]*pgconn.PgConn, tenants*r.cfg.connsPerTenant())
-	r.openAll(ctx, t, tenants, conns, a)
+	conns := make([]*pgconn.PgConn, len(seats))
+	r.openAll(ctx, seats, conns, a)
 	defer r.closeAll(conns)
 	held := countOpen(conns)
 	a.held = max(a.held, held)
@@ -233,11 +282,13 @@ func (r *runner) steady(ctx context.Context, t *target, tenants int, a *acc, win
 	r.setPhase("run")
 	start := time.Now()
 	end := start.Add(window)
-	sched := r.schedule(start, end)
+	var sched *schedule
+	if openLoop {
+		sched = r.schedule(start, end)
+	}
 	var wg sync.WaitGroup
 	for i := range conns {
-		cc := t.config(i % tenants)
-		wg.Go(func() { conns[i] = r.client(ctx, cc, conns[i], end, a, sched) })
+		wg.Go(func() { conns[i] = r.client(ctx, seats[i], conns[i], end, a, sched) })
 	}
 	wg.Wait()
 	a.elapsed += time.Since(start)
@@ -248,14 +299,15 @@ func (r *runner) steady(ctx context.Context, t *target, tenants int, a *acc, win
 	}
 }
 
-// client is one closed-loop (or, with sched, open-loop) client of steady:
-// it runs the query on conn until end, reconnecting when conn breaks, and
-// returns the connection it ends with (nil if none).
-func (r *runner) client(ctx context.Context, cc *pgconn.Config, conn *pgconn.PgConn, end time.Time, a *acc, sched *schedule) *pgconn.PgConn {
+// client is one closed-loop (or, with sched, open-loop) client of steady
+// and fairness: it runs the query on conn until end, reconnecting to s's
+// tenant when conn breaks, and returns the connection it ends with (nil if
+// none).
+func (r *runner) client(ctx context.Context, s seat, conn *pgconn.PgConn, end time.Time, a *acc, sched *schedule) *pgconn.PgConn {
 	var bo backoff
 	for ctx.Err() == nil && time.Now().Before(end) {
 		if conn == nil {
-			c, err := r.connect(ctx, cc, a)
+			c, err := r.connect(ctx, s.cc, a)
 			if err != nil {
 				if !bo.wait(ctx, end) {
 					break
@@ -272,7 +324,7 @@ func (r *runner) client(ctx context.Context, cc *pgconn.Config, conn *pgconn.PgC
 				break
 			}
 		}
-		if err := r.query(ctx, conn, a, due); err != nil && conn.IsClosed() {
+		if err := r.query(ctx, conn, a, s.grp, due); err != nil && conn.IsClosed() {
 			r.hangUp(conn)
 			conn = nil
 			if !bo.wait(ctx, end) {
@@ -325,7 +377,7 @@ func (r *runner) stormWorker(ctx context.Context, cc *pgconn.Config, end time.Ti
 		if sched == nil {
 			due = time.Now()
 		}
-		_ = r.query(ctx, c, a, due) // counted
+		_ = r.query(ctx, c, a, nil, due) // counted
 		r.hangUp(c)
 	}
 }
@@ -335,7 +387,7 @@ func (r *runner) stormWorker(ctx context.Context, cc *pgconn.Config, end time.Ti
 func (r *runner) idle(ctx context.Context, t *target, tenants int, a *acc, window time.Duration) {
 	before, okBefore := r.proc(t)
 	conns := make([]*pgconn.PgConn, tenants*r.cfg.connsPerTenant())
-	r.openAll(ctx, t, tenants, conns, a)
+	r.openAll(ctx, t.seats(0, tenants, r.cfg.connsPerTenant(), nil), conns, a)
 	defer r.closeAll(conns)
 	held := countOpen(conns)
 	a.held = max(a.held, held)
@@ -357,7 +409,7 @@ func (r *runner) idle(ctx context.Context, t *target, tenants int, a *acc, windo
 			continue
 		}
 		g.Go(func() error {
-			if err := r.query(ctx, c, a, time.Now()); err != nil && c.IsClosed() {
+			if err := r.query(ctx, c, a, nil, time.Now()); err != nil && c.IsClosed() {
 				r.hangUp(c)
 				conns[i] = nil
 			}
@@ -398,7 +450,7 @@ func (r *runner) cold(ctx context.Context, t *target, k int, a *acc) {
 			if err != nil {
 				return nil // counted
 			}
-			if err := r.query(ctx, c, a, time.Now()); err == nil {
+			if err := r.query(ctx, c, a, nil, time.Now()); err == nil {
 				a.ttfq.Record(time.Since(t0))
 			}
 			r.hangUp(c)
@@ -434,7 +486,7 @@ func (r *runner) warmup(ctx context.Context) {
 			continue
 		}
 		scratch := newAcc()
-		r.enter(step{Steady, r.cfg.tenants()}, t.label, 0, 1, scratch)
+		r.enter(step{sc: Steady, tenants: r.cfg.tenants()}, t.label, 0, 1, scratch)
 		r.setPhase("warmup")
 		g := r.limited()
 		for _, cc := range t.cfgs {
@@ -443,7 +495,7 @@ func (r *runner) warmup(ctx context.Context) {
 			}
 			g.Go(func() error {
 				if c, err := r.connect(ctx, cc, scratch); err == nil {
-					_ = r.query(ctx, c, scratch, time.Now())
+					_ = r.query(ctx, c, scratch, nil, time.Now())
 					r.hangUp(c)
 				}
 				return nil
@@ -453,9 +505,9 @@ func (r *runner) warmup(ctx context.Context) {
 	}
 }
 
-// openAll opens conns[i] to tenant i%tenants, Concurrency at a time,
-// spread over Ramp. Failed connections stay nil (and are counted).
-func (r *runner) openAll(ctx context.Context, t *target, tenants int, conns []*pgconn.PgConn, a *acc) {
+// openAll opens conns[i] for seats[i], Concurrency at a time, spread over
+// Ramp. Failed connections stay nil (and are counted).
+func (r *runner) openAll(ctx context.Context, seats []seat, conns []*pgconn.PgConn, a *acc) {
 	r.setPhase("connect")
 	g := r.limited()
 	start := time.Now()
@@ -466,7 +518,7 @@ func (r *runner) openAll(ctx context.Context, t *target, tenants int, conns []*p
 		if ctx.Err() != nil {
 			break
 		}
-		cc := t.config(i % tenants)
+		cc := seats[i].cc
 		g.Go(func() error {
 			if c, err := r.connect(ctx, cc, a); err == nil {
 				conns[i] = c
@@ -514,9 +566,9 @@ func (r *runner) connect(ctx context.Context, cc *pgconn.Config, a *acc) (*pgcon
 	return c, nil
 }
 
-// query runs the query on c and records its latency, counted from due, or
-// its failure.
-func (r *runner) query(ctx context.Context, c *pgconn.PgConn, a *acc, due time.Time) error {
+// query runs the query on c and records its latency, counted from due, in
+// a and grp (if not nil), or its failure in a.
+func (r *runner) query(ctx context.Context, c *pgconn.PgConn, a *acc, grp *Histogram, due time.Time) error {
 	qctx, cancel := context.WithTimeout(ctx, r.cfg.queryTimeout())
 	err := c.Exec(qctx, r.cfg.query()).Close()
 	cancel()
@@ -524,7 +576,11 @@ func (r *runner) query(ctx context.Context, c *pgconn.PgConn, a *acc, due time.T
 		r.fail(ctx, a, err)
 		return err
 	}
-	a.query.Record(time.Since(due))
+	d := time.Since(due)
+	a.query.Record(d)
+	if grp != nil {
+		grp.Record(d)
+	}
 	return nil
 }
 
@@ -641,6 +697,9 @@ func (b *backoff) wait(ctx context.Context, end time.Time) bool {
 // the other fields only by Run's goroutine, between rounds.
 type acc struct {
 	connect, query, ttfq Histogram
+	// small and heavy are Fairness's query latencies per group (also in
+	// query).
+	small, heavy Histogram
 
 	errMu sync.Mutex
 	errs  map[string]int64 // guarded by errMu
@@ -708,7 +767,7 @@ func (a *acc) result(label string, sc Scenario) Result {
 	}
 	if secs := a.elapsed.Seconds(); secs > 0 {
 		switch sc {
-		case Steady, Scale, Storm:
+		case Steady, Scale, Storm, Fairness:
 			res.QueriesPerSec = float64(res.Queries) / secs
 		}
 		switch sc {
@@ -725,6 +784,20 @@ func (a *acc) result(label string, sc Scenario) Result {
 			P90Ms: ms(a.ttfq.Quantile(0.90)),
 			P99Ms: ms(a.ttfq.Quantile(0.99)),
 			MaxMs: ms(a.ttfq.Max()),
+		}
+	}
+	if sc == Fairness {
+		res.Groups = &Groups{
+			SmallQueries:    a.small.Count(),
+			SmallQueryP50Ms: ms(a.small.Quantile(0.50)),
+			SmallQueryP95Ms: ms(a.small.Quantile(0.95)),
+			SmallQueryP99Ms: ms(a.small.Quantile(0.99)),
+			HeavyQueries:    a.heavy.Count(),
+			HeavyQueryP50Ms: ms(a.heavy.Quantile(0.50)),
+			HeavyQueryP99Ms: ms(a.heavy.Quantile(0.99)),
+		}
+		if secs := a.elapsed.Seconds(); secs > 0 {
+			res.HeavyQueriesPerSec = float64(res.HeavyQueries) / secs
 		}
 	}
 	if p := &a.proc; p.n > 0 {
@@ -746,9 +819,11 @@ func (a *acc) result(label string, sc Scenario) Result {
 	return res
 }
 
-func (r *runner) scenarioReport(st step, rounds int, accs []*acc) ScenarioReport {
+// scenarioReport reports st; earlier are the steps reported before it (for
+// Fairness, its FairnessAlone step).
+func (r *runner) scenarioReport(st step, rounds int, accs []*acc, earlier []ScenarioReport) ScenarioReport {
 	sr := ScenarioReport{
-		Name:           st.sc,
+		Name:           st.name(),
 		Tenants:        st.tenants,
 		ConnsPerTenant: r.cfg.connsPerTenant(),
 		Rounds:         rounds,
@@ -761,20 +836,48 @@ func (r *runner) scenarioReport(st step, rounds int, accs []*acc) ScenarioReport
 	case Cold:
 		sr.ConnsPerTenant, sr.DurationMs = 1, 0
 	}
+	if st.sc == Fairness && !st.alone {
+		sr.HeavyConns = r.cfg.heavyConns()
+	}
 	for ti, a := range accs {
 		if a.rounds > 0 {
 			sr.Results = append(sr.Results, a.result(r.targets[ti].label, st.sc))
 		}
 	}
+	if sr.Name == Fairness {
+		setVsAlone(sr.Results, earlier)
+	}
 	setRatios(sr.Results)
 	return sr
+}
+
+// setVsAlone sets each Fairness result's SmallP99VsAlone from the same
+// target's result in the last FairnessAlone step of earlier, if any.
+func setVsAlone(results []Result, earlier []ScenarioReport) {
+	var alone *ScenarioReport
+	for i := len(earlier) - 1; i >= 0 && alone == nil; i-- {
+		if earlier[i].Name == FairnessAlone {
+			alone = &earlier[i]
+		}
+	}
+	if alone == nil {
+		return
+	}
+	for i := range results {
+		r := &results[i]
+		for _, ar := range alone.Results {
+			if ar.Target == r.Target && r.Groups != nil && ar.Groups != nil && ar.SmallQueryP99Ms > 0 {
+				r.SmallP99VsAlone = r.SmallQueryP99Ms / ar.SmallQueryP99Ms
+			}
+		}
+	}
 }
 
 // enter records which step, target and round runs now, for Progress.
 func (r *runner) enter(st step, label string, round, rounds int, a *acc) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.mu.status = Progress{Scenario: st.sc, Tenants: st.tenants, Target: label, Round: round + 1, Rounds: rounds}
+	r.mu.status = Progress{Scenario: st.name(), Tenants: st.tenants, Target: label, Round: round + 1, Rounds: rounds}
 	r.mu.cur = a
 }
 

@@ -386,6 +386,9 @@ func TestConfigValidate(t *testing.T) {
 		{"unknown scenario", bench.Config{Targets: []bench.Target{ok}, Scenarios: []bench.Scenario{"burst"}}, "unknown scenario"},
 		{"negative tenants", bench.Config{Targets: []bench.Target{ok}, Tenants: -1}, "tenants must not be negative"},
 		{"negative rate", bench.Config{Targets: []bench.Target{ok}, Rate: -5}, "rate"},
+		{"negative heavy conns", bench.Config{Targets: []bench.Target{ok}, HeavyConns: -1}, "heavy conns must not be negative"},
+		{"fairness without a small tenant", bench.Config{Targets: []bench.Target{ok}, Scenarios: []bench.Scenario{bench.Fairness}, Tenants: 1}, "at least 2 tenants"},
+		{"fairness-alone is no scenario", bench.Config{Targets: []bench.Target{ok}, Scenarios: []bench.Scenario{bench.FairnessAlone}}, "unknown scenario"},
 		{"cold hook outside cold", bench.Config{Targets: []bench.Target{{Label: "h", Cold: func(context.Context, string) error { return nil }}}}, "cold scenario only"},
 	}
 	for _, tt := range tests {
