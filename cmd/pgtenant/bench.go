@@ -22,7 +22,10 @@ const benchUsage = `Usage: pgtenant bench [flags] --dsn DSN [--compare DSN ...]
 
 Measures a Postgres connection router under fan-out: N tenants x M connections
 (steady), a connection per query (storm), idle connections held (idle), growing
-tenant counts (scale) and first connects of new tenants (cold). In a DSN,
+tenant counts (scale), first connects of new tenants (cold), and one heavy
+tenant next to small ones (fairness: tenant 0 with --heavy-conns clients,
+tenants 1..N-1 with M each; the small tenants' query latency is reported alone
+and with the heavy one, and their p99 with it over their p99 alone). In a DSN,
 {tenant} is replaced by the tenant IDs <prefix>0, <prefix>1, ...; a DSN without
 it is used as is (e.g. Postgres itself, as the baseline).
 
@@ -36,6 +39,8 @@ Examples:
       --tenants 100 --conns-per-tenant 10 --ramp 5s --duration 30s
   pgtenant bench --dsn 'postgres://{tenant}:pgtenant-dev@127.0.0.1:6432/app' --new-conn-per-query
   pgtenant bench --dsn 'postgres://{tenant}:pgtenant-dev@127.0.0.1:6432/app' --scenario cold --new-tenants 50
+  pgtenant bench --dsn 'postgres://{tenant}:pgtenant-dev@127.0.0.1:6432/app' --scenario fairness \
+      --tenants 21 --conns-per-tenant 2 --heavy-conns 400
 
 --self needs no setup: it starts a throwaway Postgres, PgBouncer in session
 and transaction mode (if installed) and the routers (pgtenant serve, as child
@@ -68,7 +73,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	compare := fs.StringArray("compare", nil, "another target's DSN, run in the same rounds (repeatable)")
 	labels := fs.StringArray("label", nil, "name of a target in reports, in order: --dsn's first, then each --compare's (repeatable; default target1, target2, ...)")
 	tenants := fs.Int("tenants", 10, "number of tenants N")
-	conns := fs.Int("conns-per-tenant", 1, "connections per tenant M, held concurrently (storm: workers per tenant)")
+	conns := fs.Int("conns-per-tenant", 1, "connections per tenant M, held concurrently (storm: workers per tenant; fairness: per small tenant)")
+	heavyConns := fs.Int("heavy-conns", 400, "fairness: connections of the heavy tenant (tenant 0), each running the query in a closed loop")
 	prefix := fs.String("tenant-prefix", "bench_", "tenant IDs are <prefix>0 .. <prefix>N-1")
 	query := fs.String("query", "SELECT 1", "SQL each client runs, over and over (simple protocol)")
 	duration := fs.Duration("duration", 10*time.Second, "how long each scenario drives each target, split over the rounds")
@@ -77,7 +83,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	storm := fs.Bool("new-conn-per-query", false, "connection storm: run every query on a fresh connection (the storm scenario)")
 	newTenants := fs.Int("new-tenants", 0, "cold start: first connect to K tenants that do not exist yet and time each one's first query (adds the cold scenario, run first)")
 	rate := fs.Float64("rate", 0, "open loop: queries due per second in all, latency counted from when each was due (0: closed loop)")
-	scenarioNames := fs.StringSlice("scenario", nil, "scenarios to run, in order: steady, storm, idle, scale, cold (default steady, or storm with --new-conn-per-query)")
+	scenarioNames := fs.StringSlice("scenario", nil, "scenarios to run, in order: steady, storm, idle, scale, cold, fairness (default steady, or storm with --new-conn-per-query)")
 	concurrency := fs.Int("concurrency", 64, "connection attempts in flight at once while opening connections")
 	connectTimeout := fs.Duration("connect-timeout", 10*time.Second, "limit for each connection attempt (counted as a timeout error)")
 	queryTimeout := fs.Duration("query-timeout", 30*time.Second, "limit for each query (counted as a timeout error)")
@@ -127,6 +133,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	cfg := bench.Config{
 		Tenants:        *tenants,
 		ConnsPerTenant: *conns,
+		HeavyConns:     *heavyConns,
 		TenantPrefix:   *prefix,
 		NewTenants:     *newTenants,
 		Query:          *query,
@@ -139,12 +146,16 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		QueryTimeout:   *queryTimeout,
 		NoWarmup:       *noWarmup,
 	}
-	if err := benchPositive(fs, "tenants", "conns-per-tenant", "rounds", "concurrency", "duration", "connect-timeout", "query-timeout"); err != nil {
+	if err := benchPositive(fs, "tenants", "conns-per-tenant", "heavy-conns", "rounds", "concurrency", "duration", "connect-timeout", "query-timeout"); err != nil {
 		return err
 	}
 	var err error
 	if cfg.Scenarios, err = benchScenarios(*scenarioNames, fs.Changed("scenario"), *storm, *newTenants); err != nil {
 		return err
+	}
+	fairness := slices.Contains(cfg.Scenarios, bench.Fairness)
+	if fs.Changed("heavy-conns") && !fairness {
+		return fmt.Errorf("%w: --heavy-conns applies only with --scenario fairness", errUsage)
 	}
 	runFn, against := bench.Run, joinLabels
 	if *self { // internal/testbed starts and stops everything
@@ -165,6 +176,11 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		exe, err := os.Executable()
 		if err != nil {
 			return fmt.Errorf("--self runs the routers with this executable: %w", err)
+		}
+		if fairness {
+			fmt.Fprintf(stderr, "pgtenant bench: note: --self sizes Postgres, PgBouncer and the pools for --tenants x --conns-per-tenant "+
+				"connections (%d x %d, and as many server connections per tenant); fairness's %d heavy connections come on top\n",
+				cfg.Tenants, cfg.ConnsPerTenant, cfg.HeavyConns)
 		}
 		bed, err := testbed.Start(ctx, testbed.Options{
 			Bench:          cfg,

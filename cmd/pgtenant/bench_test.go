@@ -86,7 +86,7 @@ func TestBenchHelpDocumentsEveryFlag(t *testing.T) {
 		"--dsn", "--compare", "--label", "--tenants", "--conns-per-tenant", "--tenant-prefix", "--query",
 		"--duration", "--ramp", "--rounds", "--new-conn-per-query", "--new-tenants", "--rate", "--scenario",
 		"--concurrency", "--connect-timeout", "--query-timeout", "--no-warmup", "--pid", "--json", "--report",
-		"--self", "--self-targets",
+		"--self", "--self-targets", "--heavy-conns",
 	} {
 		if !strings.Contains(help, flag+" ") && !strings.Contains(help, flag+"[") {
 			t.Errorf("help does not document %s:\n%s", flag, help)
@@ -113,6 +113,9 @@ func TestBenchFlagErrors(t *testing.T) {
 		{"stray argument", []string{"--dsn", "x", "y"}, "unexpected arguments"},
 		{"duplicate labels", []string{"--dsn", "x", "--compare", "y", "--label", "a", "--label", "a"}, "used twice"},
 		{"self-targets without self", []string{"--dsn", "x", "--self-targets", "router"}, "--self-targets applies only with --self"},
+		{"heavy-conns without fairness", []string{"--dsn", "x", "--heavy-conns", "10"}, "--heavy-conns applies only with --scenario fairness"},
+		{"zero heavy-conns", []string{"--dsn", "x", "--scenario", "fairness", "--heavy-conns", "0"}, "--heavy-conns must be positive"},
+		{"fairness with one tenant", []string{"--dsn", "x", "--scenario", "fairness", "--tenants", "1"}, "at least 2 tenants"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -141,6 +144,7 @@ func TestBenchScenarios(t *testing.T) {
 		{"explicit list", []string{"idle", "scale"}, true, false, 0, "idle, scale"},
 		{"explicit list plus flags", []string{"idle"}, true, true, 3, "cold, idle, storm"},
 		{"duplicates dropped", []string{"steady", "steady"}, true, false, 0, "steady"},
+		{"fairness", []string{"fairness"}, true, false, 0, "fairness"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
