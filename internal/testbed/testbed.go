@@ -433,10 +433,15 @@ func poolMode(label string) string {
 // for another tenant.
 //
 // A positive budget is taken as it is (Options.PoolBudget), the ceiling
-// capped at it.
+// capped at it; in a fairness run the ceiling is the budget itself: the
+// run measures how the budget is shared between a heavy tenant and small
+// ones, which a ceiling per tenant would decide instead.
 func routerPool(cfg bench.Config, budget int) (maxServer, maxPerTenant int) {
 	conns := max(cfg.ConnsPerTenant, 1)
 	if budget > 0 {
+		if slices.Contains(cfg.Scenarios, bench.Fairness) {
+			return budget, budget
+		}
 		return budget, min(conns, budget)
 	}
 	return max(cfg.Tenants, 1)*conns + concurrency(cfg), conns

@@ -274,3 +274,23 @@ func TestRouterConfigPooled(t *testing.T) {
 		})
 	}
 }
+
+// TestRouterPool: a given budget caps the ceiling at the connections per
+// tenant (as PgBouncer's pool size), but not in a fairness run, which
+// measures how the budget itself is shared.
+func TestRouterPool(t *testing.T) {
+	for _, tt := range []struct {
+		scs                 []bench.Scenario
+		budget              int
+		wantMax, wantTenant int
+	}{
+		{[]bench.Scenario{bench.Steady}, 0, 10*4 + 64, 4},
+		{[]bench.Scenario{bench.Steady}, 80, 80, 4},
+		{[]bench.Scenario{bench.Fairness}, 40, 40, 40},
+	} {
+		cfg := bench.Config{Tenants: 10, ConnsPerTenant: 4, Scenarios: tt.scs}
+		if m, p := routerPool(cfg, tt.budget); m != tt.wantMax || p != tt.wantTenant {
+			t.Errorf("%v, budget %d: %d, %d; want %d, %d", tt.scs, tt.budget, m, p, tt.wantMax, tt.wantTenant)
+		}
+	}
+}
