@@ -78,6 +78,7 @@ type pooledClient struct {
 	unnamedOK bool // the held connection's unnamed statement is the client's
 	scratch   []byte
 	need      []*statement
+	bctx      *borrowCtx // the last borrow's context, reused if nothing waited on it
 }
 
 // serverEnd is why a pumpServer ended.
@@ -244,6 +245,98 @@ func (pc *pooledClient) borrow(ctx context.Context) (*pool.Conn, resolver.Route,
 	}
 	return conn, rt, nil
 }
+
+// borrowCtx is the context of a transaction's borrow: what
+// context.WithTimeout(parent, connectTimeout) would be, the deadline taken
+// when the borrow begins, without what that costs (a timer, a child
+// registered on the context all sessions share, four allocations) unless
+// something waits on it. A borrow that finds an idle connection already
+// holding the client's settings, nearly every one, only asks Err; the
+// first Done or Value (a wait in the queue, a dial, a SET, a prepare)
+// makes the real context, which stop cancels.
+type borrowCtx struct {
+	parent   context.Context
+	deadline time.Time
+
+	mu     sync.Mutex
+	ctx    context.Context // context.WithDeadline(parent, deadline) once needed; after stop, a cancelled one
+	cancel context.CancelFunc
+	used   bool // ctx was handed out (Done, Value): another goroutine may hold this
+}
+
+// borrowCtx returns a borrowCtx bounded by the connect timeout: the one of
+// the last borrow again if nothing but Err was asked of it (nothing can
+// still hold it), else a new one.
+func (pc *pooledClient) borrowCtx(parent context.Context) *borrowCtx {
+	c := pc.bctx
+	if c == nil || c.isUsed() {
+		c = &borrowCtx{}
+		pc.bctx = c
+	}
+	c.parent, c.deadline = parent, time.Now().Add(pc.s.cfg.connectTimeout())
+	if d, ok := parent.Deadline(); ok && d.Before(c.deadline) {
+		c.deadline = d
+	}
+	c.ctx, c.cancel = nil, nil
+	return c
+}
+
+func (c *borrowCtx) isUsed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.used
+}
+
+// real is the context the borrow stands for, made on first use.
+func (c *borrowCtx) real() context.Context {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ctx == nil {
+		c.ctx, c.cancel = context.WithDeadline(c.parent, c.deadline)
+	}
+	c.used = true
+	return c.ctx
+}
+
+func (c *borrowCtx) Deadline() (time.Time, bool) { return c.deadline, true }
+func (c *borrowCtx) Done() <-chan struct{}       { return c.real().Done() }
+func (c *borrowCtx) Value(key any) any           { return c.real().Value(key) }
+
+// Err is the real context's Err once there is one; before, what it would
+// say: the parent's error, or the deadline passed.
+func (c *borrowCtx) Err() error {
+	c.mu.Lock()
+	ctx := c.ctx
+	c.mu.Unlock()
+	if ctx != nil {
+		return ctx.Err()
+	}
+	if err := c.parent.Err(); err != nil {
+		return err
+	}
+	if !time.Now().Before(c.deadline) {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
+// stop ends the borrow's context, as the CancelFunc of WithTimeout does.
+func (c *borrowCtx) stop() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cancel != nil {
+		c.cancel()
+		return
+	}
+	c.ctx = cancelledCtx
+}
+
+// cancelledCtx is a borrowCtx's after stop when it never made one.
+var cancelledCtx = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
 
 // routeReuse is how long a pooled client borrows on the route it resolved
 // last without resolving again.
@@ -480,7 +573,7 @@ func (pc *pooledClient) forward(ctx context.Context, b []byte) error {
 			if bytes.Equal(b, terminateMsg) {
 				return errTerminated
 			}
-			bctx, cancel := context.WithTimeout(ctx, pc.s.cfg.connectTimeout())
+			bctx := pc.borrowCtx(ctx)
 			conn, rt, err := pc.borrow(bctx)
 			var missing []*statement
 			if err == nil {
@@ -491,7 +584,7 @@ func (pc *pooledClient) forward(ctx context.Context, b []byte) error {
 					}
 				}
 			}
-			cancel()
+			bctx.stop()
 			if err != nil {
 				return err
 			}
