@@ -386,3 +386,39 @@ func TestPGBudget(t *testing.T) {
 		t.Errorf("counters = %+v", cs)
 	}
 }
+
+// TestExecLeavesWhatFollows: what the server sent past the replies (here a
+// notice, in the same write as them) is read by the connection's next
+// reader, not lost in Exec's buffer.
+func TestExecLeavesWhatFollows(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	a, b := net.Pipe()
+	defer a.Close()
+	go func() {
+		defer b.Close()
+		if _, _, err := readMsg(b); err != nil { // the Query
+			return
+		}
+		var out []byte
+		out, _ = (&pgproto3.CommandComplete{CommandTag: []byte("SET")}).Encode(out)
+		out, _ = (&pgproto3.ParameterStatus{Name: "application_name", Value: "x"}).Encode(out)
+		out, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(out)
+		out, _ = (&pgproto3.NoticeResponse{Severity: "NOTICE", Code: "00000", Message: "after"}).Encode(out)
+		_, _ = b.Write(out)
+	}()
+	s := &pool.Server{Conn: a}
+	if err := s.Exec(t.Context(), "SET application_name = 'x'"); err != nil {
+		t.Fatal(err)
+	}
+	if s.Params["application_name"] != "x" || s.TxStatus != 'I' {
+		t.Errorf("params %v, status %q", s.Params, s.TxStatus)
+	}
+	typ, body, err := readMsg(s.Conn)
+	if err != nil || typ != 'N' {
+		t.Fatalf("next message %q, %v; want the notice", typ, err)
+	}
+	var n pgproto3.NoticeResponse
+	if err := n.Decode(body); err != nil || n.Message != "after" {
+		t.Errorf("notice %+v, %v", n, err)
+	}
+}

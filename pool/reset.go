@@ -1,16 +1,24 @@
 package pool
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgtenant/pgtenant/internal/prefixconn"
 )
+
+// readers buffer the replies Reset and Exec read.
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
 
 // maxResetMessage caps the messages Reset decodes (ParameterStatus,
 // ErrorResponse, ReadyForQuery: all small); others are skipped unread.
@@ -23,7 +31,8 @@ const maxResetMessage = 1 << 20
 // in one round trip. It reads the replies up to their last ReadyForQuery,
 // which must say 'I', and records in s.Params the ParameterStatus values
 // the server reports meanwhile (DISCARD ALL reports the settings it
-// restores). It reads exactly the replies, never past them.
+// restores). Bytes it reads past the replies stay first for s.Conn's next
+// reader (s.Conn then replays them).
 //
 // The server must be at ReadyForQuery with nothing in flight: a connection
 // whose client left mid-query cannot be reset this way. ctx bounds the
@@ -101,10 +110,24 @@ func (s *Server) exchangeIO(out []byte, n int) error {
 	if _, err := s.Conn.Write(out); err != nil {
 		return err
 	}
+	// Buffered: a message is one read, not two (header, then body), and
+	// the replies to a reset usually come in one. Whatever the buffer holds
+	// past the last ReadyForQuery (something the server said on its own: a
+	// notice, a FATAL) is left for the connection's next reader.
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(s.Conn)
+	defer func() {
+		if k := br.Buffered(); k > 0 {
+			rest, _ := br.Peek(k)
+			s.Conn = prefixconn.New(s.Conn, bytes.Clone(rest))
+		}
+		br.Reset(nil)
+		readers.Put(br)
+	}()
 	var hdr [5]byte
 	var pgErr *pgconn.PgError // the first ErrorResponse; the replies are read through regardless
 	for n > 0 {
-		if _, err := io.ReadFull(s.Conn, hdr[:]); err != nil {
+		if _, err := io.ReadFull(br, hdr[:]); err != nil {
 			return err
 		}
 		typ := hdr[0]
@@ -115,7 +138,7 @@ func (s *Server) exchangeIO(out []byte, n int) error {
 		switch typ {
 		case 'S', 'E', 'Z':
 		default: // CommandComplete, notices, notifications, rows of a reset query that returns some
-			if _, err := io.CopyN(io.Discard, s.Conn, size); err != nil {
+			if _, err := br.Discard(int(size)); err != nil {
 				return err
 			}
 			continue
@@ -124,7 +147,7 @@ func (s *Server) exchangeIO(out []byte, n int) error {
 			return fmt.Errorf("pool: reset: server sent a message of length %d", size+4)
 		}
 		body := make([]byte, size)
-		if _, err := io.ReadFull(s.Conn, body); err != nil {
+		if _, err := io.ReadFull(br, body); err != nil {
 			return err
 		}
 		switch typ {

@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/xdg-go/scram"
 
+	"github.com/pgtenant/pgtenant/internal/prefixconn"
 	"github.com/pgtenant/pgtenant/resolver"
 )
 
@@ -200,7 +201,7 @@ func (s *Server) login(ctx context.Context, rt resolver.Route, params map[string
 				// The upstream already said more (a notice, say): it
 				// belongs to the client, ahead of what the socket holds.
 				rest, _ := br.Peek(n)
-				hj.Conn = &prefixConn{Conn: conn, prefix: bytes.Clone(rest)} // tls.go
+				hj.Conn = prefixconn.New(conn, bytes.Clone(rest))
 			}
 			return hj, nil
 		case 'E':

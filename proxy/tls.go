@@ -17,6 +17,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/pgtenant/pgtenant/internal/prefixconn"
 )
 
 // Client TLS modes (TLSConfig.Mode).
@@ -288,7 +290,7 @@ func (t *tlsTerminator) start(c net.Conn) (net.Conn, io.Reader, error) {
 	if first[0] != tlsRecordHandshake {
 		return c, io.MultiReader(bytes.NewReader(first[:]), c), nil
 	}
-	tc, err := t.handshake(&prefixConn{Conn: c, prefix: first[:]}, true)
+	tc, err := t.handshake(prefixconn.New(c, first[:]), true)
 	return tc, tc, err
 }
 
@@ -327,19 +329,4 @@ func channelBinding(c net.Conn) []byte {
 		return tc.endPoint
 	}
 	return nil
-}
-
-// prefixConn replays bytes already read from Conn before reading more.
-type prefixConn struct {
-	net.Conn
-	prefix []byte
-}
-
-func (p *prefixConn) Read(b []byte) (int, error) {
-	if len(p.prefix) > 0 {
-		n := copy(b, p.prefix)
-		p.prefix = p.prefix[n:]
-		return n, nil
-	}
-	return p.Conn.Read(b)
 }
