@@ -47,16 +47,21 @@ type pooledClient struct {
 	defaults bool
 	// tag fingerprints want (0: not yet computed), for pool.Server.Tag.
 	tag uint64
-	// rt is the route borrowed on last, resolved at rtAt.
+	// rt is the route borrowed on last, resolved at rtAt; key is its
+	// pool's (setRoute).
 	rt   resolver.Route
 	rtAt time.Time
+	key  pool.Key
 	// tls is the upstream TLS configuration of rt's host (for cancels).
 	tls     *tls.Config
 	tlsHost string
 
 	// current is the cancel target of the connection held now (nil: none),
-	// for the client's cancel key.
+	// for the client's cancel key; targets, those of the connections held
+	// last, most recent first, so that a transaction on one of them does
+	// not make its target again. Under mu.
 	current atomic.Pointer[cancelTarget]
+	targets [4]*cancelTarget
 
 	mu   sync.Mutex
 	want map[string]setting // what the client's session says; pumpServer updates it from ParameterStatus
@@ -119,11 +124,11 @@ func (s *Server) servePooled(ctx context.Context, c net.Conn, sess *session, log
 		cancel()
 		return s.fail(c, resolveError(cctx, tenant, err))
 	}
-	pc.rt, pc.rtAt = rt, time.Now()
+	pc.setRoute(rt)
 	// In transaction mode a client that asks what an earlier one asked
 	// (the usual case: one app, one driver) is greeted with what that one
 	// was told, and borrows only for its first transaction.
-	gk := greetingKey{pool.KeyFor(tenant, rt.Endpoint), settingsTag(want)}
+	gk := greetingKey{pc.key, settingsTag(want)}
 	var conn *pool.Conn
 	var g *greeting
 	if mode == PoolTransaction {
@@ -214,12 +219,12 @@ func (pc *pooledClient) borrow(ctx context.Context) (*pool.Conn, resolver.Route,
 	if time.Since(pc.rtAt) < routeReuse {
 		known = &pc.rt
 	}
-	conn, rt, err := pc.s.acquire(ctx, pc.tenant, known)
+	conn, rt, err := pc.s.acquire(ctx, pc.tenant, known, pc.key)
 	if err != nil {
 		return nil, rt, err
 	}
 	if known == nil {
-		pc.rt, pc.rtAt = rt, time.Now()
+		pc.setRoute(rt)
 	}
 	if pc.defaults {
 		// What the client did not ask for of the settings it may change
@@ -338,6 +343,11 @@ var cancelledCtx = func() context.Context {
 	return ctx
 }()
 
+// setRoute makes rt, resolved now, the route to borrow on.
+func (pc *pooledClient) setRoute(rt resolver.Route) {
+	pc.rt, pc.rtAt, pc.key = rt, time.Now(), pool.KeyFor(pc.tenant, rt.Endpoint)
+}
+
 // routeReuse is how long a pooled client borrows on the route it resolved
 // last without resolving again.
 const routeReuse = time.Second
@@ -352,8 +362,7 @@ func (pc *pooledClient) attachLocked(conn *pool.Conn, rt resolver.Route, pump bo
 	pc.tr.Feed([]byte{'Z', 0, 0, 0, 5, conn.TxStatus}) // counting starts at the ReadyForQuery it is at
 	pc.base = pc.tr.Ready()
 	pc.unnamedOK = false
-	pc.current.Store(&cancelTarget{addr: rt.Addr(), pid: conn.PID, secret: conn.SecretKey,
-		tlsConfig: pc.tlsConfig(rt), dial: pc.s.dial})
+	pc.current.Store(pc.cancelTargetLocked(conn, rt))
 	if pump {
 		pc.startPumpLocked()
 	}
@@ -363,6 +372,20 @@ func (pc *pooledClient) startPumpLocked() {
 	pc.pausing = false
 	pc.done = make(chan serverEnd, 1)
 	go pc.pumpServer(pc.conn, pc.done)
+}
+
+// cancelTargetLocked is the cancel target of conn, of route rt.
+func (pc *pooledClient) cancelTargetLocked(conn *pool.Conn, rt resolver.Route) *cancelTarget {
+	addr, tc := conn.Key().Server, pc.tlsConfig(rt) // the Key's Server is rt.Addr()
+	for _, t := range pc.targets {
+		if t != nil && t.pid == conn.PID && t.addr == addr && t.tlsConfig == tc && bytes.Equal(t.secret, conn.SecretKey) {
+			return t
+		}
+	}
+	t := &cancelTarget{addr: addr, pid: conn.PID, secret: conn.SecretKey, tlsConfig: tc, dial: pc.s.dial}
+	copy(pc.targets[1:], pc.targets[:len(pc.targets)-1])
+	pc.targets[0] = t
+	return t
 }
 
 func (pc *pooledClient) tlsConfig(rt resolver.Route) *tls.Config {

@@ -319,28 +319,40 @@ func quoteLiteral(s string) string {
 
 // acquire borrows a logged-in server connection of tenant's route's pool,
 // queueing under the server's budget, through routed (known: the route
-// resolved last, tried first; a pooled client borrows once per
-// transaction).
-func (s *Server) acquire(ctx context.Context, tenant string, known *resolver.Route) (*pool.Conn, resolver.Route, error) {
-	return routed(ctx, s, tenant, known, func(rt *resolver.Route) (*pool.Conn, error) {
-		c, err := s.acquireChecked(ctx, pool.KeyFor(tenant, rt.Endpoint), func(ctx context.Context) (pool.Server, error) {
+// resolved last, tried first, knownKey its pool's Key; a pooled client
+// borrows once per transaction).
+func (s *Server) acquire(ctx context.Context, tenant string, known *resolver.Route, knownKey pool.Key) (*pool.Conn, resolver.Route, error) {
+	return routed(ctx, s, tenant, known, func(rt resolver.Route) (*pool.Conn, resolver.Route, error) {
+		key := knownKey
+		if known == nil || rt.Endpoint != known.Endpoint {
+			key = pool.KeyFor(tenant, rt.Endpoint)
+		}
+		c, err := s.acquireChecked(ctx, key, func(ctx context.Context) (pool.Server, error) {
 			dialStart := time.Now()
-			hj, err := s.login(ctx, *rt, s.cfg.Upstream.upstreamParams(nil, rt.Host))
+			hj, err := s.login(ctx, rt, s.cfg.Upstream.upstreamParams(nil, rt.Host))
 			if err != nil {
 				return pool.Server{}, err
 			}
 			s.cfg.Metrics.upstreamConnected(dialStart)
 			return pool.FromHijacked(hj), nil
 		})
-		var be *pool.BudgetError
-		switch {
-		case errors.As(err, &be):
-			return nil, budgetError(be)
-		case errors.Is(err, pool.ErrClosed):
-			return nil, errShuttingDown()
+		if err != nil {
+			return nil, rt, acquireError(err)
 		}
-		return c, err
+		return c, rt, nil
 	})
+}
+
+// acquireError is how a failed Manager.Acquire reaches the client.
+func acquireError(err error) error {
+	var be *pool.BudgetError
+	switch {
+	case errors.As(err, &be):
+		return budgetError(be)
+	case errors.Is(err, pool.ErrClosed):
+		return errShuttingDown()
+	}
+	return err
 }
 
 // acquireChecked is Manager.Acquire, with a connection that sat idle longer

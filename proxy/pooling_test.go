@@ -277,6 +277,48 @@ func TestPoolCancel(t *testing.T) {
 	}
 }
 
+// In transaction mode a client's cancel reaches the server connection it
+// holds now, also when it held that one before, then another.
+func TestPoolCancelAcrossConnections(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	opt, _ := withPool(t, proxy.PoolTransaction, pool.Config{})
+	r := startRouter(t, newCatalogDB(t), opt)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	tenant := newTenant("pcancel2")
+	a, b := r.simple(t, tenant), r.simple(t, tenant)
+	x := queryString(t, a, "SELECT pg_backend_pid()::text")
+	if _, err := b.Exec(ctx, "BEGIN"); err != nil { // b holds x
+		t.Fatal(err)
+	}
+	if got := queryString(t, b, "SELECT pg_backend_pid()::text"); got != x {
+		t.Fatalf("b is on %s, not on the idle %s", got, x)
+	}
+	if y := queryString(t, a, "SELECT pg_backend_pid()::text"); y == x {
+		t.Fatalf("a is on %s, held by b", y)
+	}
+	if _, err := b.Exec(ctx, "COMMIT"); err != nil { // x is idle again, the last given back
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		_, err := a.Exec(ctx, "SELECT pg_sleep(20) FROM (SELECT 1) s WHERE pg_backend_pid() = "+x)
+		errc <- err
+	}()
+	select {
+	case err := <-errc:
+		t.Fatalf("query ended before the cancel: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	start := time.Now()
+	if err := a.PgConn().CancelRequest(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; pgCode(err) != "57014" {
+		t.Fatalf("cancelled query: %v after %v, want 57014 (was a on %s?)", err, time.Since(start), x)
+	}
+}
+
 func TestPoolOptionChoosesSessionMode(t *testing.T) {
 	pgtest.CheckGoroutines(t)
 	opt, _ := withPool(t, proxy.PoolTransaction, pool.Config{})

@@ -722,16 +722,16 @@ func (s *Server) handleCancel(ctx context.Context, p startupPacket, log *slog.Lo
 // connectUpstream resolves tenant and logs in to its database (its direct
 // endpoint when direct), through routed.
 func (s *Server) connectUpstream(ctx context.Context, tenant string, params map[string]string, direct bool) (*pgconn.HijackedConn, resolver.Route, error) {
-	return routed(ctx, s, tenant, nil, func(rt *resolver.Route) (*pgconn.HijackedConn, error) {
+	return routed(ctx, s, tenant, nil, func(rt resolver.Route) (*pgconn.HijackedConn, resolver.Route, error) {
 		if direct {
 			rt.Host = directHost(rt.Host)
 		}
 		dialStart := time.Now()
-		hj, err := s.login(ctx, *rt, s.cfg.Upstream.upstreamParams(params, rt.Host))
+		hj, err := s.login(ctx, rt, s.cfg.Upstream.upstreamParams(params, rt.Host))
 		if err == nil {
 			s.cfg.Metrics.upstreamConnected(dialStart)
 		}
-		return hj, err
+		return hj, rt, err
 	})
 }
 
@@ -741,8 +741,10 @@ func (s *Server) connectUpstream(ctx context.Context, tenant string, params map[
 // more on a route resolved afresh (the catalog may have newer credentials,
 // or the cache an old address). try may adjust the route it is given (the
 // one returned); a *ClientError from it ends the attempts as it is, other
-// errors reach the client through upstreamError.
-func routed[T any](ctx context.Context, s *Server, tenant string, known *resolver.Route, try func(*resolver.Route) (T, error)) (T, resolver.Route, error) {
+// errors reach the client through upstreamError. (The route goes in and out
+// by value: a pointer to it would move it to the heap, once per pooled
+// transaction.)
+func routed[T any](ctx context.Context, s *Server, tenant string, known *resolver.Route, try func(resolver.Route) (T, resolver.Route, error)) (T, resolver.Route, error) {
 	var zero T
 	var lastErr error
 	for attempt := range 2 {
@@ -761,7 +763,7 @@ func routed[T any](ctx context.Context, s *Server, tenant string, known *resolve
 				return zero, rt, resolveError(ctx, tenant, err)
 			}
 		}
-		v, err := try(&rt)
+		v, rt, err := try(rt)
 		if err == nil {
 			return v, rt, nil
 		}
