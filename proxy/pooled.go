@@ -353,9 +353,19 @@ func (pc *pooledClient) setRoute(rt resolver.Route) {
 const routeReuse = time.Second
 
 // attachLocked makes conn, at ReadyForQuery, the connection the client
-// holds and starts its pump.
+// holds and starts its pump, or (!pump) readies it for inlineReplies.
 func (pc *pooledClient) attachLocked(conn *pool.Conn, rt resolver.Route, pump bool) {
-	_ = conn.Conn.SetDeadline(time.Time{}) // a wake or a stop may have left one
+	if pump {
+		_ = conn.Conn.SetDeadline(time.Time{}) // a wake or a stop may have left one
+	} else {
+		// The transaction's one deadline: inlineReplies' (set under mu,
+		// so that a wake from now on cuts it short). It replaces what a
+		// wake, a stop or the last transaction's inline read left on the
+		// read side; a connection is never given back clean with a write
+		// deadline (only pool.Server's exchanges and prepare set one, and
+		// they clear it when they succeed).
+		_ = conn.Conn.SetReadDeadline(time.Now().Add(inlineFor))
+	}
 	pc.conn = conn
 	pc.tr.Reset()
 	pc.reqs.Reset()
@@ -708,7 +718,8 @@ func (pc *pooledClient) forward(ctx context.Context, b []byte) error {
 const inlineFor = 20 * time.Millisecond
 
 // inlineReplies reads the replies to the request that began a transaction
-// on run's own goroutine, for at most inlineFor: a lone statement (most
+// on run's own goroutine, for at most inlineFor (the read deadline
+// attachLocked set): a lone statement (most
 // of what transaction pooling serves) is then answered and its connection
 // given back with no pump started. Anything else (a transaction left
 // open, a slow or partial answer, COPY, an error, a kill) goes on to a
@@ -723,8 +734,10 @@ func (pc *pooledClient) inlineReplies(conn *pool.Conn, term bool) {
 		pc.mu.Unlock()
 		return
 	}
-	_ = conn.Conn.SetReadDeadline(time.Now().Add(inlineFor))
-	r := newLazyReader(conn.Conn)
+	// A plain Read into a pooled buffer (lazyReader without raw): run
+	// blocks at most inlineFor on it, and a reader per transaction would
+	// cost three allocations.
+	r := lazyReader{conn: conn.Conn}
 	defer r.done()
 	for {
 		b, rerr := r.read()

@@ -21,7 +21,9 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, pumpBufSize); return
 
 // lazyReader reads a connection into pooled buffers (see bufPool). On
 // anything but a *net.TCPConn (a TLS connection buffers internally anyway)
-// it falls back to Read, holding a pooled buffer while it blocks.
+// it falls back to Read, holding a pooled buffer while it blocks; so does
+// a lazyReader{conn: c} made without newLazyReader, which allocates
+// nothing (for a reader that blocks only briefly).
 type lazyReader struct {
 	conn net.Conn
 	raw  syscall.RawConn
