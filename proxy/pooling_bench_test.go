@@ -2,6 +2,8 @@ package proxy_test
 
 import (
 	"context"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -52,4 +54,45 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkQueryConcurrent is BenchmarkQuery with 10 tenants of 4 clients
+// each querying at once (as pgtenant bench's steady scenario, in process),
+// pooled at most 4 server connections per tenant.
+func BenchmarkQueryConcurrent(b *testing.B) {
+	for _, mode := range []proxy.PoolMode{proxy.PoolSession, proxy.PoolTransaction} {
+		b.Run("pooled-"+string(mode), func(b *testing.B) {
+			opt, _ := withPool(b, mode, pool.Config{MaxPerTenant: 4})
+			r := startRouter(b, newCatalogDB(b), opt)
+			ctx := context.Background()
+			var conns []*pgconn.PgConn
+			for range 10 {
+				tenant := newTenant("bqc")
+				for range 4 {
+					c, err := pgconn.Connect(ctx, r.dsn(tenant, appSecret))
+					if err != nil {
+						b.Fatal(err)
+					}
+					defer c.Close(ctx)
+					conns = append(conns, c)
+				}
+			}
+			var next atomic.Int64
+			b.ResetTimer()
+			cpu0 := cpuTime()
+			var wg sync.WaitGroup
+			for _, c := range conns {
+				wg.Go(func() {
+					for next.Add(1) <= int64(b.N) {
+						if _, err := c.Exec(ctx, "SELECT 1").ReadAll(); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
+		})
+	}
 }
