@@ -22,6 +22,16 @@ type budget struct {
 	pools   map[*pool]struct{} // guarded by mu
 	ring    *tenant            // next tenant with waiters to serve (round robin); nil if none waits; guarded by mu
 	removed bool               // dropped from the Manager; guarded by mu
+	login   time.Duration      // how long a server login takes here, a moving average; guarded by mu
+}
+
+// noteLoginLocked folds d, how long a successful dial took, into b.login.
+func (b *budget) noteLoginLocked(d time.Duration) {
+	if b.login == 0 {
+		b.login = d
+		return
+	}
+	b.login += (d - b.login) / 8
 }
 
 // tenant is a tenant's share of one budget, over all its pools there.
@@ -239,9 +249,11 @@ func (b *budget) belowFloorWaitsLocked() bool {
 // turnWaiterLocked returns the waiter of c's pool that c, just released
 // clean, should go to straight away, or nil. It goes to the pool's first
 // waiter while no other tenant waits (c's turn starts over), or while c's
-// turn is shorter than turn and no tenant below the floor waits; after
-// that it goes back to the budget, whose round of waiting tenants decides
-// who gets the capacity.
+// turn is shorter than turn, or than a login here takes (handing c to
+// another tenant costs one: a turn at least that long keeps logins to at
+// most half of a connection's time however slow they get), and no tenant
+// below the floor waits; after that it goes back to the budget, whose
+// round of waiting tenants decides who gets the capacity.
 func (b *budget) turnWaiterLocked(c *Conn, now time.Time, turn time.Duration) *waiter {
 	p := c.p
 	if p.waiting == 0 {
@@ -249,7 +261,7 @@ func (b *budget) turnWaiterLocked(c *Conn, now time.Time, turn time.Duration) *w
 	}
 	if p.t.rnext == p.t { // only c's tenant waits
 		c.turn = now
-	} else if turn < 0 || now.Sub(c.turn) >= turn || b.belowFloorWaitsLocked() {
+	} else if turn < 0 || now.Sub(c.turn) >= max(turn, b.login) || b.belowFloorWaitsLocked() {
 		return nil
 	}
 	for w := p.t.wq.head; w != nil; w = w.next {

@@ -46,7 +46,8 @@ type Config struct {
 	MaxLifetime time.Duration
 	// Turn is how long a server connection may go on serving its own
 	// tenant's queued clients, one after the other, while other tenants
-	// wait; then it is given up for them. A turn amortizes a server login
+	// wait, or as long as a server login takes there lately if that is
+	// longer; then it is given up for them. A turn amortizes a server login
 	// (a few milliseconds) over the transactions queued behind it: with
 	// more tenants than connections, handing every freed connection to the
 	// next tenant instead would cost a login per transaction. Zero means

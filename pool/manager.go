@@ -204,6 +204,7 @@ func (m *Manager) closeConn(c *Conn) {
 
 // dial fills a slot reserved for p.
 func (m *Manager) dial(ctx context.Context, p *pool, dial DialFunc) (*Conn, error) {
+	start := time.Now()
 	s, err := dial(ctx)
 	if err == nil && s.Conn == nil {
 		err = errors.New("pool: the dial function returned no connection and no error")
@@ -228,6 +229,7 @@ func (m *Manager) dial(ctx context.Context, p *pool, dial DialFunc) (*Conn, erro
 	}
 	c := &Conn{Server: s, p: p, created: now, turn: now, state: stateActive}
 	p.active++
+	b.noteLoginLocked(now.Sub(start))
 	b.mu.Unlock()
 	m.c.opened.Add(1)
 	return c, nil

@@ -297,6 +297,51 @@ func TestTurn(t *testing.T) {
 	}
 }
 
+// TestTurnLastsALogin: with logins slower than Turn, a turn lasts as long
+// as a login takes: handing the connection to another tenant would cost
+// one.
+func TestTurnLastsALogin(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &fakeServers{}
+		slow := func(ctx context.Context) (pool.Server, error) {
+			time.Sleep(time.Second) // a login that slow
+			return f.dial(ctx)
+		}
+		m := pool.New(pool.Config{MaxServerConnections: 1, Turn: time.Millisecond})
+		defer m.Close()
+		held, err := m.Acquire(t.Context(), key("big"), slow)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan *pool.Conn)
+		for _, tenant := range []string{"big", "big", "small"} {
+			go func() {
+				c, err := m.Acquire(t.Context(), key(tenant), slow)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				got <- c
+			}()
+			synctest.Wait()
+		}
+		time.Sleep(100 * time.Millisecond) // past Turn, well within a login
+		held.Release(true)
+		held = <-got
+		held.Release(true)
+		held = <-got
+		if held.Key().Tenant != "big" || f.dials.Load() != 1 {
+			t.Errorf("within a login's time the connection went to %s (%d dials), want big's waiters first", held.Key().Tenant, f.dials.Load())
+		}
+		held.Release(true)
+		held = <-got // small's, after closing big's idle connection and a login
+		if held.Key().Tenant != "small" {
+			t.Errorf("last went to %s", held.Key().Tenant)
+		}
+		held.Release(true)
+	})
+}
+
 // TestFloor: a tenant below its floor is served before the round-robin
 // cursor's tenant.
 func TestFloor(t *testing.T) {
