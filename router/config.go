@@ -53,6 +53,7 @@ type NeonSettings struct {
 // its default is documented in config.example.yaml.
 type Config struct {
 	Listen           string        `yaml:"listen"`
+	ListenReusePort  bool          `yaml:"listen_reuseport"` // SO_REUSEPORT on the client listener (listen.go)
 	InstanceID       uint8         `yaml:"instance_id"`
 	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
 	ConnectTimeout   time.Duration `yaml:"connect_timeout"`
@@ -259,6 +260,7 @@ func (fc *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("tenant.pattern: %w", err))
 		}
 	}
+	errs = append(errs, fc.validateListen()...) // listen.go
 	errs = append(errs, fc.validateLimits()...) // limits.go
 	errs = append(errs, fc.Pool.validate()...)  // pool.go
 	// What the proxy checks, it owns; only the hint at where the secret

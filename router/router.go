@@ -258,10 +258,8 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Router, err error) {
 	if r.srv, err = proxy.New(pcfg, r.res); err != nil {
 		return nil, err
 	}
-	// KeepAlive -1: the proxy sets each client connection's keepalives as
-	// the config says; Go's default would set them first, four system
-	// calls per connection for nothing.
-	if r.ln, err = (&net.ListenConfig{KeepAlive: -1}).Listen(ctx, "tcp", cfg.Listen); err != nil {
+	// Keepalives left to the proxy, SO_REUSEPORT if asked: listen.go.
+	if r.ln, err = listenClients(ctx, cfg); err != nil {
 		return nil, err
 	}
 	// Block list, per-tenant pool modes, admin listener; stopped after Serve has drained, so
