@@ -4,8 +4,10 @@
 // each tenant's upstream endpoint, see Catalog.Lookup, Catalog.Ensure,
 // Catalog.Delete and Catalog.List), the block list (pgtenant.blocked, see
 // Catalog.Block), the per-tenant pool modes (pgtenant.pool_modes, see
-// Catalog.SetPoolMode) and the key check (pgtenant.meta). Later additions, such as
-// an instance registry, migration versions and per-tenant credentials,
+// Catalog.SetPoolMode), the instance registry (pgtenant.instances: the
+// router instances sharing the catalog, their peer addresses and
+// heartbeats, see Catalog.Register) and the key check (pgtenant.meta).
+// Later additions, such as migration versions and per-tenant credentials,
 // belong here too.
 //
 // Open creates the schema if it is missing; several instances may open one
