@@ -57,9 +57,13 @@ type Config struct {
 	// MaxStartupPacket caps the size of startup-phase packets. Zero or
 	// negative means DefaultMaxStartupPacket (10000, as Postgres).
 	MaxStartupPacket int
-	// InstanceID is put in the top byte of every cancel key this router
-	// issues, so that several instances can tell whose key it is.
+	// InstanceID is put in every cancel key this router issues, so that
+	// several instances can tell whose key it is (cancel.go).
 	InstanceID uint8
+	// Forward hands CancelRequests with another instance's key to that
+	// instance, and takes those it forwards here (ServePeers; cancel.go).
+	// The zero value forwards nothing.
+	Forward CancelForwarding
 	// DialUpstream dials upstream TCP connections (also for cancels). Nil
 	// means a net.Dialer with TCP keepalives as KeepAlive says.
 	DialUpstream func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -110,6 +114,7 @@ type Server struct {
 	res     Resolver
 	auth    *authenticator
 	cancels *cancelRegistry
+	fwd     *forwarder // nil: cancel forwarding off (cancel.go)
 	log     *slog.Logger
 	dial    func(ctx context.Context, network, addr string) (net.Conn, error)
 	scram   *scramClients // upstream SCRAM clients, caching derived keys (login.go)
@@ -146,6 +151,10 @@ func New(cfg Config, r Resolver) (*Server, error) {
 	if err := cfg.Pool.validate(); err != nil {
 		return nil, err
 	}
+	fwd, err := newForwarder(cfg.Forward, cfg.InstanceID)
+	if err != nil {
+		return nil, err
+	}
 	greetings, err := lru.New[greetingKey, *greeting](maxGreetings)
 	if err != nil {
 		return nil, err
@@ -167,6 +176,7 @@ func New(cfg Config, r Resolver) (*Server, error) {
 		res:     r,
 		auth:    auth,
 		cancels: newCancelRegistry(cfg.InstanceID),
+		fwd:     fwd,
 		log:     log,
 		dial:    dial,
 		scram:   newSCRAMClients(upstreamSCRAMCacheSize),
@@ -691,32 +701,48 @@ func lingerClose(c net.Conn, d time.Duration) {
 	_, _ = io.CopyN(io.Discard, c, 1<<16)
 }
 
-// handleCancel forwards a CancelRequest whose key this router issued.
-// Unknown keys are ignored, as Postgres does: the client gets no answer
-// either way, so keys cannot be probed.
+// handleCancel delivers a CancelRequest: to the upstream, for a key this
+// router issued; to the instance that issued it, for a key carrying
+// another instance's ID when forwarding is on (cancel.go). Other keys are
+// ignored, as Postgres does: the client gets no answer either way, so keys
+// cannot be probed.
 func (s *Server) handleCancel(ctx context.Context, p startupPacket, log *slog.Logger) {
-	t, ok := s.cancels.lookup(p.pid, p.secret)
-	if !ok {
-		s.cfg.Metrics.cancelRequest("unknown")
-		log.Debug("cancel request with unknown key ignored", "pid", p.pid)
+	if s.cancelLocal(ctx, p.pid, p.secret, log) {
 		return
+	}
+	if owner, ok := keyOwner(p.pid, p.secret); ok && owner != s.cfg.InstanceID && s.fwd != nil {
+		s.fwd.forward(ctx, owner, p.pid, p.secret, log)
+		return
+	}
+	s.cfg.Metrics.cancelRequest("unknown")
+	log.Debug("cancel request with unknown key ignored", "pid", p.pid)
+}
+
+// cancelLocal sends a CancelRequest to the upstream of the key (pid,
+// secret) if this router issued it, and reports whether it did (nothing is
+// counted when it did not).
+func (s *Server) cancelLocal(ctx context.Context, pid uint32, secret []byte, log *slog.Logger) bool {
+	t, ok := s.cancels.lookup(pid, secret)
+	if !ok {
+		return false
 	}
 	if t.follow != nil { // a pooled client: cancel on the connection it holds now
 		cur := t.follow.Load()
 		if cur == nil {
 			s.cfg.Metrics.cancelRequest("unknown")
-			log.Debug("cancel request for a pooled client between transactions ignored", "pid", p.pid)
-			return
+			log.Debug("cancel request for a pooled client between transactions ignored", "pid", pid)
+			return true
 		}
 		t = *cur
 	}
 	if err := t.send(ctx); err != nil {
 		s.cfg.Metrics.cancelRequest("failed")
-		log.Warn("cancel request not delivered", "pid", p.pid, "err", err)
-		return
+		log.Warn("cancel request not delivered", "pid", pid, "err", err)
+		return true
 	}
 	s.cfg.Metrics.cancelRequest("forwarded")
-	log.Debug("cancel request forwarded", "pid", p.pid, "upstream", t.addr)
+	log.Debug("cancel request forwarded", "pid", pid, "upstream", t.addr)
+	return true
 }
 
 // connectUpstream resolves tenant and logs in to its database (its direct
