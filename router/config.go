@@ -135,6 +135,8 @@ type Config struct {
 
 	Pool PoolSettings `yaml:"pool"` // pool.go
 
+	Cluster ClusterSettings `yaml:"cluster"` // cluster.go
+
 	Provider struct {
 		Kind  string       `yaml:"kind"`
 		Neon  NeonSettings `yaml:"neon"`
@@ -181,6 +183,7 @@ func DefaultConfig() Config {
 	fc.Cache.FillTimeout = 2 * time.Minute
 	fc.Catalog.MaxConns = 10
 	fc.Pool = defaultPoolSettings() // pool.go
+	fc.Cluster = defaultClusterSettings()
 	fc.Provider.Kind = "local"
 	fc.Provider.Local.Template = "pgtenant_template"
 	fc.Provider.Local.Prefix = "t_"
@@ -238,6 +241,7 @@ func (fc *Config) applyEnv(getenv func(string) string) {
 	set(&fc.Catalog.Key, EnvCatalogKey)
 	set(&fc.Provider.Neon.APIKey, EnvNeonAPIKey)
 	set(&fc.Admin.Token, EnvAdminToken)
+	set(&fc.Cluster.Secret, EnvClusterSecret)
 }
 
 // Validate checks what can be checked without connecting anywhere: the
@@ -290,6 +294,7 @@ func (fc *Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("provider.kind: %q is not supported (supported: local, neon)", fc.Provider.Kind))
 	}
+	errs = append(errs, fc.Cluster.validate()...) // cluster.go
 	if fc.Admin.BlockedRefresh < 0 {
 		errs = append(errs, fmt.Errorf("admin.blocked_refresh: %s is negative (0 turns the refresh off)", fc.Admin.BlockedRefresh))
 	}

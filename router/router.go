@@ -176,6 +176,7 @@ type Router struct {
 	blocks   *blockList
 	modes    *tenantPoolModes
 	surface  *surface
+	cluster  *cluster // nil: cluster off (cluster.go)
 
 	mu  sync.Mutex
 	cur Config // the configuration in force (Reload); guarded by mu
@@ -222,6 +223,11 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Router, err error) {
 	}
 
 	r.reg = NewRegistry(opts.Version)
+	// Registered (a duplicate instance_id refused) before any cancel key
+	// is handed out.
+	if r.cluster, err = startCluster(ctx, cfg, r.cat, r.reg, r.log); err != nil {
+		return nil, err
+	}
 	r.res = resolver.New(resolver.Config{
 		Metrics:     resolver.NewMetrics(r.reg),
 		CacheSize:   cfg.Cache.Size,
@@ -241,6 +247,9 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Router, err error) {
 	pcfg.Metrics = proxy.NewMetrics(r.reg)
 	pcfg.Upstream = r.upstream.Proxy
 	pcfg.DialUpstream = r.upstream.Dial
+	if r.cluster != nil {
+		pcfg.Forward = r.cluster.forwarding()
+	}
 	pm := newPoolMetrics() // pool.go
 	if cfg.Pool.On() {
 		r.pool = pool.New(cfg.Pool.ManagerConfig(pm.observeWait))
@@ -317,6 +326,9 @@ func poolModeName(m proxy.PoolMode) string {
 func (r *Router) Serve(ctx context.Context) error {
 	defer r.close()
 	r.surface.run(ctx, r)
+	if r.cluster != nil {
+		r.cluster.serve(r.srv)
+	}
 	return r.srv.Serve(ctx, r.ln)
 }
 
@@ -328,6 +340,9 @@ func (r *Router) close() {
 	r.closeOnce.Do(func() {
 		if r.surface != nil {
 			r.surface.stop()
+		}
+		if r.cluster != nil {
+			r.cluster.stop() // after the drain: forwarded cancels reached its sessions until now
 		}
 		if r.ln != nil {
 			_ = r.ln.Close() // Serve closed it already, unless it never ran

@@ -25,8 +25,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	templateSQL := fs.String("template-sql", "", "SQL file run once in the template database when it is created (overrides provider.local.template_sql)")
 	adminListen := fs.String("admin-listen", "", "address of the admin HTTP listener: /metrics, /healthz, /readyz and the /v1 API (overrides admin.listen)")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: pgtenant serve --config FILE [flags]\n\nSecrets come from the environment: %s, %s, %s, %s, %s.\nSIGHUP reloads the configuration (see config.example.yaml for what it applies).\n\n",
-			router.EnvPassword, router.EnvAdminDSN, router.EnvCatalogDSN, router.EnvCatalogKey, router.EnvAdminToken)
+		fmt.Fprintf(stderr, "Usage: pgtenant serve --config FILE [flags]\n\nSecrets come from the environment: %s, %s, %s, %s, %s, %s.\nSIGHUP reloads the configuration (see config.example.yaml for what it applies).\n\n",
+			router.EnvPassword, router.EnvAdminDSN, router.EnvCatalogDSN, router.EnvCatalogKey, router.EnvAdminToken, router.EnvClusterSecret)
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {

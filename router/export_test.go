@@ -1,0 +1,6 @@
+package router
+
+// Crash ends r's part in its cluster as a killed process's would end: no
+// more heartbeats, the peer listener closed, and the registry entry left to
+// expire. Its clients are still served until Serve ends.
+func (r *Router) Crash() { r.cluster.crash() }
