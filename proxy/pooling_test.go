@@ -281,13 +281,26 @@ func TestPoolCancel(t *testing.T) {
 // holds now, also when it held that one before, then another.
 func TestPoolCancelAcrossConnections(t *testing.T) {
 	pgtest.CheckGoroutines(t)
-	opt, _ := withPool(t, proxy.PoolTransaction, pool.Config{})
+	opt, m := withPool(t, proxy.PoolTransaction, pool.Config{})
 	r := startRouter(t, newCatalogDB(t), opt)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	tenant := newTenant("pcancel2")
 	a, b := r.simple(t, tenant), r.simple(t, tenant)
+	// A client hears its ReadyForQuery before the router gives the
+	// connection back: the next borrow must wait for that to take it.
+	allIdle := func() {
+		poll.Until(t, 10*time.Second, "the pool's connections given back", func() bool {
+			for _, s := range m.Servers() {
+				if s.Active > 0 {
+					return false
+				}
+			}
+			return true
+		})
+	}
 	x := queryString(t, a, "SELECT pg_backend_pid()::text")
+	allIdle()
 	if _, err := b.Exec(ctx, "BEGIN"); err != nil { // b holds x
 		t.Fatal(err)
 	}
@@ -300,16 +313,27 @@ func TestPoolCancelAcrossConnections(t *testing.T) {
 	if _, err := b.Exec(ctx, "COMMIT"); err != nil { // x is idle again, the last given back
 		t.Fatal(err)
 	}
+	allIdle()
 	errc := make(chan error, 1)
 	go func() {
 		_, err := a.Exec(ctx, "SELECT pg_sleep(20) FROM (SELECT 1) s WHERE pg_backend_pid() = "+x)
 		errc <- err
 	}()
-	select {
-	case err := <-errc:
-		t.Fatalf("query ended before the cancel: %v", err)
-	case <-time.After(300 * time.Millisecond):
+	admin, err := pgx.Connect(ctx, r.cluster.AdminDSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
 	}
+	defer admin.Close(ctx)
+	poll.Until(t, 20*time.Second, "the query to run on "+x, func() bool {
+		select {
+		case err := <-errc:
+			t.Fatalf("query ended before the cancel: %v", err)
+		default:
+		}
+		var n int
+		_ = admin.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1::int AND state = 'active' AND query LIKE '%pg_sleep%'", x).Scan(&n)
+		return n == 1
+	})
 	start := time.Now()
 	if err := a.PgConn().CancelRequest(ctx); err != nil {
 		t.Fatal(err)
