@@ -24,9 +24,11 @@ type Config struct {
 	// Keep it below the server's max_connections. Zero or negative means 80.
 	MaxServerConnections int
 	// MinPerTenant is the floor: a tenant holding fewer connections on a
-	// server is served before others when capacity frees. (Any tenant may
-	// close the idle connections of a tenant holding more than it does to
-	// get its own; none of a tenant holding as many or fewer.) It cannot take
+	// server is served before others when capacity frees. (With the budget
+	// full, a tenant holding none may close another tenant's idle
+	// connection to get one, and a tenant holding some may close one of a
+	// tenant holding at least two more; never one of a tenant holding as
+	// many or fewer.) It cannot take
 	// connections that are in use. Zero means no floor; it is capped at
 	// the ceiling.
 	MinPerTenant int

@@ -130,8 +130,9 @@ func (m *Manager) pool(key Key) *pool {
 // takeLocked tries to serve p now: with its most recently released idle
 // connection (closing expired ones on the way), else with a free slot of
 // the budget, else by evicting the least recently used idle connection of
-// another of the tenant's routes or of a tenant holding more connections
-// (of the same tenant only, when the tenant is at its ceiling).
+// another of the tenant's routes or, when the tenant holds none or two
+// fewer, of another tenant (of the same tenant only, when the tenant is at
+// its ceiling).
 // ok with a nil Conn means a slot was reserved for p: the caller dials.
 func (m *Manager) takeLocked(p *pool, now time.Time, closing []*Conn) (c *Conn, ok bool, _ []*Conn) {
 	b, t := p.b, p.t
@@ -151,14 +152,17 @@ func (m *Manager) takeLocked(p *pool, now time.Time, closing []*Conn) (c *Conn, 
 	}
 	if t.open >= b.ceil || b.open >= b.max {
 		// The victim is the least recently used idle connection of the
-		// tenant's own other routes or, below the ceiling, of a tenant
-		// holding more connections than this one: a tenant never loses
-		// its connections to a bigger one (max-min fairness), so a tenant
-		// with hundreds of busy clients cannot churn away the few
-		// connections small tenants keep between their queries.
+		// tenant's own other routes or, below the ceiling, of another
+		// tenant when this one has none, or when that one holds at least
+		// two more than this one. So a tenant never loses its connections
+		// to a bigger one (max-min fairness: hundreds of busy clients of
+		// one tenant cannot churn away the few connections small tenants
+		// keep between their queries), and two tenants never take turns
+		// evicting each other: each eviction costs a server login, more
+		// than a tenant that has a connection gains from a second.
 		var v *Conn
 		for x := b.idle.tail; x != nil; x = x.l[listBudget].prev {
-			if x.p.t == t || (t.open < b.ceil && x.p.t.open > t.open) {
+			if x.p.t == t || (t.open < b.ceil && (t.open == 0 || x.p.t.open > t.open+1)) {
 				v = x
 				break
 			}

@@ -453,6 +453,38 @@ func TestNoEvictionByBigger(t *testing.T) {
 	big2.Release(true)
 }
 
+// TestNoChurnBetweenEquals: a tenant that has a connection does not close
+// the idle one of a tenant holding just one more: after the swap the two
+// would be where they started, at the price of a login.
+func TestNoChurnBetweenEquals(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	f := &fakeServers{}
+	m := pool.New(pool.Config{MaxServerConnections: 3, QueueTimeout: time.Minute})
+	defer m.Close()
+	a1, a2 := mustAcquire(t, m, key("a"), f), mustAcquire(t, m, key("a"), f)
+	a2.Release(true) // a: 2 connections, one idle
+	b1 := mustAcquire(t, m, key("b"), f)
+	got := make(chan *pool.Conn, 1)
+	go func() {
+		c, err := m.Acquire(context.Background(), key("b"), f.dial)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- c
+	}()
+	waitFor(t, "b queued", func() bool { return server(m).Waiting == 1 })
+	if a2.Conn.(*fakeConn).closed.Load() || m.Counters().Evictions != 0 {
+		t.Fatal("b (1 connection) closed a's idle one (a: 2)")
+	}
+	b1.Release(true)
+	if c := <-got; connID(c) != connID(b1) {
+		t.Errorf("b's waiter got %d, want b's own %d", connID(c), connID(b1))
+	} else {
+		c.Release(true)
+	}
+	a1.Release(true)
+}
+
 func TestCeiling(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := &fakeServers{}
