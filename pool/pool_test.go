@@ -92,6 +92,36 @@ func mustAcquire(t *testing.T, m *pool.Manager, k pool.Key, f *fakeServers) *poo
 	return c
 }
 
+// queue starts Acquires that queue on m, each on a goroutine of its own,
+// and hands over what they get on got; stop cancels those still waiting
+// and waits for them all.
+type queue struct {
+	acquire func(tenant string)
+	got     chan *pool.Conn
+	stop    func()
+}
+
+func newQueue(t *testing.T, m *pool.Manager, f *fakeServers) *queue {
+	ctx, cancel := context.WithCancel(context.Background())
+	q := &queue{got: make(chan *pool.Conn)}
+	var wg sync.WaitGroup
+	q.acquire = func(tenant string) {
+		wg.Go(func() {
+			c, err := m.Acquire(ctx, key(tenant), f.dial)
+			if err != nil {
+				if !errors.Is(err, context.Canceled) {
+					t.Error(err)
+				}
+				return
+			}
+			q.got <- c
+		})
+	}
+	q.stop = func() { cancel(); wg.Wait() }
+	t.Cleanup(q.stop)
+	return q
+}
+
 func TestReuseIsLIFO(t *testing.T) {
 	pgtest.CheckGoroutines(t)
 	f := &fakeServers{}
@@ -180,22 +210,8 @@ func TestFairness(t *testing.T) {
 	defer m.Close()
 	held := []*pool.Conn{mustAcquire(t, m, key("big"), f), mustAcquire(t, m, key("big"), f)}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	got := make(chan *pool.Conn)
-	var wg sync.WaitGroup
-	acquire := func(tenant string) {
-		wg.Go(func() {
-			c, err := m.Acquire(ctx, key(tenant), f.dial)
-			if err != nil {
-				if !errors.Is(err, context.Canceled) {
-					t.Error(err)
-				}
-				return
-			}
-			got <- c
-		})
-	}
+	q := newQueue(t, m, f)
+	acquire, got := q.acquire, q.got
 	for range 500 {
 		acquire("big")
 	}
@@ -221,8 +237,7 @@ func TestFairness(t *testing.T) {
 	if live := f.maxLive.Load(); live > 2 {
 		t.Errorf("%d connections open at once, budget 2", live)
 	}
-	cancel()
-	wg.Wait()
+	q.stop()
 	for _, c := range held {
 		c.Release(true)
 	}
@@ -250,22 +265,8 @@ func TestTurn(t *testing.T) {
 			defer m.Close()
 			held := mustAcquire(t, m, key("big"), f)
 			first := held.PID
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			got := make(chan *pool.Conn)
-			var wg sync.WaitGroup
-			acquire := func(tenant string) {
-				wg.Go(func() {
-					c, err := m.Acquire(ctx, key(tenant), f.dial)
-					if err != nil {
-						if !errors.Is(err, context.Canceled) {
-							t.Error(err)
-						}
-						return
-					}
-					got <- c
-				})
-			}
+			q := newQueue(t, m, f)
+			acquire, got := q.acquire, q.got
 			for range 10 {
 				acquire("big")
 			}
@@ -290,8 +291,7 @@ func TestTurn(t *testing.T) {
 						held.Key().Tenant, held.PID, first, f.dials.Load())
 				}
 			}
-			cancel()
-			wg.Wait()
+			q.stop()
 			held.Release(true)
 		})
 	}
@@ -816,22 +816,8 @@ func TestFairnessManyTenants(t *testing.T) {
 	m := pool.New(pool.Config{MaxServerConnections: 1, Turn: -1})
 	defer m.Close()
 	held := mustAcquire(t, m, key("big"), f)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	got := make(chan *pool.Conn)
-	var wg sync.WaitGroup
-	acquire := func(tenant string) {
-		wg.Go(func() {
-			c, err := m.Acquire(ctx, key(tenant), f.dial)
-			if err != nil {
-				if !errors.Is(err, context.Canceled) {
-					t.Error(err)
-				}
-				return
-			}
-			got <- c
-		})
-	}
+	q := newQueue(t, m, f)
+	acquire, got := q.acquire, q.got
 	for range 200 {
 		acquire("big")
 	}
@@ -851,7 +837,6 @@ func TestFairnessManyTenants(t *testing.T) {
 		held = <-got
 		delete(small, held.Key().Tenant)
 	}
-	cancel()
-	wg.Wait()
+	q.stop()
 	held.Release(true)
 }
