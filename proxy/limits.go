@@ -111,9 +111,16 @@ type KeepAlive struct {
 	// Count is how many unanswered probes drop the connection. Zero or
 	// negative means 6.
 	Count int
+	// SetByListener says the client connections come from a listener whose
+	// socket carries these keepalives already (Linux copies a listening
+	// socket's keepalive options to the sockets it accepts): ServeConn
+	// then leaves them alone, four system calls fewer per connection.
+	SetByListener bool
 }
 
-func (k KeepAlive) config() net.KeepAliveConfig {
+// Config returns the keepalives as the net package takes them (Enable
+// false when they are off).
+func (k KeepAlive) Config() net.KeepAliveConfig {
 	if k.Idle < 0 {
 		return net.KeepAliveConfig{}
 	}
@@ -130,17 +137,21 @@ func (k KeepAlive) config() net.KeepAliveConfig {
 	return c
 }
 
-// apply sets the keepalives of a client connection.
+// apply sets the keepalives of a client connection, unless its listener
+// did.
 func (k KeepAlive) apply(c net.Conn) {
+	if k.SetByListener {
+		return
+	}
 	if tc, ok := c.(*net.TCPConn); ok {
-		_ = tc.SetKeepAliveConfig(k.config())
+		_ = tc.SetKeepAliveConfig(k.Config())
 	}
 }
 
 // Dialer returns a net.Dialer with a 10s connect timeout and these
 // keepalives: the default upstream dialer.
 func (k KeepAlive) Dialer() *net.Dialer {
-	d := &net.Dialer{Timeout: 10 * time.Second, KeepAliveConfig: k.config()}
+	d := &net.Dialer{Timeout: 10 * time.Second, KeepAliveConfig: k.Config()}
 	if !d.KeepAliveConfig.Enable {
 		d.KeepAlive = -1
 	}

@@ -11,9 +11,11 @@ import (
 
 // listenClients opens the client listener on cfg.Listen.
 //
-// KeepAlive -1: the proxy sets each client connection's keepalives as the
-// config says; Go's default would set them first, four system calls per
-// connection for nothing.
+// The client connections' keepalives (ka) are set once, on the listening
+// socket, where the kernel copies them to each socket it accepts (Linux:
+// listenerKeepAlive); elsewhere the proxy sets them on each connection.
+// Either way Go's default is off (KeepAlive -1): it would set its own on
+// every connection, four system calls for nothing.
 //
 // With listen_reuseport the socket gets SO_REUSEPORT before it is bound, so
 // several router processes on one host can listen on the same address, each
@@ -21,10 +23,18 @@ import (
 // connections over them. Linux lets a socket join only if every socket
 // already bound there set SO_REUSEPORT too and belongs to the same user;
 // the error says so.
-func listenClients(ctx context.Context, cfg Config) (net.Listener, error) {
+func listenClients(ctx context.Context, cfg Config, ka net.KeepAliveConfig) (net.Listener, error) {
 	lc := net.ListenConfig{KeepAlive: -1}
-	if cfg.ListenReusePort {
-		lc.Control = setReusePort // listen_linux.go
+	lc.Control = func(network, address string, c syscall.RawConn) error {
+		if cfg.ListenReusePort {
+			if err := setReusePort(network, address, c); err != nil { // listen_linux.go
+				return err
+			}
+		}
+		if listenerKeepAlive {
+			return setKeepAlive(c, ka)
+		}
+		return nil
 	}
 	ln, err := lc.Listen(ctx, "tcp", cfg.Listen)
 	if errors.Is(err, syscall.EADDRINUSE) {

@@ -264,11 +264,13 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Router, err error) {
 	if pm.mgr = pcfg.Pool.Manager; pm.mgr != nil {
 		r.reg.MustRegister(pm)
 	}
+	// Where the kernel copies a listening socket's keepalives to the
+	// sockets it accepts, the listener carries them (listen.go).
+	pcfg.KeepAlive.SetByListener = listenerKeepAlive
 	if r.srv, err = proxy.New(pcfg, r.res); err != nil {
 		return nil, err
 	}
-	// Keepalives left to the proxy, SO_REUSEPORT if asked: listen.go.
-	if r.ln, err = listenClients(ctx, cfg); err != nil {
+	if r.ln, err = listenClients(ctx, cfg, pcfg.KeepAlive.Config()); err != nil {
 		return nil, err
 	}
 	// Block list, per-tenant pool modes, admin listener; stopped after Serve has drained, so
