@@ -98,6 +98,9 @@ func TestProtocolViolations(t *testing.T) {
 		{"bad layout", append(binary.BigEndian.AppendUint32(nil, 12), 0, 3, 0, 0, 'u', 's', 'e', 'r'), "08P01"},
 		{"slow client: nothing sent", nil, "08P01"},
 		{"truncated packet", []byte{0, 0, 0, 100, 0, 3, 0, 0, 'u'}, "08P01"}, // then silence: the deadline ends it
+		// One write, so one read takes both: what should wait for an answer came with the packet.
+		{"startup pipelined after SSLRequest", append([]byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}, startup(3, 0, "user", "acme")...), "08P01"},
+		{"query pipelined after startup", append(startup(3, 0, "user", "acme"), 'Q', 0, 0, 0, 13, 'S', 'E', 'L', 'E', 'C', 'T', ' ', '1', 0), "08P01"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -624,12 +624,20 @@ func (s *Server) negotiate(c net.Conn) (net.Conn, startupPacket, error) {
 	}
 	_, sslAsked := c.(*tlsConn) // direct TLS
 	gssAsked := false
+	sr := &startupReader{r: r}
 	for {
-		body, err := readStartupPacket(r, s.cfg.maxStartupPacket())
+		body, err := sr.next(s.cfg.maxStartupPacket())
 		if err != nil {
 			return c, startupPacket{}, err
 		}
-		r = c // the byte start peeked at is consumed
+		sr.r = c // the byte start peeked at is consumed
+		if len(sr.pending) > 0 {
+			// More came before we answered: data that should have waited
+			// for TLS, or for authentication. Postgres refuses the first
+			// ("received unencrypted data after SSL request").
+			return c, startupPacket{}, clientErr(codeProtocolViolation,
+				"the client sent more data before the router answered its startup packet", "", nil)
+		}
 		p, err := parseStartup(body)
 		if err != nil {
 			return c, startupPacket{}, err
@@ -643,7 +651,7 @@ func (s *Server) negotiate(c net.Conn) (net.Conn, startupPacket, error) {
 			if c, err = s.tls.answerSSLRequest(c); err != nil {
 				return c, startupPacket{}, err
 			}
-			r = c
+			sr.r = c
 		case kindGSSENCRequest:
 			if gssAsked {
 				return c, startupPacket{}, clientErr(codeProtocolViolation, "GSSENCRequest sent twice", "", nil)

@@ -45,27 +45,64 @@ type startupPacket struct {
 
 var errStartupTooShort = errors.New("startup packet too short")
 
-// readStartupPacket reads one length-prefixed startup-phase packet from r,
-// refusing lengths outside [8, max] before allocating anything.
-func readStartupPacket(r io.Reader, max int) ([]byte, error) {
-	var hdr [4]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+// startupReader reads length-prefixed startup-phase packets from r
+// through a small buffer: a packet is one read, not two (its length, then
+// the rest). A client that follows the protocol sends nothing past a
+// packet before it is answered, so the buffer normally ends with the
+// packet; what it holds past one is in pending (negotiate refuses it).
+type startupReader struct {
+	r       io.Reader
+	buf     [256]byte
+	pending []byte // read past the last packet: a part of buf
+}
+
+// next reads the next packet and returns its body (after the length
+// word), refusing lengths outside [8, max] before allocating anything.
+func (sr *startupReader) next(max int) ([]byte, error) {
+	if err := sr.fill(4); err != nil {
 		return nil, err
 	}
-	n := int64(int32(binary.BigEndian.Uint32(hdr[:])))
+	n := int64(int32(binary.BigEndian.Uint32(sr.pending)))
 	if n < 8 || n > int64(max) {
 		return nil, clientErr(codeProtocolViolation,
 			fmt.Sprintf("invalid length of startup packet: %d bytes (allowed 8 to %d)", n, max),
 			"Connect with a PostgreSQL client library speaking protocol 3.", nil)
 	}
+	sr.pending = sr.pending[4:]
 	body := make([]byte, n-4)
-	if _, err := io.ReadFull(r, body); err != nil {
-		if errors.Is(err, io.EOF) {
-			err = io.ErrUnexpectedEOF
+	k := copy(body, sr.pending)
+	sr.pending = sr.pending[k:]
+	if k < len(body) { // the rest straight into body: never past the packet
+		if _, err := io.ReadFull(sr.r, body[k:]); err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
 		}
-		return nil, err
 	}
 	return body, nil
+}
+
+// fill reads until pending holds at least n bytes (n ≤ len(buf)), as
+// io.ReadFull does: io.EOF if the connection ends before any byte,
+// io.ErrUnexpectedEOF if it ends within them.
+func (sr *startupReader) fill(n int) error {
+	have := copy(sr.buf[:], sr.pending)
+	for have < n {
+		k, err := sr.r.Read(sr.buf[have:])
+		have += k
+		if have >= n {
+			break
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) && have > 0 {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+	}
+	sr.pending = sr.buf[:have]
+	return nil
 }
 
 // parseStartup decodes the body (after the length word) of a startup-phase

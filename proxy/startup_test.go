@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"io"
+	"strings"
 	"testing"
+	"testing/iotest"
 )
 
 // startupBytes builds a startup-phase packet body (without the length word).
@@ -81,7 +84,7 @@ func TestParseStartup(t *testing.T) {
 func TestReadStartupPacketLengthCap(t *testing.T) {
 	for _, n := range []uint32{0, 4, 7, 10001, 1 << 30, 0xFFFFFFFF} {
 		r := bytes.NewReader(binary.BigEndian.AppendUint32(nil, n))
-		_, err := readStartupPacket(r, DefaultMaxStartupPacket)
+		_, err := (&startupReader{r: r}).next(DefaultMaxStartupPacket)
 		var ce *ClientError
 		if !errors.As(err, &ce) || ce.Code != codeProtocolViolation {
 			t.Errorf("length %d: err = %v, want 08P01", n, err)
@@ -89,13 +92,55 @@ func TestReadStartupPacketLengthCap(t *testing.T) {
 	}
 	full := binary.BigEndian.AppendUint32(nil, 8)
 	full = binary.BigEndian.AppendUint32(full, sslRequestCode)
-	if _, err := readStartupPacket(bytes.NewReader(full), DefaultMaxStartupPacket); err != nil {
+	if _, err := (&startupReader{r: bytes.NewReader(full)}).next(DefaultMaxStartupPacket); err != nil {
 		t.Fatal(err)
 	}
 }
 
-// FuzzParseStartup checks that no input makes the startup parser panic, and
-// that what it accepts round-trips through its fields.
+// TestStartupReader: packets come whole however the bytes arrive (one at a
+// time, or several packets and a bit in one read), a packet larger than the
+// buffer too, whose rest is read straight into it (never past it); the
+// bytes read past the last packet stay pending; the ends of the stream are
+// io.EOF before a packet and io.ErrUnexpectedEOF inside one.
+func TestStartupReader(t *testing.T) {
+	pkt := func(body []byte) []byte { return append(binary.BigEndian.AppendUint32(nil, uint32(len(body)+4)), body...) }
+	ssl := pkt(binary.BigEndian.AppendUint32(nil, sslRequestCode))
+	small := startupBody(3<<16, "user", "u")
+	big := startupBody(3<<16, "user", "u", "options", strings.Repeat("x", 600))
+	for _, tc := range []struct {
+		name        string
+		r           func([]byte) io.Reader
+		second      []byte
+		wantPending string
+	}{
+		{"one read", func(b []byte) io.Reader { return bytes.NewReader(b) }, small, "Q"},
+		{"one read, large packet", func(b []byte) io.Reader { return bytes.NewReader(b) }, big, ""},
+		{"a byte at a time", func(b []byte) io.Reader { return iotest.OneByteReader(bytes.NewReader(b)) }, big, ""},
+	} {
+		stream := append(append(append([]byte{}, ssl...), pkt(tc.second)...), 'Q')
+		sr := &startupReader{r: tc.r(stream)}
+		b1, err := sr.next(DefaultMaxStartupPacket)
+		if err != nil || !bytes.Equal(b1, ssl[4:]) {
+			t.Fatalf("%s: first packet %x, %v", tc.name, b1, err)
+		}
+		b2, err := sr.next(DefaultMaxStartupPacket)
+		if err != nil || !bytes.Equal(b2, tc.second) {
+			t.Fatalf("%s: second packet (%d bytes), %v", tc.name, len(b2), err)
+		}
+		if string(sr.pending) != tc.wantPending {
+			t.Errorf("%s: pending %q, want %q", tc.name, sr.pending, tc.wantPending)
+		}
+	}
+	if _, err := (&startupReader{r: bytes.NewReader(nil)}).next(DefaultMaxStartupPacket); err != io.EOF {
+		t.Errorf("empty stream: %v, want io.EOF", err)
+	}
+	for _, cut := range []int{2, 6} {
+		if _, err := (&startupReader{r: bytes.NewReader(ssl[:cut])}).next(DefaultMaxStartupPacket); err != io.ErrUnexpectedEOF {
+			t.Errorf("cut at %d: %v, want io.ErrUnexpectedEOF", cut, err)
+		}
+	}
+}
+
 func FuzzParseStartup(f *testing.F) {
 	f.Add(startupBody(3<<16, "user", "tenant_42", "database", "app"))
 	f.Add(startupBody(3<<16|2, "user", "acme", "_pq_.x", "1"))
