@@ -43,8 +43,8 @@ func New(cfg Config) *Manager {
 // is one, else a new one made by dial (on this goroutine, bounded by ctx)
 // when key.Server's budget and the tenant's ceiling allow, else it queues
 // until capacity frees for it. The pool is created on first use. A wait
-// ends with ctx's error, a *BudgetError after Config.QueueTimeout, or
-// ErrClosed; dial's errors are returned as they are. The caller must give
+// ends with a *WaitError wrapping ctx's error, a *BudgetError after
+// Config.QueueTimeout, or ErrClosed; dial's errors are returned as they are. The caller must give
 // the Conn back with Release or ResetRelease.
 func (m *Manager) Acquire(ctx context.Context, key Key, dial DialFunc) (*Conn, error) {
 	if err := ctx.Err(); err != nil {
@@ -269,7 +269,7 @@ func (m *Manager) wait(ctx context.Context, w *waiter, dial DialFunc) (*Conn, er
 		m.closeConns(closing)
 	}
 	if !timedOut {
-		return nil, ctx.Err()
+		return nil, &WaitError{Server: b.addr, Waited: now.Sub(w.since), Err: ctx.Err()}
 	}
 	m.c.queueTimeouts.Add(1)
 	e := &BudgetError{Server: b.addr, Limit: b.max, Waited: now.Sub(w.since)}

@@ -337,18 +337,26 @@ func (s *Server) acquire(ctx context.Context, tenant string, known *resolver.Rou
 			return pool.FromHijacked(hj), nil
 		})
 		if err != nil {
-			return nil, rt, acquireError(err)
+			return nil, rt, s.acquireError(tenant, err)
 		}
 		return c, rt, nil
 	})
 }
 
 // acquireError is how a failed Manager.Acquire reaches the client.
-func acquireError(err error) error {
+func (s *Server) acquireError(tenant string, err error) error {
 	var be *pool.BudgetError
+	var we *pool.WaitError
 	switch {
 	case errors.As(err, &be):
 		return budgetError(be)
+	case errors.As(err, &we) && errors.Is(err, context.DeadlineExceeded):
+		// Queued past connect_timeout (shorter than pool.queue_timeout):
+		// the server is fine, its budget busy.
+		return clientErr(codeCannotConnectNow,
+			fmt.Sprintf("no server connection for tenant %q within connect_timeout (%s): all of the pool's connections to %s stayed in use",
+				tenant, s.cfg.connectTimeout(), we.Server),
+			"Retry; if it persists, the tenant's server needs a larger pool.max_server_connections, or clients hold transactions open too long.", err)
 	case errors.Is(err, pool.ErrClosed):
 		return errShuttingDown()
 	}

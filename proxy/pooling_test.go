@@ -247,6 +247,33 @@ func TestPoolBudgetQueuesThen53300(t *testing.T) {
 	}
 }
 
+// TestPoolWaitPastConnectTimeout: a client whose wait for a server
+// connection outlasts connect_timeout (here shorter than the queue
+// timeout) is told so with 57P03, at login and between transactions, not
+// left with a closed connection or a handshake error.
+func TestPoolWaitPastConnectTimeout(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	opt, _ := withPool(t, proxy.PoolTransaction, pool.Config{MaxServerConnections: 1, QueueTimeout: time.Minute})
+	// Long enough for the tenant's creation at the first login.
+	r := startRouter(t, newCatalogDB(t), opt, func(c *proxy.Config) { c.ConnectTimeout = 3 * time.Second })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	tenant := newTenant("pwait")
+	holder, waiter := r.simple(t, tenant), r.simple(t, tenant)
+	tx, err := holder.Begin(ctx) // the budget's one connection, held
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = waiter.Exec(ctx, "SELECT 1")
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "57P03" || !strings.Contains(pgErr.Message, "connect_timeout") {
+		t.Fatalf("query waiting past connect_timeout: %v, want 57P03 naming connect_timeout", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestPoolCancel(t *testing.T) {
 	for _, mode := range []proxy.PoolMode{proxy.PoolSession, proxy.PoolTransaction} {
 		t.Run(string(mode), func(t *testing.T) {
