@@ -111,6 +111,7 @@ func startRouter(t testing.TB, db catalogDB, opts ...routerOpt) *router {
 	cfg.DrainTimeout = 0
 	cfg.Limits.MaxHandshakes = 0
 	cfg.Limits.AuthBackoff.Threshold = 0
+	cfg.Limits.CancelRate = 0
 	cfg.Admin.BlockedRefresh = 0
 
 	logs := &syncBuffer{}

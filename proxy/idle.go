@@ -70,6 +70,7 @@ func (s *Server) sweepLoop(ctx context.Context) {
 		now := s.lim.now()
 		s.sweepIdle(now)
 		s.lim.sweepBackoff(now)
+		s.lim.sweepCancels(now)
 		t.Reset(s.sweepPeriod())
 	}
 }

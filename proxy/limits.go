@@ -36,6 +36,16 @@ type Limits struct {
 	// AuthBackoff throttles a client address for a tenant after failed
 	// authentication.
 	AuthBackoff AuthBackoff
+	// CancelRate caps the CancelRequests taken from one client address
+	// (IPv6: per /64, as AuthBackoff counts) per second, so that cancel
+	// keys cannot be guessed by flooding: a token bucket of CancelBurst
+	// refilled at CancelRate a second. A request over it is dropped
+	// silently (the connection closed, as for an unknown key) and counted
+	// as rate_limited in Metrics.CancelRequests. Zero or negative: no cap.
+	CancelRate int
+	// CancelBurst is how many CancelRequests an address may send at once
+	// before CancelRate applies. Zero or negative means CancelRate.
+	CancelBurst int
 	// IdleTimeout ends a session whose client has sent nothing for that long
 	// while its upstream waited for it (after a ReadyForQuery), as Postgres'
 	// idle_session_timeout: FATAL 57P05, or 25P03 inside a transaction. It is
@@ -96,6 +106,13 @@ func (b *AuthBackoff) delay(n int) time.Duration {
 		d *= 2
 	}
 	return min(d, m)
+}
+
+func (l *Limits) cancelBurst() int {
+	if l.CancelBurst <= 0 {
+		return l.CancelRate
+	}
+	return l.CancelBurst
 }
 
 // KeepAlive configures TCP keepalives on client connections and on upstream
@@ -163,6 +180,11 @@ func (k KeepAlive) Dialer() *net.Dialer {
 // this many logins to push its own pair out.
 const backoffEntries = 1 << 16
 
+// cancelEntries caps the client addresses whose CancelRequest budget is
+// remembered; the least recently seen is forgotten first (it gets a full
+// burst again, which an attacker with that many addresses has anyway).
+const cancelEntries = 1 << 16
+
 // limiter holds the state of Limits and of the block list. Its counters are
 // guarded by short critical sections without I/O.
 type limiter struct {
@@ -186,6 +208,17 @@ type limiter struct {
 		sync.Mutex
 		lru *simplelru.LRU[backoffKey, backoffEntry] // guarded by backoff
 	}
+
+	cancels struct {
+		sync.Mutex
+		lru *simplelru.LRU[string, cancelBucket] // by addrKey; guarded by cancels
+	}
+}
+
+// cancelBucket is a client address's CancelRequest budget: tokens as of at.
+type cancelBucket struct {
+	tokens float64
+	at     time.Time
 }
 
 type backoffKey struct{ addr, tenant string }
@@ -217,6 +250,11 @@ func newLimiter(cfg *Config) *limiter {
 		panic("proxy: " + err.Error()) // unreachable: the size is positive
 	}
 	l.backoff.lru = cache
+	cancels, err := simplelru.NewLRU[string, cancelBucket](cancelEntries, nil)
+	if err != nil {
+		panic("proxy: " + err.Error()) // unreachable: the size is positive
+	}
+	l.cancels.lru = cancels
 	return l
 }
 
@@ -422,7 +460,54 @@ func (l *limiter) sweepBackoff(now time.Time) {
 	}
 }
 
-// addrKey is the client address the auth backoff counts by: the IPv4
+// allowCancel reports whether a CancelRequest from addr (an addrKey) is
+// within Limits.CancelRate, and takes it from the address's budget if so.
+func (l *limiter) allowCancel(addr string) bool {
+	lim := l.limits.Load()
+	if lim.CancelRate <= 0 {
+		return true
+	}
+	rate, burst := float64(lim.CancelRate), float64(lim.cancelBurst())
+	now := l.now()
+	l.cancels.Lock()
+	defer l.cancels.Unlock()
+	b, ok := l.cancels.lru.Get(addr)
+	if !ok {
+		b.tokens = burst
+	} else if d := now.Sub(b.at); d > 0 {
+		b.tokens = min(burst, b.tokens+d.Seconds()*rate)
+	}
+	b.tokens = min(b.tokens, burst) // the burst may have been lowered
+	b.at = now
+	allowed := b.tokens >= 1
+	if allowed {
+		b.tokens--
+	}
+	l.cancels.lru.Add(addr, b)
+	return allowed
+}
+
+// sweepCancels forgets the addresses whose budget has refilled: they are
+// as good as new.
+func (l *limiter) sweepCancels(now time.Time) {
+	lim := l.limits.Load()
+	l.cancels.Lock()
+	defer l.cancels.Unlock()
+	if lim.CancelRate <= 0 {
+		l.cancels.lru.Purge()
+		return
+	}
+	full := time.Duration(float64(lim.cancelBurst()) / float64(lim.CancelRate) * float64(time.Second))
+	for {
+		k, b, ok := l.cancels.lru.GetOldest()
+		if !ok || now.Sub(b.at) < full {
+			return
+		}
+		l.cancels.lru.Remove(k)
+	}
+}
+
+// addrKey is the client address the auth backoff and the cancel rate count by: the IPv4
 // address, or the /64 of an IPv6 one (a host often has a whole /64).
 func addrKey(a net.Addr) string {
 	if a == nil {

@@ -64,7 +64,9 @@ type Metrics struct {
 	// session ends.
 	BytesOut prometheus.Counter
 	// CancelRequests counts CancelRequests by outcome: forwarded, unknown
-	// (a key this router did not issue or that expired; ignored) or failed.
+	// (a key this router did not issue or that expired; ignored), failed,
+	// or rate_limited (dropped unread: over Limits.CancelRate for its
+	// client address). All but rate_limited were served.
 	CancelRequests *prometheus.CounterVec
 }
 
@@ -89,6 +91,10 @@ const (
 	OutcomeShutdown       = "shutdown"
 	OutcomeError          = "error"
 )
+
+// CancelRateLimited is the Metrics.CancelRequests outcome of a request
+// dropped because its client address was over Limits.CancelRate.
+const CancelRateLimited = "rate_limited"
 
 // NewMetrics creates the proxy metrics and registers them on reg (nil: not
 // registered, e.g. for tests that read them directly). It panics if they
@@ -138,7 +144,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		CancelRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "cancel_requests_total",
-			Help: "CancelRequests received, by outcome (forwarded, unknown, failed).",
+			Help: "CancelRequests received, by outcome (forwarded, unknown, failed; rate_limited: dropped over limits.cancel_rate).",
 		}, []string{"outcome"}),
 	}
 	// Export the label values up front, so that rates work from the start.
@@ -146,7 +152,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		OutcomeLimit, OutcomeProvisionError, OutcomeUpstreamError, OutcomeShutdown, OutcomeError} {
 		m.ConnectionsFinished.WithLabelValues(o)
 	}
-	for _, o := range []string{"forwarded", "unknown", "failed"} {
+	for _, o := range []string{"forwarded", "unknown", "failed", CancelRateLimited} {
 		m.CancelRequests.WithLabelValues(o)
 	}
 	if reg != nil {

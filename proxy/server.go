@@ -460,6 +460,11 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	s.cfg.Metrics.handshakeDone(begin)
 	if p.kind == kindCancel {
 		sess.cancelReq = true
+		if !s.lim.allowCancel(addrKey(c.RemoteAddr())) { // Limits.CancelRate (limits.go)
+			s.cfg.Metrics.cancelRequest(CancelRateLimited)
+			log.Debug("cancel request over the address's rate dropped", "pid", p.pid)
+			return nil
+		}
 		s.handleCancel(ctx, p, log)
 		return nil
 	}

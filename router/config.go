@@ -96,6 +96,8 @@ type Config struct {
 		MaxHandshakes           int           `yaml:"max_handshakes"`
 		MaxConcurrentCreates    int           `yaml:"max_concurrent_creates"`
 		IdleTimeout             time.Duration `yaml:"idle_timeout"`
+		CancelRate              int           `yaml:"cancel_rate"`  // limits.go
+		CancelBurst             int           `yaml:"cancel_burst"` // limits.go
 		AuthBackoff             struct {
 			Threshold int           `yaml:"threshold"`
 			Initial   time.Duration `yaml:"initial"`
@@ -174,6 +176,8 @@ func DefaultConfig() Config {
 	fc.Limits.AuthBackoff.Initial = time.Second
 	fc.Limits.AuthBackoff.Max = time.Minute
 	fc.Limits.AuthBackoff.Window = 10 * time.Minute
+	fc.Limits.CancelRate = 10
+	fc.Limits.CancelBurst = 20
 	fc.KeepAlive.Idle = 60 * time.Second
 	fc.KeepAlive.Interval = 10 * time.Second
 	fc.KeepAlive.Count = 6

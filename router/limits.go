@@ -18,6 +18,8 @@ func (fc *Config) validateLimits() []error {
 		"limits.max_handshakes":             l.MaxHandshakes,
 		"limits.max_concurrent_creates":     l.MaxConcurrentCreates,
 		"limits.auth_backoff.threshold":     l.AuthBackoff.Threshold,
+		"limits.cancel_rate":                l.CancelRate,
+		"limits.cancel_burst":               l.CancelBurst,
 		"keepalive.count":                   fc.KeepAlive.Count,
 	} {
 		if v < 0 {
@@ -52,6 +54,8 @@ func (fc *Config) ProxyLimits() proxy.Limits {
 		MaxConnectionsPerTenant: l.MaxConnectionsPerTenant,
 		MaxHandshakes:           l.MaxHandshakes,
 		IdleTimeout:             l.IdleTimeout,
+		CancelRate:              l.CancelRate,
+		CancelBurst:             l.CancelBurst,
 		AuthBackoff: proxy.AuthBackoff{
 			Threshold: l.AuthBackoff.Threshold,
 			Initial:   l.AuthBackoff.Initial,

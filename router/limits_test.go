@@ -25,6 +25,7 @@ limits:
   max_concurrent_creates: 4
   idle_timeout: 15m
   auth_backoff: {threshold: 5, initial: 2s, max: 30s, window: 1h}
+  cancel_rate: 5
 keepalive: {idle: 0s}
 blocked_tenants: [acme]
 `))
@@ -44,6 +45,7 @@ blocked_tenants: [acme]
 	want := proxy.Limits{
 		MaxConnections: 500, MaxConnectionsPerTenant: 20, MaxHandshakes: 1000, IdleTimeout: 15 * time.Minute,
 		AuthBackoff: proxy.AuthBackoff{Threshold: 5, Initial: 2 * time.Second, Max: 30 * time.Second, Window: time.Hour},
+		CancelRate:  5, CancelBurst: 20, // the burst's default
 	}
 	if pc.Limits != want {
 		t.Errorf("limits: %+v, want %+v", pc.Limits, want)
@@ -63,6 +65,7 @@ blocked_tenants: [acme]
 		"tenant: {carriers: [sni]}\n":                          "SNI suffix",
 		"tenant: {carriers: []}\n":                             "no tenant carrier",
 		"limits: {max_connections: -1}\n":                      "limits.max_connections",
+		"limits: {cancel_rate: -1}\n":                          "limits.cancel_rate",
 		"limits: {auth_backoff: {initial: 0s}}\n":              "limits.auth_backoff",
 		"blocked_tenants: [Acme]\n":                            "blocked_tenants",
 		"keepalive: {idle: 30s, interval: 0s}\n":               "keepalive",
