@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -66,8 +67,9 @@ var ddl = []string{
 // encrypted with AES-256-GCM. A Catalog is safe for concurrent use; it does
 // not own the pool (the caller closes it).
 type Catalog struct {
-	pool *pgxpool.Pool
-	aead cipher.AEAD // random nonce prepended by Seal; safe for concurrent use
+	pool   *pgxpool.Pool
+	aead   cipher.AEAD                  // random nonce prepended by Seal; safe for concurrent use
+	limits atomic.Pointer[CreateLimits] // nil: none (limits.go)
 }
 
 // Entry is one catalog row as listed by Catalog.List, without the password.
@@ -191,6 +193,9 @@ func (c *Catalog) Lookup(ctx context.Context, tenant string) (ep provision.Endpo
 // name before committing. So however many instances share the catalog, one
 // create runs per tenant at a time, and a tenant is created once.
 //
+// With CreateLimits set, a creation beyond them is refused with a
+// *provision.LimitError before create runs.
+//
 // created reports whether this call ran create. Errors of create are
 // returned unchanged. create runs while a catalog connection and
 // transaction stay open, so it should be bounded by ctx; if the commit fails
@@ -216,6 +221,13 @@ func (c *Catalog) Ensure(ctx context.Context, tenant, provider string,
 			err = fmt.Errorf("catalog ensure: %w", err)
 		}
 		return ep, false, err
+	}
+	if err := c.admit(ctx, tx); err != nil { // limits.go
+		var le *provision.LimitError
+		if !errors.As(err, &le) {
+			err = fmt.Errorf("catalog ensure: %w", err)
+		}
+		return provision.Endpoint{}, false, err
 	}
 	ep, err = create(ctx)
 	if err != nil {
