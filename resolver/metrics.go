@@ -4,6 +4,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pgtenant/pgtenant/provision"
 )
 
 // Metrics are the resolver's Prometheus metrics. Create them with
@@ -29,6 +31,11 @@ type Metrics struct {
 	// CatalogErrors counts fills that failed because the catalog could not
 	// be read or written.
 	CatalogErrors prometheus.Counter
+	// CreatesRefused counts tenant creations refused, by reason:
+	// create_api and create_off (tenant.create kept a client, or with off
+	// the admin API, from creating a missing tenant), max_tenants and
+	// creates_per_minute (a cluster-wide limit was reached).
+	CreatesRefused *prometheus.CounterVec
 }
 
 // NewMetrics creates the resolver metrics and registers them on reg (nil:
@@ -51,10 +58,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: []float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300},
 		}),
 		CatalogErrors: counter("catalog_errors_total", "Route fills that failed on the catalog (unreachable, timed out, wrong key)."),
+		CreatesRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "creates_refused_total",
+			Help: "Tenant creations refused: create_api, create_off (tenant.create), max_tenants, creates_per_minute.",
+		}, []string{"reason"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.CacheHits, m.CacheNegativeHits, m.CacheMisses, m.CacheEvictions,
-			m.Provisions, m.ProvisionFailures, m.ProvisionSeconds, m.CatalogErrors)
+			m.Provisions, m.ProvisionFailures, m.ProvisionSeconds, m.CatalogErrors, m.CreatesRefused)
 	}
 	return m
 }
@@ -93,4 +104,22 @@ func (m *Metrics) catalogError() {
 	if m != nil {
 		m.CatalogErrors.Inc()
 	}
+}
+
+// refused records a refused creation; reason is a CreatesRefused label.
+func (m *Metrics) refused(reason string) {
+	if m != nil {
+		m.CreatesRefused.WithLabelValues(reason).Inc()
+	}
+}
+
+// limitReason is the CreatesRefused label of a provision.LimitError setting.
+func limitReason(setting string) string {
+	switch setting {
+	case provision.LimitMaxTenants:
+		return "max_tenants"
+	case provision.LimitCreatesPerMinute:
+		return "creates_per_minute"
+	}
+	return "limit"
 }

@@ -30,7 +30,43 @@ var (
 	// ErrClosed is returned by Resolve after Close, and to the waiters of a
 	// fill that Close cancelled.
 	ErrClosed = errors.New("resolver: closed")
+	// ErrTenantNotCreated means Resolve found no route and Config.Create
+	// keeps clients from creating one (CreateAPI, CreateOff). It wraps
+	// ErrUnknownTenant. The proxy answers it as it answers a wrong password,
+	// so that clients cannot probe which tenants exist.
+	ErrTenantNotCreated = fmt.Errorf("%w (tenant.create is not auto: clients do not create tenants)", ErrUnknownTenant)
+	// ErrCreateOff is returned by Ensure when Config.Create is CreateOff.
+	ErrCreateOff = errors.New("resolver: tenant creation is off (tenant.create: off)")
+	// ErrCreateLimit means the store refused a creation because a
+	// cluster-wide limit was reached; the error also wraps the
+	// *provision.LimitError that says which.
+	ErrCreateLimit = errors.New("resolver: tenant creation limit reached")
 )
+
+// CreateMode says who may create a tenant that the store does not have.
+type CreateMode string
+
+// The creation modes (tenant.create). The zero CreateMode is CreateAuto.
+const (
+	// CreateAuto: Resolve creates a missing tenant (a client's first
+	// connect creates it), as does Ensure.
+	CreateAuto CreateMode = "auto"
+	// CreateAPI: only Ensure (the admin API's warm) creates; Resolve of a
+	// missing tenant fails with ErrTenantNotCreated.
+	CreateAPI CreateMode = "api"
+	// CreateOff: nothing creates; Resolve fails with ErrTenantNotCreated and
+	// Ensure with ErrCreateOff for a missing tenant.
+	CreateOff CreateMode = "off"
+)
+
+// Valid reports whether m is a known mode ("" counts as CreateAuto).
+func (m CreateMode) Valid() bool {
+	switch m {
+	case "", CreateAuto, CreateAPI, CreateOff:
+		return true
+	}
+	return false
+}
 
 // Via says how a route was found. It is reported in the per-session log line.
 type Via uint8
@@ -103,6 +139,17 @@ type Config struct {
 	// FillTimeout; clients give up at their own deadline. Zero or negative:
 	// no cap. Change it at runtime with SetMaxConcurrentCreates.
 	MaxConcurrentCreates int
+	// Create says who may create a missing tenant: CreateAuto (the zero
+	// value), CreateAPI or CreateOff. The store applies the cluster-wide
+	// limits (max tenants, creates per minute) itself.
+	Create CreateMode
+}
+
+func (c *Config) create() CreateMode {
+	if c.Create == "" {
+		return CreateAuto
+	}
+	return c.Create
 }
 
 func (c *Config) cacheSize() int {
@@ -230,8 +277,35 @@ func (r *Resolver) Resolve(ctx context.Context, tenant string) (Route, error) {
 	if err := ctx.Err(); err != nil {
 		return Route{}, err // don't start a fill nobody waits for
 	}
+	return r.join(ctx, tenant, tenant, false)
+}
+
+// Ensure is Resolve for an operator (the admin API's warm): it creates a
+// missing tenant unless Config.Create is CreateOff, when it fails with
+// ErrCreateOff. A remembered failure of a client's Resolve does not stop
+// it. Errors wrap those of Resolve, ErrCreateOff or ErrCreateLimit. Safe
+// for concurrent use.
+func (r *Resolver) Ensure(ctx context.Context, tenant string) (Route, error) {
+	e, hit, err := r.cached(tenant)
+	switch {
+	case err != nil:
+		return Route{}, err
+	case hit && e.err == nil:
+		return Route{Endpoint: e.ep, Via: ViaCache}, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return Route{}, err
+	}
+	// Its own flight: a client's fill, which may not create, must not
+	// answer for it. The prefix cannot start a valid tenant ID.
+	return r.join(ctx, "\x00ensure:"+tenant, tenant, true)
+}
+
+// join joins (or starts) the fill under key and waits for it or for ctx.
+// byAPI says whether Ensure (not Resolve) asked.
+func (r *Resolver) join(ctx context.Context, key, tenant string, byAPI bool) (Route, error) {
 	select {
-	case res := <-r.flight.DoChan(tenant, r.filler(ctx, tenant)):
+	case res := <-r.flight.DoChan(key, r.filler(ctx, tenant, byAPI)):
 		if res.Err != nil {
 			return Route{}, res.Err
 		}
@@ -251,6 +325,7 @@ func (r *Resolver) Invalidate(tenant string) {
 	r.mu.epoch++
 	r.mu.Unlock()
 	r.flight.Forget(tenant)
+	r.flight.Forget("\x00ensure:" + tenant)
 }
 
 // Cached reports whether a route for tenant is in the cache and not expired.
@@ -297,7 +372,7 @@ func (r *Resolver) cached(tenant string) (entry, bool, error) {
 // filler returns the singleflight function that fills tenant's route. It
 // runs on singleflight's goroutine, detached from ctx's cancellation (but
 // keeping its values), bounded by FillTimeout and by Close.
-func (r *Resolver) filler(ctx context.Context, tenant string) func() (any, error) {
+func (r *Resolver) filler(ctx context.Context, tenant string, byAPI bool) func() (any, error) {
 	return func() (any, error) {
 		r.mu.Lock()
 		if r.mu.closed {
@@ -314,12 +389,13 @@ func (r *Resolver) filler(ctx context.Context, tenant string) func() (any, error
 		stop := context.AfterFunc(r.closing, cancel)
 		defer stop()
 
-		rt, err := r.fill(fctx, tenant)
+		rt, err := r.fill(fctx, tenant, byAPI)
 		if err != nil {
 			if r.closing.Err() != nil {
 				return nil, ErrClosed
 			}
-			if ttl := r.cfg.negativeTTL(); ttl > 0 {
+			// An operator's failure is not what clients should be told.
+			if ttl := r.cfg.negativeTTL(); ttl > 0 && !byAPI {
 				r.remember(tenant, epoch, entry{err: err, expires: time.Now().Add(ttl)})
 			}
 			return nil, err
@@ -340,22 +416,32 @@ func (r *Resolver) remember(tenant string, epoch uint64, e entry) {
 	}
 }
 
-// fill finds tenant's route in the store, creating the tenant if needed.
-func (r *Resolver) fill(ctx context.Context, tenant string) (Route, error) {
-	if r.prov == nil {
+// fill finds tenant's route in the store, creating the tenant if needed
+// and Config.Create lets the caller (Ensure if byAPI, else Resolve).
+func (r *Resolver) fill(ctx context.Context, tenant string, byAPI bool) (Route, error) {
+	mode := r.cfg.create()
+	mayCreate := mode == CreateAuto || (byAPI && mode == CreateAPI)
+	if r.prov == nil || !mayCreate {
 		ep, ok, err := r.store.Lookup(ctx, tenant)
 		switch {
 		case err != nil:
 			r.cfg.Metrics.catalogError()
 			return Route{}, fmt.Errorf("%w: tenant %q: %w", ErrCatalog, tenant, err)
-		case !ok:
+		case !ok && r.prov == nil:
 			return Route{}, fmt.Errorf("%w %q", ErrUnknownTenant, tenant)
+		case !ok:
+			r.cfg.Metrics.refused("create_" + string(mode))
+			if byAPI {
+				return Route{}, fmt.Errorf("%w: tenant %q", ErrCreateOff, tenant)
+			}
+			return Route{}, fmt.Errorf("%w: tenant %q", ErrTenantNotCreated, tenant)
 		}
 		return Route{Endpoint: ep, Via: ViaCatalog}, nil
 	}
 
 	name := r.prov.Name()
 	var createErr error // set when the provider (not the store) failed
+	var limit *provision.LimitError
 	start := time.Now()
 	ep, created, err := r.ensure(ctx, tenant, name, func(ctx context.Context) (provision.Endpoint, error) {
 		pstart := time.Now()
@@ -377,6 +463,9 @@ func (r *Resolver) fill(ctx context.Context, tenant string) (Route, error) {
 		return Route{}, fmt.Errorf("%w: tenant %q: %w", ErrProvision, tenant, createErr)
 	case errors.Is(err, errCreateSlot):
 		return Route{}, fmt.Errorf("%w: tenant %q: %w", ErrProvision, tenant, err)
+	case errors.As(err, &limit):
+		r.cfg.Metrics.refused(limitReason(limit.Setting))
+		return Route{}, fmt.Errorf("%w: tenant %q: %w", ErrCreateLimit, tenant, err)
 	case err != nil:
 		r.cfg.Metrics.catalogError()
 		return Route{}, fmt.Errorf("%w: tenant %q: %w", ErrCatalog, tenant, err)
