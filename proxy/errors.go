@@ -6,6 +6,9 @@ import (
 	"net"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgtenant/pgtenant/provision"
+	"github.com/pgtenant/pgtenant/resolver"
 )
 
 // SQLSTATE codes the router sends itself.
@@ -81,4 +84,49 @@ func writeError(c net.Conn, err error) error {
 	}
 	_, werr := c.Write(buf)
 	return werr
+}
+
+// codeConfigLimitExceeded (configuration_limit_exceeded) answers a tenant
+// creation refused by tenant.max_tenants or tenant.creates_per_minute.
+const codeConfigLimitExceeded = "53400"
+
+// passwordFailed is the answer to a wrong app secret. A client naming a
+// tenant it may not create (tenant.create api or off) gets the very same
+// answer (hiddenTenant), so that the answer tells it nothing about which
+// tenants exist.
+//
+// TODO(pgtenant): auth.go spells the same text; it should call this.
+func passwordFailed(user string, cause error) *ClientError {
+	return clientErr(codeInvalidPassword,
+		fmt.Sprintf("password authentication failed for user %q", truncate(user, 64)),
+		"Use the router's app secret as the password (not a tenant database's password).", cause)
+}
+
+// hiddenTenant answers resolver.ErrTenantNotCreated as a wrong password for
+// user; other errors pass unchanged. The cause stays for the log and for
+// the connection's outcome (unknown_tenant).
+func hiddenTenant(err error, user string) error {
+	if errors.Is(err, resolver.ErrTenantNotCreated) {
+		ce := passwordFailed(user, err)
+		ce.Outcome = OutcomeUnknownTenant
+		return ce
+	}
+	return err
+}
+
+// createLimitError answers a creation refused by a cluster-wide limit
+// (resolver.ErrCreateLimit) with 53400, naming the limit and what to do.
+func createLimitError(tenant string, err error) *ClientError {
+	var le *provision.LimitError
+	if !errors.As(err, &le) {
+		le = &provision.LimitError{}
+	}
+	ce := clientErr(codeConfigLimitExceeded,
+		fmt.Sprintf("tenant %q cannot be created: %s", tenant, le.Error()),
+		"Delete tenants that are no longer needed (pgtenant tenants delete), or ask the operator to raise tenant.max_tenants.", err)
+	if le.Setting == provision.LimitCreatesPerMinute {
+		ce.Hint = fmt.Sprintf("Retry in %d s; the operator can raise tenant.creates_per_minute.", le.RetrySeconds())
+	}
+	ce.Outcome = OutcomeLimit
+	return ce
 }

@@ -122,7 +122,7 @@ func (s *Server) servePooled(ctx context.Context, c net.Conn, sess *session, log
 	s.cfg.Metrics.resolved(resolveStart, rt, err)
 	if err != nil {
 		cancel()
-		return s.fail(c, resolveError(cctx, tenant, err))
+		return s.fail(c, hiddenTenant(resolveError(cctx, tenant, err), sess.user)) // errors.go
 	}
 	pc.setRoute(rt)
 	// In transaction mode a client that asks what an earlier one asked

@@ -320,6 +320,7 @@ func isLoopback(a net.Addr) bool {
 // session is what one client connection's log line reports.
 type session struct {
 	tenant    string
+	user      string // the startup packet's user name
 	via       resolver.Via
 	routed    bool
 	upPID     uint32
@@ -485,7 +486,7 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	if err != nil {
 		return s.fail(c, err)
 	}
-	sess.tenant = tenant
+	sess.tenant, sess.user = tenant, user
 
 	if p.minor > 0 || len(p.protoOptions) > 0 {
 		// We speak 3.0 (as the upstream does); clients that asked for 3.2
@@ -531,7 +532,7 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	up, rt, err = s.connectUpstream(cctx, tenant, p.params, direct)
 	cancel() // now: its timer and its place among ctx's children would last the session
 	if err != nil {
-		return s.fail(c, err)
+		return s.fail(c, hiddenTenant(err, user)) // errors.go
 	}
 	// Held sessions are most of the router's memory: nothing below keeps
 	// up (its parameter map) alive past the greeting, only the connection.
@@ -864,6 +865,8 @@ func resolveError(ctx context.Context, tenant string, err error) error {
 		return clientErr(codeInvalidAuthSpec,
 			fmt.Sprintf("tenant %q does not exist", tenant),
 			"This router does not create tenants on connect; ask an operator to create it.", err)
+	case errors.Is(err, resolver.ErrCreateLimit):
+		return createLimitError(tenant, err) // errors.go
 	case errors.Is(err, resolver.ErrCatalog):
 		return clientErr(codeCannotConnectNow,
 			"the router cannot read its tenant catalog right now",
