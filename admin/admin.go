@@ -61,6 +61,9 @@ type PoolModes interface {
 // Resolver is this router's route cache. *resolver.Resolver implements it.
 type Resolver interface {
 	Resolve(ctx context.Context, tenant string) (resolver.Route, error)
+	// Ensure is Resolve that may create the tenant whatever tenant.create
+	// lets clients do (unless it is off): warm's path.
+	Ensure(ctx context.Context, tenant string) (resolver.Route, error)
 	Invalidate(tenant string)
 	Cached(tenant string) bool
 }

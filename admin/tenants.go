@@ -230,10 +230,19 @@ func (h *Handler) tenantAction(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		start := time.Now()
-		rt, err := h.cfg.Resolver.Resolve(ctx, id)
+		rt, err := h.cfg.Resolver.Ensure(ctx, id) // creates it, unless tenant.create is off
 		if err != nil {
 			status := http.StatusServiceUnavailable
-			if errors.Is(err, resolver.ErrUnknownTenant) {
+			var limit *provision.LimitError
+			switch {
+			case errors.Is(err, resolver.ErrCreateOff):
+				status = http.StatusForbidden
+			case errors.As(err, &limit) && limit.Setting == provision.LimitCreatesPerMinute:
+				status = http.StatusTooManyRequests
+				w.Header().Set("Retry-After", strconv.Itoa(limit.RetrySeconds()))
+			case errors.As(err, &limit):
+				status = http.StatusConflict
+			case errors.Is(err, resolver.ErrUnknownTenant):
 				status = http.StatusNotFound
 			}
 			log.Warn("admin: warm failed", "err", err)
