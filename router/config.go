@@ -12,6 +12,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/provision/neon"
 	"github.com/pgtenant/pgtenant/proxy"
+	"github.com/pgtenant/pgtenant/resolver"
 )
 
 // Environment variables that carry secrets. They override the file (so the
@@ -88,6 +89,10 @@ type Config struct {
 		Pattern   string   `yaml:"pattern"`
 		Carriers  []string `yaml:"carriers"`
 		SNISuffix string   `yaml:"sni_suffix"`
+		// Who may create tenants, and how many (tenants.go).
+		Create           string `yaml:"create"`
+		MaxTenants       int    `yaml:"max_tenants"`
+		CreatesPerMinute int    `yaml:"creates_per_minute"`
 	} `yaml:"tenant"`
 
 	Limits struct {
@@ -171,6 +176,7 @@ func DefaultConfig() Config {
 	fc.TLS.Mode = proxy.TLSModeDisable
 	fc.Tenant.Pattern = proxy.DefaultTenantPattern
 	fc.Tenant.Carriers = []string{proxy.CarrierUser}
+	fc.Tenant.Create = string(resolver.CreateAuto)
 	fc.Limits.MaxHandshakes = 1000
 	fc.Limits.AuthBackoff.Threshold = 3
 	fc.Limits.AuthBackoff.Initial = time.Second
@@ -268,6 +274,8 @@ func (fc *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("tenant.pattern: %w", err))
 		}
 	}
+	errs = append(errs, fc.validateTenantCreation()...) // tenants.go
+
 	errs = append(errs, fc.validateListen()...) // listen.go
 	errs = append(errs, fc.validateLimits()...) // limits.go
 	errs = append(errs, fc.Pool.validate()...)  // pool.go

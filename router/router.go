@@ -221,6 +221,7 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Router, err error) {
 	if r.cat, err = OpenCatalog(ctx, r.catPool, key); err != nil {
 		return nil, err
 	}
+	r.cat.SetCreateLimits(cfg.CreateLimits()) // tenants.go
 
 	r.reg = NewRegistry(opts.Version)
 	// Registered (a duplicate instance_id refused) before any cancel key
@@ -237,6 +238,7 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Router, err error) {
 		Log:         r.log,
 
 		MaxConcurrentCreates: cfg.Limits.MaxConcurrentCreates,
+		Create:               cfg.CreateMode(), // tenants.go
 	}, r.cat, r.upstream.Provider)
 
 	pcfg, err := cfg.ProxyConfig()
