@@ -185,6 +185,12 @@ const backoffEntries = 1 << 16
 // burst again, which an attacker with that many addresses has anyway).
 const cancelEntries = 1 << 16
 
+// tlsRetryWindow is how soon after a failed login over TLS a failed login
+// in plaintext from the same address for the same tenant counts as the
+// same failure: libpq with sslmode=prefer (the default) retries a refused
+// TLS login in plaintext at once, with the same password.
+const tlsRetryWindow = time.Second
+
 // limiter holds the state of Limits and of the block list. Its counters are
 // guarded by short critical sections without I/O.
 type limiter struct {
@@ -226,6 +232,9 @@ type backoffKey struct{ addr, tenant string }
 type backoffEntry struct {
 	failures    int
 	last, until time.Time
+	// tlsFailed is when the last failure over TLS was, while a plaintext
+	// retry of it may still come (zero: none pending; see tlsRetryWindow).
+	tlsFailed time.Time
 }
 
 // forgetAt is when e no longer matters.
@@ -406,7 +415,8 @@ func (s *Server) authenticateClient(c net.Conn, user, tenant string) error {
 	case err == nil:
 		s.lim.authSucceeded(key)
 	case errors.As(err, &ce) && ce.Code == codeInvalidPassword:
-		s.lim.authFailed(key, &b)
+		_, overTLS := c.(*tlsConn)
+		s.lim.authFailed(key, &b, overTLS)
 	}
 	return err
 }
@@ -423,13 +433,27 @@ func (l *limiter) throttled(key backoffKey) time.Duration {
 	return e.until.Sub(now)
 }
 
-func (l *limiter) authFailed(key backoffKey, b *AuthBackoff) {
+// authFailed counts a failed login of key, made over TLS or not. A
+// plaintext failure within tlsRetryWindow of a TLS one is libpq's
+// sslmode=prefer retry of the same login: it is not counted again, so
+// that one typo is one failure.
+func (l *limiter) authFailed(key backoffKey, b *AuthBackoff, overTLS bool) {
 	now := l.now()
 	l.backoff.Lock()
 	defer l.backoff.Unlock()
 	e, ok := l.backoff.lru.Peek(key)
 	if ok && now.After(e.forgetAt(b)) {
 		e = backoffEntry{}
+	}
+	retry := !overTLS && !e.tlsFailed.IsZero() && !now.Before(e.tlsFailed) && now.Sub(e.tlsFailed) <= tlsRetryWindow
+	e.tlsFailed = time.Time{}
+	if overTLS {
+		e.tlsFailed = now
+	}
+	if retry {
+		e.last = now
+		l.backoff.lru.Add(key, e)
+		return
 	}
 	e.failures++
 	e.last = now
