@@ -695,7 +695,10 @@ func (s *Server) fail(c net.Conn, err error) error {
 // How long lingerClose waits: after a refusal, after a kill.
 const (
 	refuseLinger = 100 * time.Millisecond
-	killLinger   = time.Second
+	// A killed session's client may be busy elsewhere for a while before
+	// it writes again; 1s proved short on a loaded machine (a client that
+	// wrote 1s after its session was killed lost its 57P01 to the reset).
+	killLinger = 3 * time.Second
 )
 
 // lingerClose half-closes c and discards what the client already sent, so

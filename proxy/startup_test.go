@@ -103,7 +103,9 @@ func TestReadStartupPacketLengthCap(t *testing.T) {
 // bytes read past the last packet stay pending; the ends of the stream are
 // io.EOF before a packet and io.ErrUnexpectedEOF inside one.
 func TestStartupReader(t *testing.T) {
-	pkt := func(body []byte) []byte { return append(binary.BigEndian.AppendUint32(nil, uint32(len(body)+4)), body...) }
+	pkt := func(body []byte) []byte {
+		return append(binary.BigEndian.AppendUint32(nil, uint32(len(body)+4)), body...)
+	}
 	ssl := pkt(binary.BigEndian.AppendUint32(nil, sslRequestCode))
 	small := startupBody(3<<16, "user", "u")
 	big := startupBody(3<<16, "user", "u", "options", strings.Repeat("x", 600))
