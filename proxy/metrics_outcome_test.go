@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/resolver"
 )
 
@@ -36,6 +37,8 @@ func TestOutcome(t *testing.T) {
 		{"limit", &session{}, clientErr(codeTooManyConnections, "limit", "", nil), false, OutcomeLimit},
 		{"unknown tenant", &session{}, resolveError(context.Background(), "x", fmt.Errorf("%w %q", resolver.ErrUnknownTenant, "x")), false, OutcomeUnknownTenant},
 		{"catalog down", &session{}, resolveError(context.Background(), "x", resolver.ErrCatalog), false, OutcomeCatalogError},
+		{"unknown tenant answered as a wrong secret", &session{}, hiddenTenant(resolveError(context.Background(), "x", fmt.Errorf("%w: tenant %q", resolver.ErrTenantNotCreated, "x")), "x"), false, OutcomeUnknownTenant},
+		{"creation limit", &session{}, resolveError(context.Background(), "x", fmt.Errorf("%w: %w", resolver.ErrCreateLimit, &provision.LimitError{Setting: provision.LimitMaxTenants, Max: 3})), false, OutcomeLimit},
 		{"provider down", &session{}, resolveError(context.Background(), "x", resolver.ErrProvision), false, OutcomeProvisionError},
 		{"upstream unreachable", &session{}, clientErr(codeConnectionFailure, "unreachable", "", io.EOF), false, OutcomeUpstreamError},
 		{"upstream refused", &session{}, &ClientError{Code: "53300", Err: &pgconn.PgError{Code: "53300"}}, false, OutcomeUpstreamError},
