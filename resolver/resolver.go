@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
@@ -141,15 +142,9 @@ type Config struct {
 	MaxConcurrentCreates int
 	// Create says who may create a missing tenant: CreateAuto (the zero
 	// value), CreateAPI or CreateOff. The store applies the cluster-wide
-	// limits (max tenants, creates per minute) itself.
+	// limits (max tenants, creates per minute) itself. Change it at
+	// runtime with SetCreateMode.
 	Create CreateMode
-}
-
-func (c *Config) create() CreateMode {
-	if c.Create == "" {
-		return CreateAuto
-	}
-	return c.Create
 }
 
 func (c *Config) cacheSize() int {
@@ -214,8 +209,9 @@ type Resolver struct {
 	flight  singleflight.Group
 	closing context.Context // done once Close is called; cancels fills
 	stop    context.CancelFunc
-	fills   sync.WaitGroup // running fill functions; Add only under mu while !closed
-	creates semaphore      // MaxConcurrentCreates (limit.go)
+	fills   sync.WaitGroup             // running fill functions; Add only under mu while !closed
+	creates semaphore                  // MaxConcurrentCreates (limit.go)
+	mode    atomic.Pointer[CreateMode] // Config.Create, as SetCreateMode changes it
 
 	mu struct {
 		sync.Mutex
@@ -245,6 +241,7 @@ func New(cfg Config, store Store, p Provisioner) *Resolver {
 	}
 	r.closing, r.stop = context.WithCancel(context.Background())
 	r.creates.resize(cfg.MaxConcurrentCreates)
+	r.SetCreateMode(cfg.Create)
 	cache, err := simplelru.NewLRU[string, entry](cfg.cacheSize(), nil)
 	if err != nil {
 		panic("resolver: " + err.Error()) // unreachable: cacheSize() is positive
@@ -300,6 +297,19 @@ func (r *Resolver) Ensure(ctx context.Context, tenant string) (Route, error) {
 	// answer for it. The prefix cannot start a valid tenant ID.
 	return r.join(ctx, "\x00ensure:"+tenant, tenant, true)
 }
+
+// SetCreateMode changes Config.Create at runtime; "" means CreateAuto.
+// Fills already running keep the mode they started with. Safe for
+// concurrent use.
+func (r *Resolver) SetCreateMode(m CreateMode) {
+	if m == "" {
+		m = CreateAuto
+	}
+	r.mode.Store(&m)
+}
+
+// createMode is the mode in force.
+func (r *Resolver) createMode() CreateMode { return *r.mode.Load() }
 
 // join joins (or starts) the fill under key and waits for it or for ctx.
 // byAPI says whether Ensure (not Resolve) asked.
@@ -419,7 +429,7 @@ func (r *Resolver) remember(tenant string, epoch uint64, e entry) {
 // fill finds tenant's route in the store, creating the tenant if needed
 // and Config.Create lets the caller (Ensure if byAPI, else Resolve).
 func (r *Resolver) fill(ctx context.Context, tenant string, byAPI bool) (Route, error) {
-	mode := r.cfg.create()
+	mode := r.createMode()
 	mayCreate := mode == CreateAuto || (byAPI && mode == CreateAPI)
 	if r.prov == nil || !mayCreate {
 		ep, ok, err := r.store.Lookup(ctx, tenant)

@@ -13,10 +13,12 @@ import (
 // that changes one says so in a warning. The TLS certificate and key files
 // are read again too, but changing their paths (or tls.mode) needs a
 // restart.
-var reloadable = []string{"log.level", "limits.", "blocked_tenants"}
+var reloadable = []string{"log.level", "limits.", "blocked_tenants", "tenant.create", "tenant.max_tenants", "tenant.creates_per_minute"}
 
 // Reload applies nc's reloadable keys to the running router: the log level
-// (when Options.Level was given), the limits, the block list's
+// (when Options.Level was given), the limits, who may create tenants and
+// how many (tenant.create, tenant.max_tenants, tenant.creates_per_minute),
+// the block list's
 // blocked_tenants (and the shared list, read again from the catalog, as are
 // the per-tenant pool modes), and
 // the client TLS certificate (its files read again). Changed keys that need
@@ -39,6 +41,16 @@ func (r *Router) Reload(ctx context.Context, nc Config) error {
 		r.res.SetMaxConcurrentCreates(nc.Limits.MaxConcurrentCreates)
 		r.cur.Limits = nc.Limits
 		applied = append(applied, "limits")
+	}
+	if nc.Tenant.Create != r.cur.Tenant.Create {
+		r.res.SetCreateMode(nc.CreateMode()) // tenants.go
+		r.cur.Tenant.Create = nc.Tenant.Create
+		applied = append(applied, "tenant.create")
+	}
+	if nc.CreateLimits() != r.cur.CreateLimits() {
+		r.cat.SetCreateLimits(nc.CreateLimits())
+		r.cur.Tenant.MaxTenants, r.cur.Tenant.CreatesPerMinute = nc.Tenant.MaxTenants, nc.Tenant.CreatesPerMinute
+		applied = append(applied, "tenant.max_tenants,tenant.creates_per_minute")
 	}
 	if !slices.Equal(nc.BlockedTenants, r.cur.BlockedTenants) {
 		r.blocks.setFile(nc.BlockedTenants)
