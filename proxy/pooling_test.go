@@ -220,57 +220,50 @@ func TestPoolClientLeavingMidTransaction(t *testing.T) {
 	}
 }
 
-func TestPoolBudgetQueuesThen53300(t *testing.T) {
-	pgtest.CheckGoroutines(t)
-	opt, _ := withPool(t, proxy.PoolTransaction, pool.Config{MaxServerConnections: 1, QueueTimeout: 300 * time.Millisecond})
-	r := startRouter(t, newCatalogDB(t), opt)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	tenant := newTenant("pbudget")
-	holder, waiter := r.simple(t, tenant), r.simple(t, tenant)
-	tx, err := holder.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The one connection is held: the other client queues, then is told.
-	_, err = waiter.Exec(ctx, "SELECT 1")
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || pgErr.Code != "53300" || !strings.Contains(pgErr.Message, "all 1 server connections") {
-		t.Fatalf("query over the budget: %v, want 53300 naming the budget", err)
-	}
-	if err := tx.Commit(ctx); err != nil {
-		t.Fatal(err)
-	}
-	// Freed, the budget serves a new client.
-	if got := queryString(t, r.simple(t, tenant), "SELECT 'ok'"); got != "ok" {
-		t.Fatal(got)
-	}
-}
-
-// TestPoolWaitPastConnectTimeout: a client whose wait for a server
-// connection outlasts connect_timeout (here shorter than the queue
-// timeout) is told so with 57P03, at login and between transactions, not
-// left with a closed connection or a handshake error.
-func TestPoolWaitPastConnectTimeout(t *testing.T) {
-	pgtest.CheckGoroutines(t)
-	opt, _ := withPool(t, proxy.PoolTransaction, pool.Config{MaxServerConnections: 1, QueueTimeout: time.Minute})
-	// Long enough for the tenant's creation at the first login.
-	r := startRouter(t, newCatalogDB(t), opt, func(c *proxy.Config) { c.ConnectTimeout = 3 * time.Second })
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	tenant := newTenant("pwait")
-	holder, waiter := r.simple(t, tenant), r.simple(t, tenant)
-	tx, err := holder.Begin(ctx) // the budget's one connection, held
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = waiter.Exec(ctx, "SELECT 1")
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || pgErr.Code != "57P03" || !strings.Contains(pgErr.Message, "connect_timeout") {
-		t.Fatalf("query waiting past connect_timeout: %v, want 57P03 naming connect_timeout", err)
-	}
-	if err := tx.Commit(ctx); err != nil {
-		t.Fatal(err)
+// TestPoolWaitEnds: with the budget's one connection held, another client
+// queues; its wait ends after pool.queue_timeout with 53300 naming the
+// budget, or after connect_timeout if that is shorter with 57P03 naming it,
+// never with a closed connection or a handshake error. Freed, the budget
+// serves a new client.
+func TestPoolWaitEnds(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		queueTimeout   time.Duration
+		connectTimeout time.Duration // 0: the default
+		code, message  string
+	}{
+		{"queue_timeout", 300 * time.Millisecond, 0, "53300", "all 1 server connections"},
+		// connect_timeout long enough for the tenant's creation at the first login.
+		{"connect_timeout", time.Minute, 3 * time.Second, "57P03", "connect_timeout"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pgtest.CheckGoroutines(t)
+			opt, _ := withPool(t, proxy.PoolTransaction, pool.Config{MaxServerConnections: 1, QueueTimeout: tc.queueTimeout})
+			r := startRouter(t, newCatalogDB(t), opt, func(c *proxy.Config) {
+				if tc.connectTimeout > 0 {
+					c.ConnectTimeout = tc.connectTimeout
+				}
+			})
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			tenant := newTenant("pwait")
+			holder, waiter := r.simple(t, tenant), r.simple(t, tenant)
+			tx, err := holder.Begin(ctx) // the budget's one connection, held
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = waiter.Exec(ctx, "SELECT 1")
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || pgErr.Code != tc.code || !strings.Contains(pgErr.Message, tc.message) {
+				t.Fatalf("query waiting: %v, want %s naming %q", err, tc.code, tc.message)
+			}
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if got := queryString(t, r.simple(t, tenant), "SELECT 'ok'"); got != "ok" {
+				t.Fatal(got)
+			}
+		})
 	}
 }
 
