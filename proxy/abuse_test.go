@@ -336,3 +336,34 @@ type fakeListener struct{ addr net.Addr }
 func (l fakeListener) Accept() (net.Conn, error) { return nil, net.ErrClosed }
 func (l fakeListener) Close() error              { return nil }
 func (l fakeListener) Addr() net.Addr            { return l.addr }
+
+// TestRefusedAfterAuthHearsNoAuthOk: a client refused after it
+// authenticated (here a blocked tenant, under trust) gets the ErrorResponse
+// alone, as a client with a wrong password does: AuthenticationOk comes only
+// with the greeting, so whether a refusal came before or after the
+// authentication is not told by the stream.
+func TestRefusedAfterAuthHearsNoAuthOk(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	r := startRouter(t, newCatalogDB(t), func(c *proxy.Config) { c.Auth = proxy.Auth{Method: proxy.AuthTrust} })
+	tenant := newTenant("noauthok")
+	r.srv.SetBlocked([]string{tenant})
+	c := rawConn(t, r.addr)
+	body := binary.BigEndian.AppendUint32(nil, 3<<16)
+	for _, s := range []string{"user", tenant, "database", "app"} {
+		body = append(append(body, s...), 0)
+	}
+	body = append(body, 0)
+	if _, err := c.Write(append(binary.BigEndian.AppendUint32(nil, uint32(len(body)+4)), body...)); err != nil {
+		t.Fatal(err)
+	}
+	if e := readError(t, c); e.Code != "28000" { // readError: an ErrorResponse and nothing else
+		t.Fatalf("code %s (%s), want 28000", e.Code, e.Message)
+	}
+	// Admitted, the same client hears AuthenticationOk first, in the greeting.
+	r.srv.SetBlocked(nil)
+	conn, err := pgconn.Connect(t.Context(), r.dsn(tenant, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.Close(t.Context())
+}

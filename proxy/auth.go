@@ -140,12 +140,16 @@ const (
 )
 
 // authenticate runs the authentication exchange with the client and, on
-// success, sends AuthenticationOk. user is only used in messages. Over TLS,
+// success, returns the messages that end it (SCRAM's AuthenticationSASLFinal,
+// then AuthenticationOk), encoded but not sent: the caller sends them with
+// the greeting once the session is set up, and not at all if it is refused
+// (so a client whose tenant is refused hears what a wrong password hears,
+// and the greeting is one write). user is only used in messages. Over TLS,
 // SCRAM-SHA-256-PLUS is offered too, bound to the certificate the handshake
 // presented (libpq's channel_binding=require).
-func (a *authenticator) authenticate(c net.Conn, user string, maxMsg int) error {
+func (a *authenticator) authenticate(c net.Conn, user string, maxMsg int) (final []byte, err error) {
 	if a.trust {
-		return writeMsgs(c, &pgproto3.AuthenticationOk{})
+		return (&pgproto3.AuthenticationOk{}).Encode(nil)
 	}
 	cb := channelBinding(c)
 	mechs := []string{mechSCRAM}
@@ -155,52 +159,51 @@ func (a *authenticator) authenticate(c net.Conn, user string, maxMsg int) error 
 		conv = a.server.NewConversationWithChannelBinding(scram.ChannelBinding{Type: scram.ChannelBindingTLSServerEndpoint, Data: cb})
 	}
 	if err := writeMsgs(c, &pgproto3.AuthenticationSASL{AuthMechanisms: mechs}); err != nil {
-		return err
+		return nil, err
 	}
 
 	body, err := readSASLMessage(c, maxMsg)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var initial pgproto3.SASLInitialResponse
 	if err := initial.Decode(body); err != nil {
-		return clientErr(codeProtocolViolation, "malformed SASLInitialResponse", "", err)
+		return nil, clientErr(codeProtocolViolation, "malformed SASLInitialResponse", "", err)
 	}
 	if !slices.Contains(mechs, initial.AuthMechanism) {
-		return clientErr(codeProtocolViolation,
+		return nil, clientErr(codeProtocolViolation,
 			fmt.Sprintf("client selected an invalid SASL authentication mechanism %q", truncate(initial.AuthMechanism, 32)),
 			"The router offers "+strings.Join(mechs, " and ")+".", nil)
 	}
 	if err := checkGS2Flag(initial.AuthMechanism, initial.Data, cb != nil); err != nil {
-		return err
+		return nil, err
 	}
 	serverFirst, err := conv.Step(string(initial.Data))
 	if err != nil {
-		return clientErr(codeProtocolViolation, "malformed SCRAM message", "", err)
+		return nil, clientErr(codeProtocolViolation, "malformed SCRAM message", "", err)
 	}
 	if err := writeMsgs(c, &pgproto3.AuthenticationSASLContinue{Data: []byte(serverFirst)}); err != nil {
-		return err
+		return nil, err
 	}
 
 	body, err = readSASLMessage(c, maxMsg)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var resp pgproto3.SASLResponse
 	if err := resp.Decode(body); err != nil {
-		return clientErr(codeProtocolViolation, "malformed SASLResponse", "", err)
+		return nil, clientErr(codeProtocolViolation, "malformed SASLResponse", "", err)
 	}
 	serverFinal, err := conv.Step(string(resp.Data))
 	if serverFinal == scram.ErrChannelBindingsDontMatch {
-		return clientErr(codeInvalidPassword, "SCRAM channel binding check failed",
+		return nil, clientErr(codeInvalidPassword, "SCRAM channel binding check failed",
 			"The TLS connection the client sees is not the router's: something between them terminates TLS.", err)
 	}
 	if err != nil || !conv.Valid() {
-		return clientErr(codeInvalidPassword,
-			fmt.Sprintf("password authentication failed for user %q", truncate(user, 64)),
-			"Use the router's app secret as the password (not a tenant database's password).", err)
+		return nil, passwordFailed(user, err)
 	}
-	return writeMsgs(c, &pgproto3.AuthenticationSASLFinal{Data: []byte(serverFinal)}, &pgproto3.AuthenticationOk{})
+	final, _ = (&pgproto3.AuthenticationSASLFinal{Data: []byte(serverFinal)}).Encode(nil)
+	return (&pgproto3.AuthenticationOk{}).Encode(final)
 }
 
 // checkGS2Flag applies the channel binding rules of RFC 5802 (as PostgreSQL

@@ -94,8 +94,6 @@ const codeConfigLimitExceeded = "53400"
 // tenant it may not create (tenant.create api or off) gets the very same
 // answer (hiddenTenant), so that the answer tells it nothing about which
 // tenants exist.
-//
-// TODO(pgtenant): auth.go spells the same text; it should call this.
 func passwordFailed(user string, cause error) *ClientError {
 	return clientErr(codeInvalidPassword,
 		fmt.Sprintf("password authentication failed for user %q", truncate(user, 64)),

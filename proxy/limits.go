@@ -397,7 +397,8 @@ func (s *Server) admit(tenant string) (release func(), err error) {
 // authenticateClient authenticates c for tenant under the auth backoff: a
 // throttled (address, tenant) is refused before it is asked for a password,
 // a wrong password counts as a failure and a success clears the failures.
-func (s *Server) authenticateClient(c net.Conn, user, tenant string) error {
+// On success it returns the exchange's final messages, for greet to send.
+func (s *Server) authenticateClient(c net.Conn, user, tenant string) ([]byte, error) {
 	b := s.lim.limits.Load().AuthBackoff
 	if b.Threshold <= 0 {
 		return s.auth.authenticate(c, user, s.cfg.maxStartupPacket())
@@ -405,11 +406,11 @@ func (s *Server) authenticateClient(c net.Conn, user, tenant string) error {
 	key := backoffKey{addr: addrKey(c.RemoteAddr()), tenant: tenant}
 	if wait := s.lim.throttled(key); wait > 0 {
 		secs := (wait + time.Second - 1) / time.Second
-		return clientErr(codeInvalidPassword,
+		return nil, clientErr(codeInvalidPassword,
 			fmt.Sprintf("too many failed authentication attempts for tenant %q from this address; retry in %ds", tenant, secs),
 			"After repeated wrong passwords the router refuses an address for a while, longer after each further failure. Check the app secret.", nil)
 	}
-	err := s.auth.authenticate(c, user, s.cfg.maxStartupPacket())
+	final, err := s.auth.authenticate(c, user, s.cfg.maxStartupPacket())
 	var ce *ClientError
 	switch {
 	case err == nil:
@@ -418,7 +419,7 @@ func (s *Server) authenticateClient(c net.Conn, user, tenant string) error {
 		_, overTLS := c.(*tlsConn)
 		s.lim.authFailed(key, &b, overTLS)
 	}
-	return err
+	return final, err
 }
 
 // throttled returns how long key is still refused (0: not refused).

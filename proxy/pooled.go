@@ -176,7 +176,7 @@ func (s *Server) servePooled(ctx context.Context, c net.Conn, sess *session, log
 	key, release := s.cancels.register(cancelTarget{pid: g.pid, follow: &pc.current})
 	sess.onEnd(release)
 
-	if err := greet(c, g.params, key, 'I'); err != nil {
+	if err := greet(c, sess.authFinal, g.params, key, 'I'); err != nil {
 		giveBack()
 		return err
 	}
@@ -818,6 +818,7 @@ func (pc *pooledClient) finish(cause error) error {
 	pc.mu.Lock()
 	clean := end.kind != endServerGone && pc.releasableLocked()
 	st := pc.tr.TxStatus()
+	atBoundary := pc.tr.AtBoundary() || pc.tr.AtReady()
 	pc.conn = nil
 	pc.current.Store(nil)
 	pc.mu.Unlock()
@@ -841,6 +842,13 @@ func (pc *pooledClient) finish(cause error) error {
 		return errKilled
 	case endClientGone, endServerGone:
 		return end.err
+	}
+	if reason := pc.ls.killed.Load(); reason != nil && atBoundary {
+		// Killed, and run ended the session (the client wrote again)
+		// before the pump could tell the client: tell it here.
+		_ = writeMsgs(pc.client, toErrorResponse(reason))
+		lingerClose(pc.client, killLinger)
+		return errKilled
 	}
 	return pc.tell(cause)
 }

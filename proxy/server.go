@@ -329,6 +329,7 @@ type session struct {
 	cancelReq bool
 	direct    bool   // on the direct endpoint (pgtenant.endpoint=direct)
 	sni       string // TLS server name the client sent
+	authFinal []byte // the authentication's last messages, sent by greet
 
 	killedBy *ClientError // why the router ended the routed session, if it did (metrics)
 
@@ -500,9 +501,13 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 		}
 	}
 	authStart := time.Now()
-	if err := s.authenticateClient(c, user, tenant); err != nil { // with the auth backoff (limits.go)
+	// The exchange's last messages (AuthenticationOk) go with the greeting:
+	// a session refused before it hears nothing a wrong password does not.
+	authFinal, err := s.authenticateClient(c, user, tenant) // with the auth backoff (limits.go)
+	if err != nil {
 		return s.fail(c, err)
 	}
+	sess.authFinal = authFinal
 	s.cfg.Metrics.authDone(authStart)
 	doneHandshake()
 	releaseSlot, err := s.admit(tenant) // block list, connection caps (limits.go)
@@ -558,7 +563,7 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	})
 	sess.onEnd(release)
 
-	if err := greet(c, up.ParameterStatuses, key, up.TxStatus); err != nil {
+	if err := greet(c, sess.authFinal, up.ParameterStatuses, key, up.TxStatus); err != nil {
 		return err
 	}
 	_ = c.SetDeadline(time.Time{}) // from here on liveness is TCP keepalive's job
@@ -603,19 +608,24 @@ func relay(client, upstream net.Conn, ls *liveSession) error {
 	return err
 }
 
-// greet ends a client's login: the server's parameters, the client's
-// cancel key (the router's, see cancelKey) and ReadyForQuery.
-func greet(c net.Conn, params map[string]string, key cancelKey, txStatus byte) error {
+// greet ends a client's login in one write: first, the authentication's
+// last messages (authFinal: AuthenticationOk, after SCRAM's final message),
+// then the server's parameters, the client's cancel key (the router's, see
+// cancelKey) and ReadyForQuery.
+func greet(c net.Conn, authFinal []byte, params map[string]string, key cancelKey, txStatus byte) error {
 	var secret [4]byte
 	binary.BigEndian.PutUint32(secret[:], key.secret)
-	msgs := make([]pgproto3.BackendMessage, 0, len(params)+2)
+	buf := append(make([]byte, 0, len(authFinal)+32*len(params)+32), authFinal...)
+	var err error
 	for name, value := range params {
-		msgs = append(msgs, &pgproto3.ParameterStatus{Name: name, Value: value})
+		if buf, err = (&pgproto3.ParameterStatus{Name: name, Value: value}).Encode(buf); err != nil {
+			return err
+		}
 	}
-	msgs = append(msgs,
-		&pgproto3.BackendKeyData{ProcessID: key.pid, SecretKey: secret[:]},
-		&pgproto3.ReadyForQuery{TxStatus: txStatus})
-	return writeMsgs(c, msgs...)
+	buf, _ = (&pgproto3.BackendKeyData{ProcessID: key.pid, SecretKey: secret[:]}).Encode(buf)
+	buf, _ = (&pgproto3.ReadyForQuery{TxStatus: txStatus}).Encode(buf)
+	_, err = c.Write(buf)
+	return err
 }
 
 // negotiate reads startup-phase packets until a StartupMessage or a
