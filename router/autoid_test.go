@@ -130,3 +130,23 @@ func TestAutoInstanceID(t *testing.T) {
 		}
 	})
 }
+
+// With every ID live, an auto instance refuses to start, saying so.
+func TestAutoInstanceIDAllTaken(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	r, cfg := start(t, member(nil, router.InstanceIDAuto))
+	ctx := context.Background()
+	for id := 1; id < 256; id++ {
+		reg, err := r.Catalog().Register(ctx, uint8(id), "127.0.0.1:1", time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = reg.Deregister(context.Background()) })
+	}
+	c := cfg
+	member(&cfg, router.InstanceIDAuto)(&c)
+	_, err := router.New(ctx, c, router.Options{})
+	if err == nil || !strings.Contains(err.Error(), "all 256 instance IDs") {
+		t.Fatalf("auto with all 256 IDs live: %v, want a refusal saying so", err)
+	}
+}

@@ -379,7 +379,8 @@ func (c *cluster) heartbeat(ctx context.Context) {
 			c.heartbeatFailures.WithLabelValues("taken").Inc()
 			if failing != "taken" {
 				c.log.Error("this instance's registry entry expired and another instance took its instance_id: "+
-					"cancel keys of the two collide; give each instance its own instance_id and restart one", "err", err)
+					"cancel keys of the two collide; give each instance its own instance_id and restart one "+
+					"(with instance_id auto, restart this one: it claims a free ID)", "err", err)
 			}
 			failing = "taken"
 		case err != nil:
