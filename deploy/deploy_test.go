@@ -406,6 +406,9 @@ type container struct {
 				Key      string `yaml:"key"`
 				Optional bool   `yaml:"optional"`
 			} `yaml:"secretKeyRef"`
+			FieldRef *struct {
+				FieldPath string `yaml:"fieldPath"`
+			} `yaml:"fieldRef"`
 		} `yaml:"valueFrom"`
 	} `yaml:"env"`
 	ReadinessProbe *probe `yaml:"readinessProbe"`
@@ -575,7 +578,8 @@ func port(t *testing.T, what, addr string) int {
 // router reads unset).
 func loadConfigMap(t *testing.T, m k8s, env map[string]string) router.Config {
 	t.Helper()
-	for _, k := range []string{router.EnvPassword, router.EnvAdminDSN, router.EnvCatalogDSN, router.EnvCatalogKey, router.EnvNeonAPIKey, router.EnvAdminToken} {
+	for _, k := range []string{router.EnvPassword, router.EnvAdminDSN, router.EnvCatalogDSN, router.EnvCatalogKey, router.EnvNeonAPIKey, router.EnvAdminToken,
+		router.EnvClusterSecret, router.EnvClusterAdvertise} {
 		t.Setenv(k, "")
 	}
 	for k, v := range env {
@@ -618,6 +622,37 @@ func secretEnv(c container) (required, optional []string) {
 		}
 	}
 	return required, optional
+}
+
+// dummyPodIP stands in for the pod's IP (fieldRef status.podIP).
+const dummyPodIP = "10.244.1.7"
+
+// plainEnv is the Deployment's environment that is not from Secrets, as
+// Kubernetes sets it: fieldRef status.podIP as dummyPodIP, and $(NAME) in a
+// value replaced by an earlier variable's value (a reference to a later or
+// unknown one is left as is by Kubernetes, an error here).
+func plainEnv(t *testing.T, c container) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	ref := regexp.MustCompile(`\$\(([A-Za-z_][A-Za-z0-9_]*)\)`)
+	for _, e := range c.Env {
+		switch {
+		case e.ValueFrom == nil:
+			out[e.Name] = ref.ReplaceAllStringFunc(e.Value, func(m string) string {
+				v, ok := out[m[2:len(m)-1]]
+				if !ok {
+					t.Errorf("env %s: %s names no variable defined before it", e.Name, m)
+				}
+				return v
+			})
+		case e.ValueFrom.FieldRef != nil:
+			if e.ValueFrom.FieldRef.FieldPath != "status.podIP" {
+				t.Errorf("env %s: fieldRef %s: the test knows only status.podIP", e.Name, e.ValueFrom.FieldRef.FieldPath)
+			}
+			out[e.Name] = dummyPodIP
+		}
+	}
+	return out
 }
 
 // exampleDrainTimeout is the drain_timeout the systemd units run with:
@@ -930,6 +965,25 @@ func TestKubernetesManifests(t *testing.T) {
 		t.Errorf("container ports %+v: want postgres %d and admin %d (the ConfigMap's listen and admin.listen)", c.Ports, listen, admin)
 	}
 
+	// Cluster: one ConfigMap for every pod, so IDs are claimed (auto) and
+	// each pod advertises its own IP on the peer port.
+	if !cfg.Cluster.On() || !cfg.InstanceID.Auto() {
+		t.Fatalf("ConfigMap: cluster.peer_listen %q, instance_id %v: want the cluster on with instance_id auto (every pod reads one file)",
+			cfg.Cluster.PeerListen, cfg.InstanceID)
+	}
+	peer := port(t, "ConfigMap cluster.peer_listen", cfg.Cluster.PeerListen)
+	if got := containerPort(c, "peer"); got != peer {
+		t.Errorf("container ports %+v: want peer %d (the ConfigMap's cluster.peer_listen)", c.Ports, peer)
+	}
+	env := plainEnv(t, c)
+	if adv := env[router.EnvClusterAdvertise]; adv != net.JoinHostPort(dummyPodIP, strconv.Itoa(peer)) {
+		t.Errorf("env %s = %q with the pod's IP %s: want %s:%d, the pod's IP (fieldRef status.podIP) and cluster.peer_listen's port",
+			router.EnvClusterAdvertise, adv, dummyPodIP, dummyPodIP, peer)
+	}
+	if required, _ := secretEnv(c); !slices.Contains(required, router.EnvClusterSecret) {
+		t.Errorf("env %s: want it from the Secret, required (forwards are signed with it)", router.EnvClusterSecret)
+	}
+
 	// Probes: HTTP on the admin port; the paths are checked against a
 	// running router in TestProbesAgainstRouter.
 	for name, p := range map[string]*probe{"readinessProbe": c.ReadinessProbe, "livenessProbe": c.LivenessProbe} {
@@ -993,6 +1047,8 @@ func TestKubernetesManifests(t *testing.T) {
 			toListen = true
 		case admin:
 			t.Errorf("Service port %s exposes the admin listener", p.Name)
+		case peer:
+			t.Errorf("Service port %s exposes the peer listener (pods dial each other's IPs)", p.Name)
 		}
 	}
 	if !toListen {
@@ -1045,13 +1101,22 @@ func TestKubernetesConfigValidates(t *testing.T) {
 			t.Errorf("env %s: the router does not read it (router.Env* names the ones it does)", name)
 		}
 	}
-	env := map[string]string{}
+	// So are the ones with values of their own (the pod's address).
+	env := plainEnv(t, c)
+	for name, v := range env {
+		if !strings.HasPrefix(name, "PGTENANT_") {
+			continue
+		}
+		if reflect.DeepEqual(loadConfigMap(t, m, nil), loadConfigMap(t, m, map[string]string{name: v})) {
+			t.Errorf("env %s: the router does not read it (router.Env* names the ones it does)", name)
+		}
+	}
 	for _, name := range required {
 		env[name] = dummy(name)
 	}
 	cfg := loadConfigMap(t, m, env)
 	if err := cfg.Validate(); err != nil {
-		t.Errorf("ConfigMap config.yaml with the Deployment's required secrets %q:\n%v", required, err)
+		t.Errorf("ConfigMap config.yaml with the Deployment's environment and required secrets %q:\n%v", required, err)
 	}
 	// The ConfigMap listens where the pod can be reached.
 	for what, addr := range map[string]string{"listen": cfg.Listen, "admin.listen": cfg.Admin.Listen} {
@@ -1083,6 +1148,9 @@ func TestProbesAgainstRouter(t *testing.T) {
 	cfg.Catalog.DSN = cl.AdminDSN(pgtest.CreateDB(t, cl))
 	cfg.Provider.Local.AdminDSN = cl.AdminDSN("postgres")
 	cfg.Provider.Local.Prefix = "dp_"
+	// The ConfigMap's cluster (instance_id auto) on loopback: the pod's
+	// address and secret come from the environment.
+	cfg.Cluster.PeerListen, cfg.Cluster.Advertise, cfg.Cluster.Secret = "127.0.0.1:0", "", catalog.NewKey()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	r, err := router.New(ctx, cfg, router.Options{})

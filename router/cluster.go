@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/proxy"
@@ -20,6 +21,73 @@ import (
 // cancel requests forwarded between router instances.
 const EnvClusterSecret = "PGTENANT_CLUSTER_SECRET"
 
+// EnvClusterAdvertise overrides cluster.advertise, so that one config file
+// (a Kubernetes ConfigMap) serves every instance: each sets its own
+// address, e.g. from the pod's IP.
+const EnvClusterAdvertise = "PGTENANT_CLUSTER_ADVERTISE"
+
+// InstanceID is instance_id: a fixed ID (0-255), the 8 bits of every
+// cancel key this instance issues, or InstanceIDAuto.
+type InstanceID int16
+
+// InstanceIDAuto (instance_id: auto) makes the instance claim the lowest ID
+// no live instance in the cluster's registry holds, when it registers. It
+// needs the cluster on (cluster.peer_listen).
+const InstanceIDAuto InstanceID = -1
+
+// Auto reports whether the ID is claimed at start (instance_id: auto).
+func (i InstanceID) Auto() bool { return i == InstanceIDAuto }
+
+// fixed is the configured ID, or 0 for auto (the claimed ID replaces it).
+func (i InstanceID) fixed() uint8 {
+	if i.Auto() {
+		return 0
+	}
+	return uint8(i)
+}
+
+func (i InstanceID) String() string {
+	if i.Auto() {
+		return "auto"
+	}
+	return strconv.Itoa(int(i))
+}
+
+// UnmarshalYAML takes an integer 0-255 or auto.
+func (i *InstanceID) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode && n.Value == "auto" {
+		*i = InstanceIDAuto
+		return nil
+	}
+	var v int
+	if err := n.Decode(&v); err != nil || v < 0 || v > 255 {
+		return fmt.Errorf("line %d: instance_id: %q: want an integer 0-255 or auto", n.Line, n.Value)
+	}
+	*i = InstanceID(v)
+	return nil
+}
+
+// MarshalYAML writes the ID as the file spells it.
+func (i InstanceID) MarshalYAML() (any, error) {
+	if i.Auto() {
+		return "auto", nil
+	}
+	return int(i), nil
+}
+
+// validateInstanceID checks instance_id: a number 0-255, or auto with
+// the cluster on (without a registry there is nothing to claim an ID from).
+func (fc *Config) validateInstanceID() []error {
+	switch id := fc.InstanceID; {
+	case id.Auto() && !fc.Cluster.On():
+		return []error{errors.New("instance_id: auto needs the cluster on (cluster.peer_listen): " +
+			"the ID is claimed in the catalog's instance registry; without a cluster, set a number 0-255")}
+	case !id.Auto() && (id < 0 || id > 255):
+		return []error{fmt.Errorf("instance_id: %d: want 0-255 or auto", int(id))}
+	}
+	return nil
+}
+
 // ClusterSettings is the cluster section: several router instances sharing
 // one catalog as one service. With peer_listen set, the instance registers
 // itself in the catalog's registry (pgtenant.instances) under its
@@ -28,7 +96,7 @@ const EnvClusterSecret = "PGTENANT_CLUSTER_SECRET"
 // instance's ID to that instance's peer address. Every key needs a restart.
 type ClusterSettings struct {
 	PeerListen string        `yaml:"peer_listen"` // where forwarded cancels arrive; empty: cluster off
-	Advertise  string        `yaml:"advertise"`   // the address peers dial (default: peer_listen's)
+	Advertise  string        `yaml:"advertise"`   // the address peers dial (default: peer_listen's); PGTENANT_CLUSTER_ADVERTISE
 	Heartbeat  time.Duration `yaml:"heartbeat"`
 	Expire     time.Duration `yaml:"expire"`
 	Secret     string        `yaml:"secret"` // PGTENANT_CLUSTER_SECRET
@@ -135,7 +203,7 @@ func startCluster(ctx context.Context, cfg Config, cat *catalog.Catalog, reg pro
 		return nil, nil
 	}
 	c := &cluster{
-		cfg: cfg.Cluster, id: cfg.InstanceID, cat: cat, log: log.With("component", "cluster"),
+		cfg: cfg.Cluster, id: cfg.InstanceID.fixed(), cat: cat, log: log.With("component", "cluster"),
 		forwards: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pgtenant_cluster_cancel_forwards_total",
 			Help: "CancelRequests whose key another router instance issued, by outcome: forwarded (to that instance), failed (not reached), " +
@@ -169,24 +237,66 @@ func startCluster(ctx context.Context, cfg Config, cat *catalog.Catalog, reg pro
 	}
 	rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	if c.reg, err = cat.Register(rctx, c.id, c.advertise, c.cfg.Expire); err != nil {
+	if cfg.InstanceID.Auto() {
+		c.reg, err = claimID(rctx, cat, c.advertise, c.cfg.Expire)
+	} else {
+		c.reg, err = cat.Register(rctx, c.id, c.advertise, c.cfg.Expire)
+	}
+	if err != nil {
 		_ = c.ln.Close()
 		var dup *catalog.DuplicateInstanceError
 		if errors.As(err, &dup) {
-			return nil, fmt.Errorf("%w.\nGive each router instance sharing a catalog its own instance_id (0-255). "+
+			return nil, fmt.Errorf("%w.\nGive each router instance sharing a catalog its own instance_id (0-255), or set instance_id: auto on all of them. "+
 				"If the instance at %s is gone (killed, so it could not deregister), its entry expires on its own: start this one again after that", err, dup.Other.PeerAddr)
 		}
 		return nil, err
 	}
+	c.id = c.reg.ID()
 	if err := c.refreshPeers(rctx, 0); err != nil {
 		c.log.Warn("registry not read; cancels for other instances are dropped until the next heartbeat", "err", err)
 	}
 	bctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	c.stopBeat = stop
 	go func() { defer close(c.beatDone); c.heartbeat(bctx) }()
-	c.log.Info("registered in the cluster", "instance_id", c.id, "peer_listen", c.ln.Addr().String(), "advertise", c.advertise)
+	c.log.Info("registered in the cluster", "instance_id", c.id, "claimed", cfg.InstanceID.Auto(), "peer_listen", c.ln.Addr().String(), "advertise", c.advertise)
 	return c, nil
 }
+
+// claimID registers the instance under the lowest ID no live instance
+// holds (instance_id: auto). Each try is Register's, under that ID's
+// advisory lock, so instances starting at once never claim the same ID: the
+// loser of a race sees a DuplicateInstanceError and tries the next one.
+func claimID(ctx context.Context, cat *catalog.Catalog, peerAddr string, expire time.Duration) (*catalog.Registration, error) {
+	live, err := cat.Instances(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var taken [256]bool
+	for _, in := range live {
+		taken[in.ID] = true
+	}
+	for id := range 256 {
+		if taken[id] {
+			continue
+		}
+		reg, err := cat.Register(ctx, uint8(id), peerAddr, expire)
+		var dup *catalog.DuplicateInstanceError
+		switch {
+		case err == nil:
+			return reg, nil
+		case errors.As(err, &dup):
+			continue // taken since the list was read
+		default:
+			return nil, err
+		}
+	}
+	return nil, fmt.Errorf("instance_id auto: all 256 instance IDs are held by live instances in the registry; "+
+		"stop one (or wait for a killed one's entry to expire after cluster.expire, %s) and start this one again", expire)
+}
+
+// ID is the instance ID in the registry: instance_id, or the one claimed
+// for auto.
+func (c *cluster) ID() uint8 { return c.id }
 
 // forwarding is the proxy's side of the cluster.
 func (c *cluster) forwarding() proxy.CancelForwarding {
@@ -269,7 +379,8 @@ func (c *cluster) heartbeat(ctx context.Context) {
 			c.heartbeatFailures.WithLabelValues("taken").Inc()
 			if failing != "taken" {
 				c.log.Error("this instance's registry entry expired and another instance took its instance_id: "+
-					"cancel keys of the two collide; give each instance its own instance_id and restart one", "err", err)
+					"cancel keys of the two collide; give each instance its own instance_id and restart one "+
+					"(with instance_id auto, restart this one: it claims a free ID)", "err", err)
 			}
 			failing = "taken"
 		case err != nil:

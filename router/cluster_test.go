@@ -28,10 +28,10 @@ import (
 const clusterSecret = "fleet-test-cluster-secret-0123456789"
 
 // member makes a router an instance of the fleet whose catalog base uses:
-// its own instance_id, a peer listener on loopback, fast heartbeats, and
+// its own instance_id (or auto), a peer listener on loopback, fast heartbeats, and
 // session pooling with a budget that keeps three instances under the test
 // cluster's max_connections.
-func member(base *router.Config, id uint8) func(*router.Config) {
+func member(base *router.Config, id router.InstanceID) func(*router.Config) {
 	return func(c *router.Config) {
 		if base != nil {
 			c.Catalog.DSN, c.Catalog.Key = base.Catalog.DSN, base.Catalog.Key

@@ -55,7 +55,7 @@ type NeonSettings struct {
 type Config struct {
 	Listen           string        `yaml:"listen"`
 	ListenReusePort  bool          `yaml:"listen_reuseport"` // SO_REUSEPORT on the client listener (listen.go)
-	InstanceID       uint8         `yaml:"instance_id"`
+	InstanceID       InstanceID    `yaml:"instance_id"`      // 0-255 or auto (cluster.go)
 	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
 	ConnectTimeout   time.Duration `yaml:"connect_timeout"`
 	MaxStartupPacket int           `yaml:"max_startup_packet"`
@@ -252,6 +252,7 @@ func (fc *Config) applyEnv(getenv func(string) string) {
 	set(&fc.Provider.Neon.APIKey, EnvNeonAPIKey)
 	set(&fc.Admin.Token, EnvAdminToken)
 	set(&fc.Cluster.Secret, EnvClusterSecret)
+	set(&fc.Cluster.Advertise, EnvClusterAdvertise)
 }
 
 // Validate checks what can be checked without connecting anywhere: the
@@ -306,7 +307,8 @@ func (fc *Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("provider.kind: %q is not supported (supported: local, neon)", fc.Provider.Kind))
 	}
-	errs = append(errs, fc.Cluster.validate()...) // cluster.go
+	errs = append(errs, fc.Cluster.validate()...)   // cluster.go
+	errs = append(errs, fc.validateInstanceID()...) // cluster.go
 	if fc.Admin.BlockedRefresh < 0 {
 		errs = append(errs, fmt.Errorf("admin.blocked_refresh: %s is negative (0 turns the refresh off)", fc.Admin.BlockedRefresh))
 	}
@@ -330,7 +332,7 @@ func (fc *Config) ProxyConfig() (proxy.Config, error) {
 		ConnectTimeout:   fc.ConnectTimeout,
 		MaxStartupPacket: fc.MaxStartupPacket,
 		DrainTimeout:     fc.DrainTimeout,
-		InstanceID:       fc.InstanceID,
+		InstanceID:       fc.InstanceID.fixed(), // auto: New sets the claimed ID
 		TLS:              proxy.TLSConfig{Mode: fc.TLS.Mode, CertFile: fc.TLS.CertFile, KeyFile: fc.TLS.KeyFile},
 	}
 	var err error

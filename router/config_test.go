@@ -13,7 +13,7 @@ import (
 // The example file documents the defaults: loading it must give exactly
 // what an empty file gives.
 func TestExampleConfigMatchesDefaults(t *testing.T) {
-	for _, k := range []string{EnvPassword, EnvAdminDSN, EnvCatalogDSN, EnvCatalogKey} {
+	for _, k := range []string{EnvPassword, EnvAdminDSN, EnvCatalogDSN, EnvCatalogKey, EnvClusterAdvertise} {
 		t.Setenv(k, "")
 	}
 	got, err := LoadConfig("../config.example.yaml")
@@ -125,5 +125,85 @@ func TestREADMEConfigs(t *testing.T) {
 	}
 	if blocks != 5 {
 		t.Fatalf("found %d config blocks (2 Neon, 1 production, 1 PgBouncer, 1 pooling) in the README, want 5", blocks)
+	}
+}
+
+// instance_id is a number 0-255 or auto; auto needs the cluster on, and
+// PGTENANT_CLUSTER_ADVERTISE overrides cluster.advertise.
+func TestInstanceIDConfig(t *testing.T) {
+	t.Setenv(EnvPassword, "from-env")
+	t.Setenv(EnvCatalogKey, "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=")
+	t.Setenv(EnvAdminDSN, "postgres://localhost/postgres")
+	t.Setenv(EnvClusterSecret, "instance-id-test-secret-0123456789abc")
+	t.Setenv(EnvClusterAdvertise, "")
+	cluster := "cluster:\n  peer_listen: 0.0.0.0:6433\n  advertise: 10.0.0.9:6433\n"
+	tests := []struct {
+		body    string
+		want    InstanceID
+		loadErr string // LoadConfig refuses
+		valErr  string // Validate refuses
+	}{
+		{body: "", want: 0},
+		{body: "instance_id: 7\n", want: 7},
+		{body: "instance_id: 255\n", want: 255},
+		{body: "instance_id: auto\n" + cluster, want: InstanceIDAuto},
+		{body: "instance_id: 3\n" + cluster, want: 3},
+		{body: "instance_id: auto\n", want: InstanceIDAuto, valErr: "instance_id: auto needs the cluster on"},
+		{body: "instance_id: 256\n", loadErr: "want an integer 0-255 or auto"},
+		{body: "instance_id: -1\n", loadErr: "want an integer 0-255 or auto"},
+		{body: "instance_id: Auto\n", loadErr: "want an integer 0-255 or auto"},
+		{body: "instance_id: [1]\n", loadErr: "want an integer 0-255 or auto"},
+	}
+	for _, tt := range tests {
+		cfg, err := LoadConfig(writeFile(t, tt.body))
+		if tt.loadErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.loadErr) {
+				t.Errorf("%q: LoadConfig = %v, want an error about %q", tt.body, err, tt.loadErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%q: %v", tt.body, err)
+			continue
+		}
+		if cfg.InstanceID != tt.want {
+			t.Errorf("%q: instance_id %v, want %v", tt.body, cfg.InstanceID, tt.want)
+		}
+		err = cfg.Validate()
+		switch {
+		case tt.valErr == "" && err != nil:
+			t.Errorf("%q: Validate: %v", tt.body, err)
+		case tt.valErr != "" && (err == nil || !strings.Contains(err.Error(), tt.valErr)):
+			t.Errorf("%q: Validate = %v, want an error about %q", tt.body, err, tt.valErr)
+		}
+	}
+	// An out-of-range ID set in code is refused too.
+	cfg, err := LoadConfig(writeFile(t, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.InstanceID = 300
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "instance_id: 300") {
+		t.Errorf("instance_id 300: Validate = %v", err)
+	}
+
+	// One file for every instance: each sets its own advertised address.
+	body := "instance_id: auto\ncluster:\n  peer_listen: 0.0.0.0:6433\n"
+	cfg, err = LoadConfig(writeFile(t, body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "cluster.advertise: empty") {
+		t.Errorf("peer_listen 0.0.0.0 without an advertised address: Validate = %v", err)
+	}
+	t.Setenv(EnvClusterAdvertise, "10.1.2.3:6433")
+	if cfg, err = LoadConfig(writeFile(t, body)); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Cluster.Advertise != "10.1.2.3:6433" {
+		t.Errorf("%s=10.1.2.3:6433: cluster.advertise %q", EnvClusterAdvertise, cfg.Cluster.Advertise)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("with %s: %v", EnvClusterAdvertise, err)
 	}
 }

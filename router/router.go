@@ -251,6 +251,7 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Router, err error) {
 	pcfg.DialUpstream = r.upstream.Dial
 	if r.cluster != nil {
 		pcfg.Forward = r.cluster.forwarding()
+		pcfg.InstanceID = r.cluster.ID() // instance_id auto: the ID claimed at registration
 	}
 	pm := newPoolMetrics() // pool.go
 	if cfg.Pool.On() {
@@ -285,6 +286,15 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Router, err error) {
 	r.log.Info("router listening", "addr", r.ln.Addr().String(), "auth", pcfg.Auth.String(), "provider", r.upstream.Provider.Name(),
 		"pool", r.PoolMode())
 	return r, nil
+}
+
+// InstanceID is the instance ID in the router's cancel keys: instance_id,
+// or with instance_id auto the one claimed in the cluster's registry.
+func (r *Router) InstanceID() uint8 {
+	if r.cluster != nil {
+		return r.cluster.ID()
+	}
+	return r.cur.InstanceID.fixed()
 }
 
 // Addr is the address the router listens on for clients.
