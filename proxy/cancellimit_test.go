@@ -13,7 +13,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/pgtenant/pgtenant/internal/pgtest"
-	"github.com/pgtenant/pgtenant/internal/poll"
 	"github.com/pgtenant/pgtenant/proxy"
 )
 
@@ -86,24 +85,7 @@ func TestCancelRateLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pc.Close(context.Background())
-	admin, err := pgconn.Connect(ctx, r.cluster.AdminDSN("postgres"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		_, err := pc.Exec(ctx, "SELECT pg_sleep(30)").ReadAll()
-		done <- err
-	}()
-	poll.Until(t, 20*time.Second, "the query to start upstream", func() bool {
-		res := admin.ExecParams(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND query LIKE '%pg_sleep%' AND state = 'active'",
-			[][]byte{[]byte(itoa(pc.PID()))}, nil, nil, nil).Read()
-		if res.Err != nil {
-			t.Fatal(res.Err)
-		}
-		return string(res.Rows[0][0]) == "1"
-	})
+	done := r.sleepUpstream(t, ctx, pc)
 	sendCancelFrom(t, "127.0.0.1", r.addr, pc.PID(), pc.SecretKey())
 	if got := count(proxy.CancelRateLimited); got != 266 {
 		t.Fatalf("the real key from the flooded address: dropped %d, want 266", got)

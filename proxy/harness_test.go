@@ -21,6 +21,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/internal/pgtest"
+	"github.com/pgtenant/pgtenant/internal/poll"
 	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/provision/local"
 	"github.com/pgtenant/pgtenant/proxy"
@@ -201,4 +202,30 @@ func (r *router) assertNoSecrets(t *testing.T, secrets ...string) {
 			t.Errorf("router log contains a secret (%q...)", s[:min(4, len(s))])
 		}
 	}
+}
+
+// sleepUpstream runs SELECT pg_sleep(30) on pc, whose upstream backend is
+// the one its BackendKeyData names (an unpooled session), and returns once
+// that backend runs it (pg_stat_activity); the channel gets the query's end.
+func (r *router) sleepUpstream(t *testing.T, ctx context.Context, pc *pgconn.PgConn) <-chan error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		_, err := pc.Exec(ctx, "SELECT pg_sleep(30)").ReadAll()
+		done <- err
+	}()
+	admin, err := pgconn.Connect(ctx, r.cluster.AdminDSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(context.Background())
+	poll.Until(t, 20*time.Second, "the query to start upstream", func() bool {
+		res := admin.ExecParams(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND query LIKE '%pg_sleep%' AND state = 'active'",
+			[][]byte{[]byte(itoa(pc.PID()))}, nil, nil, nil).Read()
+		if res.Err != nil {
+			t.Fatal(res.Err)
+		}
+		return string(res.Rows[0][0]) == "1"
+	})
+	return done
 }

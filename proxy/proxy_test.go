@@ -12,7 +12,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgtenant/pgtenant/internal/pgtest"
-	"github.com/pgtenant/pgtenant/internal/poll"
 )
 
 func TestFirstConnectCreatesTenantThenReuses(t *testing.T) {
@@ -213,31 +212,12 @@ func TestCancelRequest(t *testing.T) {
 		t.Fatalf("pg_backend_pid() = %s, BackendKeyData pid = %d", got, pc.PID())
 	}
 
-	done := make(chan error, 1)
-	go func() {
-		_, err := pc.Exec(ctx, "SELECT pg_sleep(30)").ReadAll()
-		done <- err
-	}()
-	// Wait until the query is running upstream, by polling pg_stat_activity.
-	admin, err := pgconn.Connect(ctx, r.cluster.AdminDSN("postgres"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close(context.Background())
-	poll.Until(t, 20*time.Second, "the query to start upstream", func() bool {
-		res := admin.ExecParams(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND query LIKE '%pg_sleep%' AND state = 'active'",
-			[][]byte{[]byte(itoa(pc.PID()))}, nil, nil, nil).Read()
-		if res.Err != nil {
-			t.Fatal(res.Err)
-		}
-		return string(res.Rows[0][0]) == "1"
-	})
+	done := r.sleepUpstream(t, ctx, pc)
 	cancelAt := time.Now()
 	if err := pc.CancelRequest(ctx); err != nil {
 		t.Fatal(err)
 	}
-	err = <-done
-	if pgCode(err) != "57014" {
+	if err := <-done; pgCode(err) != "57014" {
 		t.Fatalf("cancelled query: %v, want 57014", err)
 	}
 	if d := time.Since(cancelAt); d > time.Second {
