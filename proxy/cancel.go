@@ -458,25 +458,14 @@ func (s *Server) ServePeers(ctx context.Context, ln net.Listener) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	slots := make(chan struct{}, maxPeerConns)
-	var backoff time.Duration
 	for {
-		c, err := ln.Accept()
+		c, err := s.accept(ctx, ln, "peer accept")
 		if err != nil {
-			switch {
-			case ctx.Err() != nil:
+			if ctx.Err() != nil {
 				return nil
-			case errors.Is(err, net.ErrClosed):
-				return err
 			}
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			s.log.Warn("peer accept failed; retrying", "err", err, "backoff", backoff)
-			select {
-			case <-time.After(backoff):
-			case <-ctx.Done():
-			}
-			continue
+			return err
 		}
-		backoff = 0
 		select {
 		case slots <- struct{}{}:
 		default:

@@ -224,28 +224,15 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		waitRefused(&refusing, hardStop)
 	}
 
-	var backoff time.Duration
 	for {
-		c, err := ln.Accept()
+		c, err := s.accept(ctx, ln, "accept")
 		if err != nil {
+			finish()
 			if ctx.Err() != nil {
-				finish()
 				return nil
 			}
-			if errors.Is(err, net.ErrClosed) {
-				finish()
-				return err
-			}
-			// Out of file descriptors and the like: back off as net/http does.
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			s.log.Warn("accept failed; retrying", "err", err, "backoff", backoff)
-			select {
-			case <-time.After(backoff):
-			case <-ctx.Done():
-			}
-			continue
+			return err
 		}
-		backoff = 0
 		s.connMu.Lock() // against drain's switch to draining: conns gets no Go once its Wait may run
 		wg := &s.conns
 		if s.draining.Load() {
@@ -436,6 +423,26 @@ func onFreshStack(f func() error) error {
 	errc := make(chan error, 1)
 	go func() { errc <- f() }()
 	return <-errc
+}
+
+// accept takes the next connection from ln. A failure that is not the
+// listener's end (out of file descriptors and the like) is logged as what
+// failed and retried after a backoff, as net/http does; the listener's end
+// (ctx ended, or ln closed) is returned.
+func (s *Server) accept(ctx context.Context, ln net.Listener, what string) (net.Conn, error) {
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err == nil || ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+			return c, err
+		}
+		backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+		s.log.Warn(what+" failed; retrying", "err", err, "backoff", backoff)
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+		}
+	}
 }
 
 // isQuietEOF reports whether err only says that a peer went away.
