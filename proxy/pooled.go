@@ -180,6 +180,7 @@ func (s *Server) servePooled(ctx context.Context, c net.Conn, sess *session, log
 		giveBack()
 		return err
 	}
+	sess.authFinal = nil // sent; an idle session keeps nothing of its login
 	_ = c.SetDeadline(time.Time{})
 	if mode == PoolTransaction {
 		giveBack()
