@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,6 +28,10 @@ type Limits struct {
 	// connections for tenant "x" (limit N)". A slot is taken only after the
 	// client authenticated, and given back when its connection ends.
 	MaxConnectionsPerTenant int
+	// PerTenantSource, when set, says where MaxConnectionsPerTenant comes
+	// from, for the refusal's message (e.g. this instance's share of a
+	// cluster-wide cap).
+	PerTenantSource string
 	// MaxHandshakes caps the connections that have not finished
 	// authenticating (startup, TLS, SCRAM; cancel requests included). Zero or
 	// negative: no cap. Over it a new connection is refused at once, before
@@ -372,8 +377,12 @@ func (s *Server) admit(tenant string) (release func(), err error) {
 			"Close idle connections or use a connection pool, then retry.", nil)
 	case l.MaxConnectionsPerTenant > 0 && n >= l.MaxConnectionsPerTenant:
 		m.Unlock()
+		limit := strconv.Itoa(l.MaxConnectionsPerTenant)
+		if l.PerTenantSource != "" {
+			limit += ": " + l.PerTenantSource
+		}
 		return nil, clientErr(codeTooManyConnections,
-			fmt.Sprintf("too many connections for tenant %q (limit %d)", tenant, l.MaxConnectionsPerTenant),
+			fmt.Sprintf("too many connections for tenant %q (limit %s)", tenant, limit),
 			"Close idle connections of this tenant or use a connection pool, then retry.", nil)
 	}
 	m.total++

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -183,8 +185,9 @@ type cluster struct {
 	refreshMu sync.Mutex // serialises registry reads
 	peers     struct {
 		sync.Mutex
-		addrs map[uint8]string // live instances by ID; guarded by peers
-		at    time.Time        // when addrs was read; guarded by peers
+		addrs  map[uint8]string // live instances by ID; guarded by peers
+		at     time.Time        // when addrs was read; guarded by peers
+		notify func()           // called when the live IDs change (onChange); guarded by peers
 	}
 
 	stopBeat    context.CancelFunc
@@ -347,10 +350,30 @@ func (c *cluster) refreshPeers(ctx context.Context, minAge time.Duration) error 
 		addrs[in.ID] = in.PeerAddr
 	}
 	c.peers.Lock()
+	changed := !maps.EqualFunc(c.peers.addrs, addrs, func(string, string) bool { return true })
 	c.peers.addrs, c.peers.at = addrs, time.Now()
+	notify := c.peers.notify
 	c.peers.Unlock()
 	c.live.Set(float64(len(list)))
+	if changed && notify != nil {
+		notify()
+	}
 	return nil
+}
+
+// liveIDs are the live instances' IDs as of the last registry read.
+func (c *cluster) liveIDs() []uint8 {
+	c.peers.Lock()
+	defer c.peers.Unlock()
+	return slices.Collect(maps.Keys(c.peers.addrs))
+}
+
+// onChange has f called (from the heartbeat) whenever the set of live
+// instances changes.
+func (c *cluster) onChange(f func()) {
+	c.peers.Lock()
+	c.peers.notify = f
+	c.peers.Unlock()
 }
 
 // heartbeat keeps the instance's entry live and the peer addresses fresh

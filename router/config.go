@@ -96,14 +96,16 @@ type Config struct {
 	} `yaml:"tenant"`
 
 	Limits struct {
-		MaxConnections          int           `yaml:"max_connections"`
-		MaxConnectionsPerTenant int           `yaml:"max_connections_per_tenant"`
-		MaxHandshakes           int           `yaml:"max_handshakes"`
-		MaxConcurrentCreates    int           `yaml:"max_concurrent_creates"`
-		IdleTimeout             time.Duration `yaml:"idle_timeout"`
-		CancelRate              int           `yaml:"cancel_rate"`  // limits.go
-		CancelBurst             int           `yaml:"cancel_burst"` // limits.go
-		AuthBackoff             struct {
+		MaxConnections          int `yaml:"max_connections"`
+		MaxConnectionsPerTenant int `yaml:"max_connections_per_tenant"`
+		// Split over the cluster's live instances (limits.go).
+		MaxConnectionsPerTenantCluster int           `yaml:"max_connections_per_tenant_cluster"`
+		MaxHandshakes                  int           `yaml:"max_handshakes"`
+		MaxConcurrentCreates           int           `yaml:"max_concurrent_creates"`
+		IdleTimeout                    time.Duration `yaml:"idle_timeout"`
+		CancelRate                     int           `yaml:"cancel_rate"`  // limits.go
+		CancelBurst                    int           `yaml:"cancel_burst"` // limits.go
+		AuthBackoff                    struct {
 			Threshold int           `yaml:"threshold"`
 			Initial   time.Duration `yaml:"initial"`
 			Max       time.Duration `yaml:"max"`

@@ -37,9 +37,9 @@ func (r *Router) Reload(ctx context.Context, nc Config) error {
 	}
 	r.cur.Log.Level = nc.Log.Level
 	if nc.Limits != r.cur.Limits {
-		r.srv.SetLimits(nc.ProxyLimits())
-		r.res.SetMaxConcurrentCreates(nc.Limits.MaxConcurrentCreates)
 		r.cur.Limits = nc.Limits
+		r.applyLimitsLocked()
+		r.res.SetMaxConcurrentCreates(nc.Limits.MaxConcurrentCreates)
 		applied = append(applied, "limits")
 	}
 	if nc.Tenant.Create != r.cur.Tenant.Create {

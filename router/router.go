@@ -273,6 +273,10 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Router, err error) {
 	if r.srv, err = proxy.New(pcfg, r.res); err != nil {
 		return nil, err
 	}
+	if r.cluster != nil {
+		r.applyLimits()
+		r.cluster.onChange(r.applyLimits) // the shares follow the live instances (limits.go)
+	}
 	if r.ln, err = listenClients(ctx, cfg, pcfg.KeepAlive.Config()); err != nil {
 		return nil, err
 	}
@@ -286,6 +290,22 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Router, err error) {
 	r.log.Info("router listening", "addr", r.ln.Addr().String(), "auth", pcfg.Auth.String(), "provider", r.upstream.Provider.Name(),
 		"pool", r.PoolMode())
 	return r, nil
+}
+
+// applyLimits sets the proxy's limits from the configuration in force and,
+// with a cluster, the live instances.
+func (r *Router) applyLimits() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.applyLimitsLocked()
+}
+
+func (r *Router) applyLimitsLocked() {
+	if r.cluster == nil {
+		r.srv.SetLimits(r.cur.ProxyLimits())
+		return
+	}
+	r.srv.SetLimits(r.cur.clusterLimits(r.cluster.liveIDs(), r.cluster.ID()))
 }
 
 // InstanceID is the instance ID in the router's cancel keys: instance_id,
