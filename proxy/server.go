@@ -573,7 +573,7 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	if err := greet(c, sess.authFinal, up.ParameterStatuses, key, up.TxStatus); err != nil {
 		return err
 	}
-	sess.authFinal = nil // sent; an idle session keeps nothing of its login
+	sess.authFinal = nil           // sent; an idle session keeps nothing of its login
 	_ = c.SetDeadline(time.Time{}) // from here on liveness is TCP keepalive's job
 
 	sess.client, sess.live = c, ls

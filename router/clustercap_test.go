@@ -20,7 +20,7 @@ func TestClusterLimitsShares(t *testing.T) {
 		self             uint8
 		want             int
 	}{
-		{total: 0, perTenant: 7, live: []uint8{1, 2}, self: 1, want: 7},    // off
+		{total: 0, perTenant: 7, live: []uint8{1, 2}, self: 1, want: 7},     // off
 		{total: 10, live: []uint8{1}, self: 1, want: 10},                    // alone
 		{total: 10, live: []uint8{1, 2, 3}, self: 1, want: 4},               // the remainder to the lowest IDs
 		{total: 10, live: []uint8{1, 2, 3}, self: 2, want: 3},               //

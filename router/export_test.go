@@ -8,4 +8,6 @@ import "github.com/pgtenant/pgtenant/proxy"
 func (r *Router) Crash() { r.cluster.crash() }
 
 // ClusterLimits is clusterLimits, for the table test of the shares.
-func (fc *Config) ClusterLimits(live []uint8, self uint8) proxy.Limits { return fc.clusterLimits(live, self) }
+func (fc *Config) ClusterLimits(live []uint8, self uint8) proxy.Limits {
+	return fc.clusterLimits(live, self)
+}
