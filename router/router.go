@@ -91,18 +91,30 @@ func BuildUpstream(ctx context.Context, cfg Config, log *slog.Logger, ensureTemp
 	}
 
 	lc := cfg.Provider.Local
+	// Always set, so that Delete also finds tenants named under the other
+	// scheme after provider.local.naming changed.
+	namingKey, err := cfg.NamingKey() // naming.go
+	if err != nil {
+		return nil, err
+	}
+	lcfg := local.Config{
+		Host:      lc.Host,
+		Port:      lc.Port,
+		Template:  lc.Template,
+		Prefix:    lc.Prefix,
+		Naming:    lc.Naming,
+		NamingKey: namingKey,
+		Strategy:  lc.Strategy,
+		Spares:    lc.Spares,
+	}
+	if err := lcfg.Validate(); err != nil {
+		return nil, fmt.Errorf("provider.local: %w", err)
+	}
 	admin, err := OpenPool(ctx, "provider.local.admin_dsn", lc.AdminDSN, lc.MaxConns)
 	if err != nil {
 		return nil, err
 	}
-	prov := local.New(local.Config{
-		Host:     lc.Host,
-		Port:     lc.Port,
-		Template: lc.Template,
-		Prefix:   lc.Prefix,
-		Strategy: lc.Strategy,
-		Spares:   lc.Spares,
-	}, admin)
+	prov := local.New(lcfg, admin)
 	u.Provider, u.CatalogDSN, u.Close = prov, lc.AdminDSN, admin.Close
 	if !ensureTemplate {
 		return u, nil
