@@ -51,7 +51,11 @@ func BuildUpstream(ctx context.Context, cfg Config, log *slog.Logger, ensureTemp
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	up := proxy.UpstreamConfig{TLS: cfg.Upstream.TLS, EndpointOption: cfg.Upstream.EndpointOption, ForwardParams: cfg.Upstream.ForwardParams}
+	choice, err := cfg.UpstreamTLS() // upstreamtls.go
+	if err != nil {
+		return nil, err
+	}
+	up := proxy.UpstreamConfig{TLS: choice.Mode, EndpointOption: cfg.Upstream.EndpointOption, ForwardParams: cfg.Upstream.ForwardParams}
 	if cfg.Upstream.CAFile != "" {
 		pem, err := os.ReadFile(cfg.Upstream.CAFile)
 		if err != nil {
@@ -81,9 +85,6 @@ func BuildUpstream(ctx context.Context, cfg Config, log *slog.Logger, ensureTemp
 		}
 		u.Provider = p
 		u.Close = p.CloseIdleConnections
-		if u.Proxy.TLS == "" {
-			u.Proxy.TLS = proxy.TLSVerifyFull // Neon refuses plaintext
-		}
 		if u.Proxy.ForwardParams == nil {
 			u.Proxy.ForwardParams = NeonPoolerParams
 		}
@@ -216,6 +217,15 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Router, err error) {
 	key, err := catalog.ParseKey(cfg.Catalog.Key)
 	if err != nil {
 		return nil, fmt.Errorf("catalog.key (%s): %w", EnvCatalogKey, err)
+	}
+	if choice, err := cfg.UpstreamTLS(); err == nil && choice.Plaintext() {
+		// Only where the upstream is; the choice carries no secret.
+		where := choice.Upstream
+		if where == "" {
+			where = cfg.Provider.Kind + " endpoints"
+		}
+		r.log.Warn("upstream TLS is off toward a non-loopback upstream: tenants' queries and results cross the network in plaintext; set upstream.tls to require or verify-full",
+			"upstream", where, "upstream.tls", cfg.Upstream.TLS)
 	}
 	r.upstream = opts.Upstream
 	if r.upstream == nil {
