@@ -159,7 +159,7 @@ func startTLS(c net.Conn, cfg *tls.Config) (net.Conn, error) {
 		return nil, err
 	}
 	if resp[0] != 'S' {
-		return nil, fmt.Errorf("upstream refused TLS")
+		return nil, errors.New("upstream refused TLS (the server runs with ssl off; turn it on there, or configure plaintext toward it)")
 	}
 	tc := tls.Client(c, cfg)
 	if err := tc.Handshake(); err != nil {

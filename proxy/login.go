@@ -91,9 +91,13 @@ func (s *Server) login(ctx context.Context, rt resolver.Route, params map[string
 
 	tlsCfg := s.cfg.Upstream.tlsConfig(rt.Host)
 	if tlsCfg != nil {
-		if conn, err = startTLS(conn, tlsCfg); err != nil {
+		// Not conn, err = ...: a failed handshake returns a nil conn, which
+		// the deferred Close would call.
+		tc, err := startTLS(conn, tlsCfg)
+		if err != nil {
 			return nil, fmt.Errorf("upstream TLS: %w", err)
 		}
+		conn = tc
 	}
 	if params == nil {
 		params = make(map[string]string, 2)

@@ -10,6 +10,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/pgtenant/pgtenant/provision/local"
 	"github.com/pgtenant/pgtenant/provision/neon"
 	"github.com/pgtenant/pgtenant/proxy"
 	"github.com/pgtenant/pgtenant/resolver"
@@ -155,6 +156,7 @@ type Config struct {
 			Port        uint16 `yaml:"port"`
 			Template    string `yaml:"template"`
 			Prefix      string `yaml:"prefix"`
+			Naming      string `yaml:"naming"` // plain | hashed (naming.go)
 			Strategy    string `yaml:"strategy"`
 			Spares      int    `yaml:"spares"`
 			TemplateSQL string `yaml:"template_sql"`
@@ -199,6 +201,7 @@ func DefaultConfig() Config {
 	fc.Provider.Kind = "local"
 	fc.Provider.Local.Template = "pgtenant_template"
 	fc.Provider.Local.Prefix = "t_"
+	fc.Provider.Local.Naming = local.NamingPlain
 	fc.Provider.Local.MaxConns = 10
 	n := &fc.Provider.Neon
 	n.BaseURL = neon.DefaultBaseURL
@@ -297,6 +300,7 @@ func (fc *Config) Validate() error {
 		if fc.Provider.Local.AdminDSN == "" {
 			errs = append(errs, fmt.Errorf("provider.local.admin_dsn: empty: set %s", EnvAdminDSN))
 		}
+		errs = append(errs, fc.validateNaming()...) // naming.go
 	case "neon":
 		if fc.Catalog.DSN == "" {
 			errs = append(errs, fmt.Errorf("catalog.dsn: the neon provider needs a catalog database: set %s", EnvCatalogDSN))

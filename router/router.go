@@ -51,7 +51,11 @@ func BuildUpstream(ctx context.Context, cfg Config, log *slog.Logger, ensureTemp
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	up := proxy.UpstreamConfig{TLS: cfg.Upstream.TLS, EndpointOption: cfg.Upstream.EndpointOption, ForwardParams: cfg.Upstream.ForwardParams}
+	choice, err := cfg.UpstreamTLS() // upstreamtls.go
+	if err != nil {
+		return nil, err
+	}
+	up := proxy.UpstreamConfig{TLS: choice.Mode, EndpointOption: cfg.Upstream.EndpointOption, ForwardParams: cfg.Upstream.ForwardParams}
 	if cfg.Upstream.CAFile != "" {
 		pem, err := os.ReadFile(cfg.Upstream.CAFile)
 		if err != nil {
@@ -81,9 +85,6 @@ func BuildUpstream(ctx context.Context, cfg Config, log *slog.Logger, ensureTemp
 		}
 		u.Provider = p
 		u.Close = p.CloseIdleConnections
-		if u.Proxy.TLS == "" {
-			u.Proxy.TLS = proxy.TLSVerifyFull // Neon refuses plaintext
-		}
 		if u.Proxy.ForwardParams == nil {
 			u.Proxy.ForwardParams = NeonPoolerParams
 		}
@@ -91,18 +92,30 @@ func BuildUpstream(ctx context.Context, cfg Config, log *slog.Logger, ensureTemp
 	}
 
 	lc := cfg.Provider.Local
+	// Always set, so that Delete also finds tenants named under the other
+	// scheme after provider.local.naming changed.
+	namingKey, err := cfg.NamingKey() // naming.go
+	if err != nil {
+		return nil, err
+	}
+	lcfg := local.Config{
+		Host:      lc.Host,
+		Port:      lc.Port,
+		Template:  lc.Template,
+		Prefix:    lc.Prefix,
+		Naming:    lc.Naming,
+		NamingKey: namingKey,
+		Strategy:  lc.Strategy,
+		Spares:    lc.Spares,
+	}
+	if err := lcfg.Validate(); err != nil {
+		return nil, fmt.Errorf("provider.local: %w", err)
+	}
 	admin, err := OpenPool(ctx, "provider.local.admin_dsn", lc.AdminDSN, lc.MaxConns)
 	if err != nil {
 		return nil, err
 	}
-	prov := local.New(local.Config{
-		Host:     lc.Host,
-		Port:     lc.Port,
-		Template: lc.Template,
-		Prefix:   lc.Prefix,
-		Strategy: lc.Strategy,
-		Spares:   lc.Spares,
-	}, admin)
+	prov := local.New(lcfg, admin)
 	u.Provider, u.CatalogDSN, u.Close = prov, lc.AdminDSN, admin.Close
 	if !ensureTemplate {
 		return u, nil
@@ -204,6 +217,15 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Router, err error) {
 	key, err := catalog.ParseKey(cfg.Catalog.Key)
 	if err != nil {
 		return nil, fmt.Errorf("catalog.key (%s): %w", EnvCatalogKey, err)
+	}
+	if choice, err := cfg.UpstreamTLS(); err == nil && choice.Plaintext() {
+		// Only where the upstream is; the choice carries no secret.
+		where := choice.Upstream
+		if where == "" {
+			where = cfg.Provider.Kind + " endpoints"
+		}
+		r.log.Warn("upstream TLS is off toward a non-loopback upstream: tenants' queries and results cross the network in plaintext; set upstream.tls to require or verify-full",
+			"upstream", where, "upstream.tls", cfg.Upstream.TLS)
 	}
 	r.upstream = opts.Upstream
 	if r.upstream == nil {

@@ -9,7 +9,10 @@
 // default) with a random password. The role owns the database and every
 // object the template's setup SQL created, so the application can use and
 // migrate its schema; CONNECT is revoked from PUBLIC, so no other tenant can
-// connect to it. Only SCRAM-SHA-256 verifiers computed in this process are
+// connect to it. With Config.Naming "hashed" the name is the prefix and a
+// keyed hash of the tenant ID instead, so the names every role can read in
+// pg_database, pg_roles and pg_stat_activity say nothing about other
+// tenants' IDs. Only SCRAM-SHA-256 verifiers computed in this process are
 // sent to the server: passwords never appear in SQL, server logs or errors.
 //
 //	p := local.New(local.Config{Host: "db.internal", Port: 5432}, admin)

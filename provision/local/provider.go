@@ -6,6 +6,7 @@ import (
 	"crypto/pbkdf2"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base32"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -26,6 +27,24 @@ import (
 const (
 	DefaultTemplate = "pgtenant_template"
 	DefaultPrefix   = "t_"
+)
+
+// Naming schemes of Config.Naming.
+const (
+	// NamingPlain names a tenant's database and role Prefix + tenant ID.
+	NamingPlain = "plain"
+	// NamingHashed names them Prefix + HashLen lower-case base32 characters
+	// of HMAC-SHA256(NamingKey, tenant ID): 130 bits, which tell nobody
+	// without the key anything about the tenant ID.
+	NamingHashed = "hashed"
+)
+
+const (
+	// HashLen is the length of the hashed part of a NamingHashed name:
+	// 26 base32 characters carry 130 bits of the HMAC.
+	HashLen = 26
+	// MinNamingKey is the shortest Config.NamingKey accepted, in bytes.
+	MinNamingKey = 32
 )
 
 const (
@@ -55,7 +74,8 @@ const (
 
 // Config configures a Provider. The zero value works: the endpoint is the
 // admin pool's own host and port, the template is "pgtenant_template" and
-// tenant "acme" gets database and role "t_acme".
+// tenant "acme" gets database and role "t_acme". Config holds a secret
+// (NamingKey): don't log it.
 type Config struct {
 	// Host is how the router reaches the server for tenant sessions; it is
 	// returned in every Endpoint (and so stored in the catalog). Empty means
@@ -69,9 +89,23 @@ type Config struct {
 	// builds it under the name Template+"_build" and its objects belong to
 	// the role Template+"_owner".
 	Template string
-	// Prefix is prepended to the tenant ID to form both the tenant's
-	// database name and its login role. Empty means "t_".
+	// Prefix starts both the tenant's database name and its login role.
+	// Empty means "t_".
 	Prefix string
+	// Naming is how the rest of the name comes from the tenant ID:
+	// NamingPlain (empty means plain: the ID itself, so every tenant sees
+	// every other tenant's ID in pg_database and pg_roles) or NamingHashed
+	// (a keyed hash of the ID under NamingKey). Changing it affects only
+	// tenants created afterwards: Create returns the name in the Endpoint
+	// (which the catalog keeps), and Delete looks for a tenant under both
+	// schemes.
+	Naming string
+	// NamingKey keys NamingHashed names: at least MinNamingKey bytes, the
+	// same on every router instance, and never changed while tenants named
+	// with it exist (Create and Delete find a tenant by recomputing its
+	// name). Required for NamingHashed; with NamingPlain, when set, Delete
+	// also finds tenants created under NamingHashed. Secret.
+	NamingKey []byte
 	// Strategy is CREATE DATABASE's STRATEGY: "wal_log" or "file_copy"
 	// (PostgreSQL 15+). Empty means the server's default (wal_log).
 	// wal_log is cheap for small templates; file_copy forces a checkpoint
@@ -119,7 +153,30 @@ func (c *Config) Validate() error {
 	if len(c.prefix()) >= maxIdentLen {
 		return fmt.Errorf("local: prefix %q is too long (max %d bytes)", c.prefix(), maxIdentLen-1)
 	}
+	switch c.Naming {
+	case "", NamingPlain:
+		if len(c.NamingKey) > 0 && len(c.NamingKey) < MinNamingKey {
+			return fmt.Errorf("local: naming key is %d bytes; want at least %d", len(c.NamingKey), MinNamingKey)
+		}
+	case NamingHashed:
+		if len(c.NamingKey) < MinNamingKey {
+			return fmt.Errorf("local: naming %q needs a naming key of at least %d bytes (has %d)", NamingHashed, MinNamingKey, len(c.NamingKey))
+		}
+		if n := maxIdentLen - HashLen; len(c.prefix()) > n {
+			return fmt.Errorf("local: prefix %q is too long for hashed naming (max %d bytes)", c.prefix(), n)
+		}
+	default:
+		return fmt.Errorf("local: naming %q: want %s or %s", c.Naming, NamingPlain, NamingHashed)
+	}
 	return nil
+}
+
+// hashed returns tenant's name under NamingHashed; NamingKey must be set.
+func (c *Config) hashed(tenant string) string {
+	m := hmac.New(sha256.New, c.NamingKey)
+	m.Write([]byte(tenant))
+	enc := base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(m.Sum(nil))
+	return c.prefix() + strings.ToLower(enc[:HashLen])
 }
 
 // Provider provisions tenants on one Postgres server: each tenant gets a
@@ -307,48 +364,61 @@ func (p *Provider) cloneFor(ctx context.Context, c *pgxpool.Conn, name string) e
 }
 
 // Delete drops tenant's database, terminating its sessions (WITH (FORCE),
-// PostgreSQL 13+), then its role. It returns an error wrapping
-// provision.ErrTenantNotFound if neither exists, and refuses to drop a
-// database of that name that the tenant's role does not own.
-// It blocks until done or ctx ends.
+// PostgreSQL 13+), then its role. It looks for them under the name
+// Config.Naming gives and under the other scheme's (plain always, hashed when
+// NamingKey is set), so a tenant created before Naming changed is deleted
+// too. It returns an error wrapping provision.ErrTenantNotFound if none
+// exists, and refuses to drop a database that the role of the same name does
+// not own. It blocks until done or ctx ends.
 func (p *Provider) Delete(ctx context.Context, tenant string) error {
-	name, err := p.tenantName(tenant)
+	names, err := p.tenantNames(tenant)
 	if err != nil {
 		return err
 	}
-	err = p.withLock(ctx, name, func(c *pgxpool.Conn) error {
-		var dbExists, roleExists bool
-		err := c.QueryRow(ctx, `SELECT
-			EXISTS (SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1),
-			EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1)`, name).Scan(&dbExists, &roleExists)
+	found := false
+	for _, name := range names {
+		err := p.withLock(ctx, name, func(c *pgxpool.Conn) error {
+			ok, err := dropTenant(ctx, c, name)
+			found = found || ok
+			return err
+		})
 		if err != nil {
-			return &stepError{"look up", err}
+			return stepErr("delete", tenant, err)
 		}
-		if !dbExists && !roleExists {
-			return provision.ErrTenantNotFound
-		}
-		if dbExists {
-			if err := checkDatabaseOwner(ctx, c, name, name); err != nil {
-				return &stepError{"drop database", err}
-			}
-			if _, err := c.Exec(ctx, "DROP DATABASE IF EXISTS "+ident(name)+" WITH (FORCE)"); err != nil {
-				return &stepError{"drop database", err}
-			}
-		}
-		if roleExists {
-			if err := checkAdoptableRole(ctx, c, name); err != nil {
-				return &stepError{"drop role", err}
-			}
-			if _, err := c.Exec(ctx, "DROP ROLE IF EXISTS "+ident(name)); err != nil {
-				return &stepError{"drop role", err}
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return stepErr("delete", tenant, err)
+	}
+	if !found {
+		return stepErr("delete", tenant, provision.ErrTenantNotFound)
 	}
 	return nil
+}
+
+// dropTenant drops database and role name, whichever exist, and reports
+// whether either did. c holds name's lock.
+func dropTenant(ctx context.Context, c *pgxpool.Conn, name string) (bool, error) {
+	var dbExists, roleExists bool
+	err := c.QueryRow(ctx, `SELECT
+		EXISTS (SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1),
+		EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1)`, name).Scan(&dbExists, &roleExists)
+	if err != nil {
+		return false, &stepError{"look up", err}
+	}
+	if dbExists {
+		if err := checkDatabaseOwner(ctx, c, name, name); err != nil {
+			return false, &stepError{"drop database", err}
+		}
+		if _, err := c.Exec(ctx, "DROP DATABASE IF EXISTS "+ident(name)+" WITH (FORCE)"); err != nil {
+			return false, &stepError{"drop database", err}
+		}
+	}
+	if roleExists {
+		if err := checkAdoptableRole(ctx, c, name); err != nil {
+			return dbExists, &stepError{"drop role", err}
+		}
+		if _, err := c.Exec(ctx, "DROP ROLE IF EXISTS "+ident(name)); err != nil {
+			return dbExists, &stepError{"drop role", err}
+		}
+	}
+	return dbExists || roleExists, nil
 }
 
 // EnsureTemplate creates the template database if it does not exist and,
@@ -520,14 +590,51 @@ func lockKey(name string) int32 {
 	return int32(h.Sum32())
 }
 
+// tenantName is tenant's database and role name under Config.Naming.
 func (p *Provider) tenantName(tenant string) (string, error) {
-	if err := p.cfg.Validate(); err != nil {
+	names, err := p.tenantNames(tenant)
+	if err != nil {
 		return "", err
 	}
-	if tenant == "" {
-		return "", errors.New("local: empty tenant ID")
+	return names[0], nil
+}
+
+// tenantNames is the names tenant may have: first the one Config.Naming
+// gives, then the other scheme's (plain, and hashed when NamingKey is set),
+// where that name is valid.
+func (p *Provider) tenantNames(tenant string) ([]string, error) {
+	if err := p.cfg.Validate(); err != nil {
+		return nil, err
 	}
-	name := p.cfg.prefix() + tenant
+	if tenant == "" {
+		return nil, errors.New("local: empty tenant ID")
+	}
+	plain, plainErr := p.checkTenantName(tenant, p.cfg.prefix()+tenant)
+	if p.cfg.Naming != NamingHashed {
+		if plainErr != nil {
+			return nil, plainErr
+		}
+		names := []string{plain}
+		if len(p.cfg.NamingKey) > 0 {
+			if h, err := p.checkTenantName(tenant, p.cfg.hashed(tenant)); err == nil {
+				names = append(names, h)
+			}
+		}
+		return names, nil
+	}
+	h, err := p.checkTenantName(tenant, p.cfg.hashed(tenant))
+	if err != nil {
+		return nil, err
+	}
+	names := []string{h}
+	if plainErr == nil {
+		names = append(names, plain)
+	}
+	return names, nil
+}
+
+// checkTenantName returns name if it can be tenant's database and role.
+func (p *Provider) checkTenantName(tenant, name string) (string, error) {
 	if err := checkName("database", name); err != nil {
 		return "", fmt.Errorf("%w (tenant %q)", err, tenant)
 	}
