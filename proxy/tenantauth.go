@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -103,11 +104,15 @@ type tenantAuth struct {
 
 	mu  sync.Mutex
 	app *simplelru.LRU[scram.KeyFactors, scram.StoredCredentials] // app keys by salt; guarded by mu
+	// derive bounds the PBKDF2 runs at once, so that a flood of logins
+	// naming made-up tenants (each a new salt) queues rather than taking
+	// every core from the sessions being relayed.
+	derive chan struct{}
 }
 
 func newTenantAuth(a Auth) *tenantAuth {
 	lru, _ := simplelru.NewLRU[scram.KeyFactors, scram.StoredCredentials](appKeysCacheSize, nil) // size > 0: no error
-	t := &tenantAuth{password: a.Password, saltKey: a.SaltKey, app: lru}
+	t := &tenantAuth{password: a.Password, saltKey: a.SaltKey, app: lru, derive: make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2))}
 	t.instead.Store(a.TenantSecret == TenantSecretInstead)
 	t.creds.Store(&map[string]scram.StoredCredentials{})
 	return t
@@ -158,7 +163,9 @@ func (t *tenantAuth) appKeys(kf scram.KeyFactors) (scram.StoredCredentials, erro
 	if ok {
 		return sc, nil
 	}
-	// Outside the lock: PBKDF2 takes a millisecond or so.
+	// Outside the lock: PBKDF2 takes milliseconds (BenchmarkAppKeysDerive).
+	t.derive <- struct{}{}
+	defer func() { <-t.derive }()
 	cl, err := scram.SHA256.NewClient("", t.password, "")
 	if err != nil {
 		return sc, errors.New("auth: password is not valid for SCRAM (SASLprep failed)")
