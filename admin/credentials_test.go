@@ -317,3 +317,20 @@ func TestTenantSecretHidesTenants(t *testing.T) {
 		t.Fatalf("app secret on a tenant without its own: %v", err)
 	}
 }
+
+// With auth.per_tenant off a tenant's secret would never be used: the API
+// says so rather than storing it.
+func TestTenantSecretOff(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	e := startEnv(t)
+	tenant := newTenant("off")
+	status, out := e.send(t, "PUT", "/v1/tenants/"+tenant+"/password", adminToken, `{"password": "`+tenantPassword+`"}`)
+	if status != 409 || !strings.Contains(out, "auth.per_tenant: true") {
+		t.Fatalf("PUT password with per_tenant off: %d %s, want 409 naming auth.per_tenant", status, out)
+	}
+	assertNoSecret(t, out, tenantPassword)
+	var n int
+	if err := e.catPool.QueryRow(context.Background(), `SELECT count(*) FROM pgtenant.credentials`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("credentials stored: %d, %v; want none", n, err)
+	}
+}
