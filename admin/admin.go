@@ -58,6 +58,18 @@ type PoolModes interface {
 	PoolMode(tenant string) string
 }
 
+// Credentials is the tenants' own secrets (auth.per_tenant): stored where
+// every router instance reads them, applied by this one before the calls
+// return. SetCredential stores tenant's SCRAM verifier, checking it
+// (proxy.ParseTenantVerifier); DeleteCredential removes it, reporting
+// whether there was one; HasSecret reports whether this router lets tenant
+// in with a secret of its own. The router package implements it.
+type Credentials interface {
+	SetCredential(ctx context.Context, tenant, verifier string) error
+	DeleteCredential(ctx context.Context, tenant string) (bool, error)
+	HasSecret(tenant string) bool
+}
+
 // Resolver is this router's route cache. *resolver.Resolver implements it.
 type Resolver interface {
 	Resolve(ctx context.Context, tenant string) (resolver.Route, error)
@@ -105,6 +117,9 @@ type Config struct {
 	// TenantModes is the shared per-tenant pool modes. Nil: PUT and DELETE
 	// /v1/tenants/{id}/pool-mode answer 501.
 	TenantModes PoolModes
+	// Credentials is the tenants' own secrets. Nil: PUT and DELETE
+	// /v1/tenants/{id}/password answer 501.
+	Credentials Credentials
 	// Resolver and Router are this router instance's.
 	Resolver Resolver
 	Router   Router
@@ -167,6 +182,7 @@ func New(cfg Config) (*Handler, error) {
 	api.HandleFunc("/v1/tenants", h.tenants)
 	api.HandleFunc("/v1/tenants/{id}", h.tenant)
 	api.HandleFunc("/v1/tenants/{id}/pool-mode", h.tenantPoolMode)
+	api.HandleFunc("/v1/tenants/{id}/password", h.tenantPassword) // credentials.go
 	api.HandleFunc("/v1/tenants/{id}/{action}", h.tenantAction)
 	api.HandleFunc("/v1/pools", h.pools) // pools.go
 	api.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

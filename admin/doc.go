@@ -12,13 +12,15 @@
 // token configured: /v1 is off), JSON in and out, errors as {"error": "..."}:
 //
 //	GET    /v1/tenants?after=&limit=          catalog rows, paged, without secrets
-//	GET    /v1/tenants/{id}                   route (no password), cached here?, blocked?, pool mode, live sessions here
+//	GET    /v1/tenants/{id}                   route (no password), cached here?, blocked?, pool mode, own secret?, live sessions here
 //	POST   /v1/tenants/{id}/warm              resolve now: creates the tenant ahead of its first connect
 //	POST   /v1/tenants/{id}/evict             forget the cached route on this router
 //	POST   /v1/tenants/{id}/block             persist in the block list, apply here, end live sessions here
 //	POST   /v1/tenants/{id}/unblock           remove from the block list, apply here
 //	PUT    /v1/tenants/{id}/pool-mode         {"mode": "session"|"transaction"|"off"|""}: the tenant's own pool mode, persisted, applied here
 //	DELETE /v1/tenants/{id}/pool-mode         clear it: the router's default applies again
+//	PUT    /v1/tenants/{id}/password          {"password": "..."} or {"verifier": "SCRAM-SHA-256$..."}: the tenant's own secret (auth.per_tenant), stored as a verifier, applied here
+//	DELETE /v1/tenants/{id}/password          remove it
 //	DELETE /v1/tenants/{id}?confirm={id}      end live sessions, delete at the provider, then in the catalog
 //	GET    /v1/pools                          pooling on this router: mode, each pool (route), each upstream's budget
 //

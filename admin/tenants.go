@@ -75,21 +75,26 @@ type TenantStatus struct {
 	// PoolMode is the tenant's own pool mode (session, transaction or
 	// off) as this router applies it; absent when the router's default
 	// applies.
-	PoolMode string    `json:"pool_mode,omitempty"`
-	Cached   bool      `json:"cached"`
-	Sessions []Session `json:"sessions"`
+	PoolMode string `json:"pool_mode,omitempty"`
+	// OwnSecret says whether the tenant has a secret of its own
+	// (auth.per_tenant) on this router.
+	OwnSecret bool      `json:"own_secret"`
+	Cached    bool      `json:"cached"`
+	Sessions  []Session `json:"sessions"`
 }
 
 // ActionResult is the answer of the POST and DELETE endpoints; fields that
 // do not apply to the action are left out.
 type ActionResult struct {
 	Tenant         string  `json:"tenant"`
-	Via            string  `json:"via,omitempty"`       // warm: cache, catalog or created
-	Route          *Route  `json:"route,omitempty"`     // warm
-	Seconds        float64 `json:"seconds,omitempty"`   // warm: how long the resolve took
-	Evicted        *bool   `json:"evicted,omitempty"`   // evict: whether a route was cached
-	Blocked        *bool   `json:"blocked,omitempty"`   // block, unblock
-	PoolMode       *string `json:"pool_mode,omitempty"` // pool-mode: the tenant's mode, "" for the router's default
+	Via            string  `json:"via,omitempty"`        // warm: cache, catalog or created
+	Route          *Route  `json:"route,omitempty"`      // warm
+	Seconds        float64 `json:"seconds,omitempty"`    // warm: how long the resolve took
+	Evicted        *bool   `json:"evicted,omitempty"`    // evict: whether a route was cached
+	Blocked        *bool   `json:"blocked,omitempty"`    // block, unblock
+	PoolMode       *string `json:"pool_mode,omitempty"`  // pool-mode: the tenant's mode, "" for the router's default
+	OwnSecret      *bool   `json:"own_secret,omitempty"` // password: whether the tenant has its own secret now
+	Deleted        *bool   `json:"deleted,omitempty"`    // password DELETE: whether there was one
 	SessionsClosed *int    `json:"sessions_closed,omitempty"`
 	Provider       string  `json:"provider,omitempty"` // delete: "deleted" or "not found"
 	Catalog        string  `json:"catalog,omitempty"`  // delete: "deleted" or "not found"
@@ -191,13 +196,16 @@ func (h *Handler) tenant(w http.ResponseWriter, r *http.Request) {
 	if h.cfg.TenantModes != nil {
 		st.PoolMode = h.cfg.TenantModes.PoolMode(id)
 	}
+	if h.cfg.Credentials != nil {
+		st.OwnSecret = h.cfg.Credentials.HasSecret(id)
+	}
 	for _, s := range h.cfg.Router.Sessions(id) {
 		st.Sessions = append(st.Sessions, Session{
 			Remote: s.Remote, Start: s.Start, Via: s.Via.String(), UpstreamPID: s.UpstreamPID,
 			BytesIn: s.BytesIn, BytesOut: s.BytesOut,
 		})
 	}
-	if !st.InCatalog && !st.Blocked && st.PoolMode == "" && !st.Cached && len(st.Sessions) == 0 {
+	if !st.InCatalog && !st.Blocked && st.PoolMode == "" && !st.OwnSecret && !st.Cached && len(st.Sessions) == 0 {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("tenant %q not found", id))
 		return
 	}

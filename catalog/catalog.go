@@ -160,6 +160,9 @@ func (c *Catalog) migrate(ctx context.Context, tx pgx.Tx) error {
 	if err := migrateInstances(ctx, tx); err != nil {
 		return err
 	}
+	if err := migrateCredentials(ctx, tx); err != nil {
+		return err
+	}
 	// The first instance to get here records the key check; the rest compare.
 	if _, err := tx.Exec(ctx, `INSERT INTO pgtenant.meta (name, value) VALUES ('key_check', $1)
 		ON CONFLICT (name) DO NOTHING`, c.aead.Seal(nil, nil, []byte(keyCheck), []byte(keyCheckAD))); err != nil {
@@ -252,7 +255,8 @@ func (c *Catalog) Ensure(ctx context.Context, tenant, provider string,
 	return ep, true, nil
 }
 
-// Delete marks tenant deleted and forgets its password, so Lookup misses and
+// Delete marks tenant deleted and forgets its password and its own secret
+// (pgtenant.credentials), so Lookup misses and
 // the next Ensure creates it again. It touches only the catalog: deleting the
 // database is the provider's job, and other routers' caches keep the route
 // until their TTL ends. It waits for a creation of tenant in progress. It
@@ -267,8 +271,14 @@ func (c *Catalog) Delete(ctx context.Context, tenant string) error {
 			SET state = 'deleted', password_enc = NULL, updated_at = now()
 			WHERE tenant = $1 AND state <> 'deleted'`, tenant)
 		if err == nil && tag.RowsAffected() == 0 {
-			err = provision.ErrTenantNotFound
+			return provision.ErrTenantNotFound
 		}
+		if err != nil {
+			return err
+		}
+		// A tenant created again under the name must not open to the old
+		// tenant's own secret.
+		_, err = tx.Exec(ctx, `DELETE FROM pgtenant.credentials WHERE tenant = $1`, tenant)
 		return err
 	})
 	if err != nil {

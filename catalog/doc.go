@@ -6,8 +6,9 @@
 // Catalog.Block), the per-tenant pool modes (pgtenant.pool_modes, see
 // Catalog.SetPoolMode), the instance registry (pgtenant.instances: the
 // router instances sharing the catalog, their peer addresses and
-// heartbeats, see Catalog.Register) and the key check (pgtenant.meta).
-// Later additions, such as migration versions and per-tenant credentials,
+// heartbeats, see Catalog.Register), the tenants' own secrets as SCRAM
+// verifiers (pgtenant.credentials, see Catalog.SetCredential) and the key
+// check (pgtenant.meta). Later additions, such as migration versions,
 // belong here too.
 //
 // Open creates the schema if it is missing; several instances may open one

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/binary"
@@ -35,6 +36,22 @@ type Auth struct {
 	// ("SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>"); it lets the
 	// router check the secret without holding it. Used when Password is empty.
 	Verifier string
+
+	// PerTenant lets a tenant log in with a secret of its own (set with
+	// Server.SetTenantCredentials), which opens that tenant only, besides
+	// or instead of the app secret (TenantSecret). It needs Password, not
+	// Verifier: the app secret's keys are derived for each tenant's salt.
+	PerTenant bool
+	// TenantSecret says whether the app secret still opens a tenant that
+	// has its own secret: TenantSecretBesides (the default) or
+	// TenantSecretInstead. Change it at runtime with SetTenantSecret.
+	TenantSecret string
+	// SaltKey keys the salts offered, with PerTenant, for tenants without a
+	// secret of their own (unknown tenants too): the same on every instance
+	// given the same key, so that neither a salt nor its repeating tells
+	// such a tenant from one with its own secret. At least 32 bytes;
+	// secret.
+	SaltKey []byte
 }
 
 // String masks the secrets.
@@ -44,6 +61,8 @@ func (a Auth) String() string {
 		m = AuthSCRAM
 	}
 	switch {
+	case a.Password != "" && a.PerTenant:
+		return m + " (password set; per-tenant secrets " + cmp.Or(a.TenantSecret, TenantSecretBesides) + " the app secret)"
 	case a.Password != "":
 		return m + " (password set)"
 	case a.Verifier != "":
@@ -57,7 +76,10 @@ func (a Auth) String() string {
 // few HMACs per login.
 type authenticator struct {
 	trust  bool
-	server *scram.Server
+	server *scram.Server // the app secret's; nil with tenants set
+	// tenants, when not nil, checks tenants' own secrets besides the app
+	// secret (Auth.PerTenant; tenantauth.go).
+	tenants *tenantAuth
 }
 
 func newAuthenticator(a Auth) (*authenticator, error) {
@@ -66,6 +88,12 @@ func newAuthenticator(a Auth) (*authenticator, error) {
 	}
 	if a.Method == AuthTrust {
 		return &authenticator{trust: true}, nil
+	}
+	if a.PerTenant {
+		if _, err := scram.SHA256.NewClient("", a.Password, ""); err != nil {
+			return nil, fmt.Errorf("auth: password is not valid for SCRAM (SASLprep failed)")
+		}
+		return &authenticator{tenants: newTenantAuth(a)}, nil
 	}
 	var creds scram.StoredCredentials
 	if a.Password != "" {
@@ -146,64 +174,85 @@ const (
 // (so a client whose tenant is refused hears what a wrong password hears,
 // and the greeting is one write). user is only used in messages. Over TLS,
 // SCRAM-SHA-256-PLUS is offered too, bound to the certificate the handshake
-// presented (libpq's channel_binding=require).
-func (a *authenticator) authenticate(c net.Conn, user string, maxMsg int) (final []byte, err error) {
+// presented (libpq's channel_binding=require). With per-tenant secrets the
+// tenant's own secret opens it, and the app secret as TenantSecret says
+// (tenantauth.go); cred says which one the client used (Credential*).
+func (a *authenticator) authenticate(c net.Conn, user, tenant string, maxMsg int) (final []byte, cred string, err error) {
 	if a.trust {
-		return (&pgproto3.AuthenticationOk{}).Encode(nil)
+		final, err = (&pgproto3.AuthenticationOk{}).Encode(nil)
+		return final, CredentialTrust, err
+	}
+	srv := a.server
+	var keys loginKeys
+	if a.tenants != nil {
+		keys = a.tenants.keys(tenant)
+		srv, _ = scram.SHA256.NewServer(func(string) (scram.StoredCredentials, error) { return keys.own, nil }) // never fails
 	}
 	cb := channelBinding(c)
 	mechs := []string{mechSCRAM}
-	conv := a.server.NewConversation()
+	conv := srv.NewConversation()
 	if cb != nil {
 		mechs = []string{mechSCRAMPlus, mechSCRAM}
-		conv = a.server.NewConversationWithChannelBinding(scram.ChannelBinding{Type: scram.ChannelBindingTLSServerEndpoint, Data: cb})
+		conv = srv.NewConversationWithChannelBinding(scram.ChannelBinding{Type: scram.ChannelBindingTLSServerEndpoint, Data: cb})
 	}
 	if err := writeMsgs(c, &pgproto3.AuthenticationSASL{AuthMechanisms: mechs}); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 
 	body, err := readSASLMessage(c, maxMsg)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	var initial pgproto3.SASLInitialResponse
 	if err := initial.Decode(body); err != nil {
-		return nil, clientErr(codeProtocolViolation, "malformed SASLInitialResponse", "", err)
+		return nil, "", clientErr(codeProtocolViolation, "malformed SASLInitialResponse", "", err)
 	}
 	if !slices.Contains(mechs, initial.AuthMechanism) {
-		return nil, clientErr(codeProtocolViolation,
+		return nil, "", clientErr(codeProtocolViolation,
 			fmt.Sprintf("client selected an invalid SASL authentication mechanism %q", truncate(initial.AuthMechanism, 32)),
 			"The router offers "+strings.Join(mechs, " and ")+".", nil)
 	}
 	if err := checkGS2Flag(initial.AuthMechanism, initial.Data, cb != nil); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	serverFirst, err := conv.Step(string(initial.Data))
 	if err != nil {
-		return nil, clientErr(codeProtocolViolation, "malformed SCRAM message", "", err)
+		return nil, "", clientErr(codeProtocolViolation, "malformed SCRAM message", "", err)
 	}
 	if err := writeMsgs(c, &pgproto3.AuthenticationSASLContinue{Data: []byte(serverFirst)}); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 
 	body, err = readSASLMessage(c, maxMsg)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	var resp pgproto3.SASLResponse
 	if err := resp.Decode(body); err != nil {
-		return nil, clientErr(codeProtocolViolation, "malformed SASLResponse", "", err)
+		return nil, "", clientErr(codeProtocolViolation, "malformed SASLResponse", "", err)
 	}
 	serverFinal, err := conv.Step(string(resp.Data))
 	if serverFinal == scram.ErrChannelBindingsDontMatch {
-		return nil, clientErr(codeInvalidPassword, "SCRAM channel binding check failed",
+		return nil, "", clientErr(codeInvalidPassword, "SCRAM channel binding check failed",
 			"The TLS connection the client sees is not the router's: something between them terminates TLS.", err)
 	}
-	if err != nil || !conv.Valid() {
-		return nil, passwordFailed(user, err)
+	switch {
+	case err == nil && conv.Valid() && a.tenants == nil:
+		cred = CredentialApp
+	case err == nil && conv.Valid() && keys.hasOwn: // a mock never matches
+		cred = CredentialTenant
+	case serverFinal == scram.ErrInvalidProof && a.tenants != nil:
+		var ok bool
+		if serverFinal, ok = a.tenants.checkApp(keys, string(initial.Data), serverFirst, string(resp.Data)); ok {
+			cred = CredentialApp
+		}
+	}
+	if cred == "" {
+		return nil, "", passwordFailed(user, err)
 	}
 	final, _ = (&pgproto3.AuthenticationSASLFinal{Data: []byte(serverFinal)}).Encode(nil)
-	return (&pgproto3.AuthenticationOk{}).Encode(final)
+	final, err = (&pgproto3.AuthenticationOk{}).Encode(final)
+	return final, cred, err
 }
 
 // checkGS2Flag applies the channel binding rules of RFC 5802 (as PostgreSQL

@@ -2,7 +2,8 @@
 // wire-protocol connections, answers the startup negotiation (SSLRequest,
 // GSSENCRequest, CancelRequest, StartupMessage 3.x; TLS is terminated when
 // configured, also PostgreSQL 17's direct TLS), extracts and validates
-// the tenant ID, authenticates the client itself (SCRAM-SHA-256), resolves
+// the tenant ID, authenticates the client itself (SCRAM-SHA-256, with the
+// app secret or, with Auth.PerTenant, the tenant's own secret: tenantauth.go), resolves
 // the tenant to an upstream through a Resolver, logs in upstream with the
 // tenant's own credentials (login.go: its own startup exchange, so the SCRAM
 // keys derived for a role are reused by its later logins), relays the session

@@ -97,7 +97,7 @@ const codeConfigLimitExceeded = "53400"
 func passwordFailed(user string, cause error) *ClientError {
 	return clientErr(codeInvalidPassword,
 		fmt.Sprintf("password authentication failed for user %q", truncate(user, 64)),
-		"Use the router's app secret as the password (not a tenant database's password).", cause)
+		"Use the router's app secret, or the tenant's own secret where it has one, as the password (not a tenant database's password).", cause)
 }
 
 // hiddenTenant answers resolver.ErrTenantNotCreated as a wrong password for

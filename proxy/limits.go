@@ -406,20 +406,21 @@ func (s *Server) admit(tenant string) (release func(), err error) {
 // authenticateClient authenticates c for tenant under the auth backoff: a
 // throttled (address, tenant) is refused before it is asked for a password,
 // a wrong password counts as a failure and a success clears the failures.
-// On success it returns the exchange's final messages, for greet to send.
-func (s *Server) authenticateClient(c net.Conn, user, tenant string) ([]byte, error) {
+// On success it returns the exchange's final messages, for greet to send,
+// and the credential the client used (Credential*).
+func (s *Server) authenticateClient(c net.Conn, user, tenant string) ([]byte, string, error) {
 	b := s.lim.limits.Load().AuthBackoff
 	if b.Threshold <= 0 {
-		return s.auth.authenticate(c, user, s.cfg.maxStartupPacket())
+		return s.auth.authenticate(c, user, tenant, s.cfg.maxStartupPacket())
 	}
 	key := backoffKey{addr: addrKey(c.RemoteAddr()), tenant: tenant}
 	if wait := s.lim.throttled(key); wait > 0 {
 		secs := (wait + time.Second - 1) / time.Second
-		return nil, clientErr(codeInvalidPassword,
+		return nil, "", clientErr(codeInvalidPassword,
 			fmt.Sprintf("too many failed authentication attempts for tenant %q from this address; retry in %ds", tenant, secs),
 			"After repeated wrong passwords the router refuses an address for a while, longer after each further failure. Check the app secret.", nil)
 	}
-	final, err := s.auth.authenticate(c, user, s.cfg.maxStartupPacket())
+	final, cred, err := s.auth.authenticate(c, user, tenant, s.cfg.maxStartupPacket())
 	var ce *ClientError
 	switch {
 	case err == nil:
@@ -428,7 +429,7 @@ func (s *Server) authenticateClient(c net.Conn, user, tenant string) ([]byte, er
 		_, overTLS := c.(*tlsConn)
 		s.lim.authFailed(key, &b, overTLS)
 	}
-	return final, err
+	return final, cred, err
 }
 
 // throttled returns how long key is still refused (0: not refused).

@@ -63,6 +63,11 @@ type Metrics struct {
 	// BytesOut counts bytes relayed from upstreams to clients, added when a
 	// session ends.
 	BytesOut prometheus.Counter
+	// ClientLogins counts successful client authentications by the
+	// credential used: app (the app secret), tenant (the tenant's own
+	// secret, Auth.PerTenant) or trust. Failures are connection outcomes
+	// (auth_failed).
+	ClientLogins *prometheus.CounterVec
 	// CancelRequests counts CancelRequests by outcome: forwarded, unknown
 	// (a key this router did not issue or that expired; ignored), failed,
 	// or rate_limited (dropped unread: over Limits.CancelRate for its
@@ -124,6 +129,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Time of successful client authentication.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}),
+		ClientLogins: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "client_logins_total",
+			Help: "Successful client authentications, by credential (app: the app secret, tenant: the tenant's own secret, trust).",
+		}, []string{"credential"}),
 		ResolveSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: ns, Subsystem: sub, Name: "resolve_seconds",
 			Help:    "Time to find a tenant's route, including creating its database; by how it was found (cache, catalog, created, error).",
@@ -157,7 +166,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.ConnectionsAccepted, m.ConnectionsActive, m.ConnectionsFinished,
-			m.HandshakeSeconds, m.ClientAuthSeconds, m.ResolveSeconds, m.UpstreamConnectSeconds,
+			m.HandshakeSeconds, m.ClientAuthSeconds, m.ClientLogins, m.ResolveSeconds, m.UpstreamConnectSeconds,
 			m.BytesIn, m.BytesOut, m.CancelRequests)
 	}
 	return m
@@ -191,9 +200,10 @@ func (m *Metrics) handshakeDone(start time.Time) {
 	}
 }
 
-func (m *Metrics) authDone(start time.Time) {
+func (m *Metrics) authDone(start time.Time, credential string) {
 	if m != nil {
 		m.ClientAuthSeconds.Observe(time.Since(start).Seconds())
+		m.ClientLogins.WithLabelValues(credential).Inc()
 	}
 }
 

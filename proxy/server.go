@@ -315,6 +315,7 @@ type session struct {
 	bytesOut  atomic.Int64 // upstream → client
 	cancelReq bool
 	direct    bool   // on the direct endpoint (pgtenant.endpoint=direct)
+	ownSecret bool   // logged in with the tenant's own secret (Auth.PerTenant)
 	sni       string // TLS server name the client sent
 	authFinal []byte // the authentication's last messages, sent by greet
 
@@ -407,6 +408,9 @@ func (s *Server) ended(ctx context.Context, sess *session, log *slog.Logger, sta
 	}
 	if sess.direct {
 		attrs = append(attrs, "endpoint", "direct")
+	}
+	if sess.ownSecret { // a person's own access to one tenant, worth telling apart
+		attrs = append(attrs, "credential", CredentialTenant)
 	}
 	if err != nil && !(sess.routed && isQuietEOF(err)) && ctx.Err() == nil {
 		attrs = append(attrs, "err", err)
@@ -510,12 +514,12 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	authStart := time.Now()
 	// The exchange's last messages (AuthenticationOk) go with the greeting:
 	// a session refused before it hears nothing a wrong password does not.
-	authFinal, err := s.authenticateClient(c, user, tenant) // with the auth backoff (limits.go)
+	authFinal, cred, err := s.authenticateClient(c, user, tenant) // with the auth backoff (limits.go)
 	if err != nil {
 		return s.fail(c, err)
 	}
-	sess.authFinal = authFinal
-	s.cfg.Metrics.authDone(authStart)
+	sess.authFinal, sess.ownSecret = authFinal, cred == CredentialTenant
+	s.cfg.Metrics.authDone(authStart, cred)
 	doneHandshake()
 	releaseSlot, err := s.admit(tenant) // block list, connection caps (limits.go)
 	if err != nil {

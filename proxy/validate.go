@@ -20,6 +20,11 @@ func (cfg *Config) Validate() error {
 }
 
 func (a Auth) validate() error {
+	if a.PerTenant {
+		if err := a.validatePerTenant(); err != nil {
+			return err
+		}
+	}
 	switch a.Method {
 	case AuthTrust:
 		return nil
@@ -47,6 +52,25 @@ func (c TLSConfig) validate() error {
 	}
 	if c.CertFile == "" || c.KeyFile == "" {
 		return fmt.Errorf("proxy: TLS mode %s needs a certificate file and a key file", c.Mode)
+	}
+	return nil
+}
+
+// validatePerTenant checks what Auth.PerTenant needs.
+func (a Auth) validatePerTenant() error {
+	switch a.TenantSecret {
+	case "", TenantSecretBesides, TenantSecretInstead:
+	default:
+		return fmt.Errorf("auth: tenant secret %q: want %s or %s", a.TenantSecret, TenantSecretBesides, TenantSecretInstead)
+	}
+	switch {
+	case a.Method == AuthTrust:
+		return errors.New("auth: per-tenant secrets need SCRAM authentication, not trust")
+	case a.Password == "" && a.Verifier != "":
+		return errors.New("auth: per-tenant secrets need the app secret itself, not only its SCRAM verifier: " +
+			"each tenant is offered its own salt, and the app secret's keys are derived for it")
+	case len(a.SaltKey) < 32:
+		return errors.New("auth: per-tenant secrets need a salt key of at least 32 bytes")
 	}
 	return nil
 }

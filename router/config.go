@@ -77,6 +77,10 @@ type Config struct {
 		Method        string `yaml:"method"`
 		Password      string `yaml:"password"`
 		SCRAMVerifier string `yaml:"scram_verifier"`
+		// Tenants' own secrets (credentials.go).
+		PerTenant        bool          `yaml:"per_tenant"`
+		TenantSecret     string        `yaml:"tenant_secret"`
+		PerTenantRefresh time.Duration `yaml:"per_tenant_refresh"`
 	} `yaml:"auth"`
 
 	TLS struct {
@@ -177,6 +181,8 @@ func DefaultConfig() Config {
 	fc.Log.Level = "info"
 	fc.Admin.BlockedRefresh = 10 * time.Second
 	fc.Auth.Method = proxy.AuthSCRAM
+	fc.Auth.TenantSecret = proxy.TenantSecretBesides
+	fc.Auth.PerTenantRefresh = DefaultPerTenantRefresh
 	fc.TLS.Mode = proxy.TLSModeDisable
 	fc.Tenant.Pattern = proxy.DefaultTenantPattern
 	fc.Tenant.Carriers = []string{proxy.CarrierUser}
@@ -281,6 +287,7 @@ func (fc *Config) Validate() error {
 		}
 	}
 	errs = append(errs, fc.validateTenantCreation()...) // tenants.go
+	errs = append(errs, fc.validateAuth()...)           // credentials.go
 
 	errs = append(errs, fc.validateListen()...) // listen.go
 	errs = append(errs, fc.validateLimits()...) // limits.go
@@ -291,6 +298,9 @@ func (fc *Config) Validate() error {
 		if err := pc.Validate(); err != nil {
 			if errors.Is(err, proxy.ErrNoAppSecret) {
 				err = fmt.Errorf("%w\n(the app secret: set %s, or auth.password, or auth.scram_verifier)", err, EnvPassword)
+			}
+			if fc.Auth.PerTenant && fc.Auth.Password == "" && fc.Auth.SCRAMVerifier != "" {
+				err = fmt.Errorf("auth.per_tenant: %w\n(give the app secret in %s or auth.password instead of auth.scram_verifier, or turn auth.per_tenant off)", err, EnvPassword)
 			}
 			errs = append(errs, err)
 		}
@@ -331,6 +341,9 @@ func (fc *Config) ProxyConfig() (proxy.Config, error) {
 			Method:   fc.Auth.Method,
 			Password: fc.Auth.Password,
 			Verifier: fc.Auth.SCRAMVerifier,
+
+			PerTenant:    fc.Auth.PerTenant,
+			TenantSecret: fc.Auth.TenantSecret,
 		},
 		Limits:           fc.ProxyLimits(),     // limits.go
 		KeepAlive:        fc.KeepAliveConfig(), // limits.go
@@ -340,6 +353,9 @@ func (fc *Config) ProxyConfig() (proxy.Config, error) {
 		DrainTimeout:     fc.DrainTimeout,
 		InstanceID:       fc.InstanceID.fixed(), // auto: New sets the claimed ID
 		TLS:              proxy.TLSConfig{Mode: fc.TLS.Mode, CertFile: fc.TLS.CertFile, KeyFile: fc.TLS.KeyFile},
+	}
+	if fc.Auth.PerTenant {
+		cfg.Auth.SaltKey = fc.saltKey() // credentials.go
 	}
 	var err error
 	cfg.Tenant, err = fc.TenantConfig()

@@ -13,15 +13,15 @@ import (
 // that changes one says so in a warning. The TLS certificate and key files
 // are read again too, but changing their paths (or tls.mode) needs a
 // restart.
-var reloadable = []string{"log.level", "limits.", "blocked_tenants", "tenant.create", "tenant.max_tenants", "tenant.creates_per_minute"}
+var reloadable = []string{"log.level", "limits.", "blocked_tenants", "tenant.create", "tenant.max_tenants", "tenant.creates_per_minute", "auth.tenant_secret"}
 
 // Reload applies nc's reloadable keys to the running router: the log level
 // (when Options.Level was given), the limits, who may create tenants and
 // how many (tenant.create, tenant.max_tenants, tenant.creates_per_minute),
-// the block list's
-// blocked_tenants (and the shared list, read again from the catalog, as are
-// the per-tenant pool modes), and
-// the client TLS certificate (its files read again). Changed keys that need
+// whether the app secret opens tenants that have their own secret
+// (auth.tenant_secret), the block list's blocked_tenants (and the shared
+// list, read again from the catalog, as are the per-tenant pool modes and
+// the tenants' own secrets), and the client TLS certificate (its files read again). Changed keys that need
 // a restart are named in a warning, never applied. Reload does not validate
 // nc; the caller (serve's SIGHUP) loads and validates it first, and keeps
 // the running configuration when that fails.
@@ -52,6 +52,12 @@ func (r *Router) Reload(ctx context.Context, nc Config) error {
 		r.cur.Tenant.MaxTenants, r.cur.Tenant.CreatesPerMinute = nc.Tenant.MaxTenants, nc.Tenant.CreatesPerMinute
 		applied = append(applied, "tenant.max_tenants,tenant.creates_per_minute")
 	}
+	if nc.Auth.TenantSecret != r.cur.Auth.TenantSecret {
+		if err := r.srv.SetTenantSecret(nc.Auth.TenantSecret); err == nil {
+			r.cur.Auth.TenantSecret = nc.Auth.TenantSecret
+			applied = append(applied, "auth.tenant_secret")
+		}
+	}
 	if !slices.Equal(nc.BlockedTenants, r.cur.BlockedTenants) {
 		r.blocks.setFile(nc.BlockedTenants)
 		r.cur.BlockedTenants = nc.BlockedTenants
@@ -72,6 +78,13 @@ func (r *Router) Reload(ctx context.Context, nc Config) error {
 		r.log.Warn("config reload: per-tenant pool modes not refreshed; keeping the last ones", "err", merr)
 	}
 	cancel()
+	if r.creds.on {
+		cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		if cerr := r.creds.refresh(cctx); cerr != nil {
+			r.log.Warn("config reload: tenants' own secrets not refreshed", "err", cerr)
+		}
+		cancel()
+	}
 
 	if keys := changedKeys(r.cur, nc); len(keys) > 0 {
 		r.log.Warn("config reload: these keys changed but only take effect after a restart", "keys", strings.Join(keys, ","))

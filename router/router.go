@@ -188,6 +188,7 @@ type Router struct {
 	ln       net.Listener
 	blocks   *blockList
 	modes    *tenantPoolModes
+	creds    *tenantCredentials // tenants' own secrets (credentials.go)
 	surface  *surface
 	cluster  *cluster // nil: cluster off (cluster.go)
 
@@ -306,6 +307,7 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Router, err error) {
 	// /readyz says 503 throughout.
 	r.blocks = newBlockList(r.cat, r.srv, cfg.BlockedTenants)
 	r.modes = &tenantPoolModes{store: r.cat, proxy: r.srv}
+	r.creds = &tenantCredentials{on: cfg.Auth.PerTenant, log: r.log, store: r.cat, proxy: r.srv}
 	if r.surface, err = r.startSurface(ctx, cfg, pcfg, opts.AdminHook); err != nil {
 		return nil, err
 	}

@@ -117,14 +117,16 @@ func (b *blockList) refresh(ctx context.Context) (ending int, err error) {
 }
 
 // surface is the production surface around the proxy: the admin listener
-// and the refresh loops of the block list and the per-tenant pool modes.
+// and the refresh loops of the block list, the per-tenant pool modes and
+// the tenants' own secrets.
 type surface struct {
-	refresh time.Duration
-	srv     *http.Server // nil: no admin listener
-	ln      net.Listener
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
-	ctx     context.Context // of the loops; ends with stop
+	refresh      time.Duration // admin.blocked_refresh
+	credsRefresh time.Duration // auth.per_tenant_refresh
+	srv          *http.Server  // nil: no admin listener
+	ln           net.Listener
+	cancel       context.CancelFunc
+	wg           sync.WaitGroup
+	ctx          context.Context // of the loops; ends with stop
 }
 
 // startSurface applies the block list and the per-tenant pool modes and
@@ -143,7 +145,15 @@ func (r *Router) startSurface(ctx context.Context, cfg Config, pcfg proxy.Config
 	if err != nil {
 		return nil, fmt.Errorf("per-tenant pool modes: %w", err)
 	}
-	s := &surface{refresh: cfg.Admin.BlockedRefresh}
+	if r.creds.on {
+		bctx, cancel = context.WithTimeout(ctx, 15*time.Second)
+		err = r.creds.refresh(bctx)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("tenants' own secrets: %w", err)
+		}
+	}
+	s := &surface{refresh: cfg.Admin.BlockedRefresh, credsRefresh: cfg.Auth.PerTenantRefresh}
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	if cfg.Admin.Listen == "" {
 		return s, nil
@@ -154,6 +164,7 @@ func (r *Router) startSurface(ctx context.Context, cfg Config, pcfg proxy.Config
 		Catalog:     r.cat,
 		Blocks:      r.blocks,
 		TenantModes: r.modes,
+		Credentials: r.creds,
 		Ping:        catalogPing{r.catPool},
 		Resolver:    r.res,
 		Router:      r.srv,
@@ -207,6 +218,9 @@ func (s *surface) run(ctx context.Context, r *Router) {
 		})
 	})
 	s.wg.Go(func() { refreshLoop(s.ctx, s.refresh, r.log, "per-tenant pool modes", r.modes.refresh) })
+	if r.creds.on {
+		s.wg.Go(func() { refreshLoop(s.ctx, s.credsRefresh, r.log, "tenants' own secrets", r.creds.refresh) })
+	}
 }
 
 // stop ends the loops and shuts the admin listener down; call it after the

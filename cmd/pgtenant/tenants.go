@@ -18,8 +18,8 @@ import (
 	"github.com/pgtenant/pgtenant/router"
 )
 
-const tenantsUsage = `Usage: pgtenant tenants <list|show|delete> --config FILE [flags]
-       pgtenant tenants <list|show|warm|evict|block|unblock|pool-mode|delete> --admin URL [flags]
+const tenantsUsage = `Usage: pgtenant tenants <list|show|passwd|delete> --config FILE [flags]
+       pgtenant tenants <list|show|warm|evict|block|unblock|pool-mode|passwd|delete> --admin URL [flags]
 
   list [--after TENANT] [--limit N]   tenants in the catalog, in ID order (no secrets)
   show TENANT                         the tenant's route and, for neon, its branch/project at Neon
@@ -30,6 +30,8 @@ const tenantsUsage = `Usage: pgtenant tenants <list|show|delete> --config FILE [
   block TENANT | unblock TENANT       --admin only: refuse (and end) the tenant's connections, or let them in again
   pool-mode TENANT MODE               --admin only: the tenant's pool mode for new connections, on every router:
                                       session, transaction, off (unpooled), or default (the router's pool.mode)
+  passwd TENANT                       set the tenant's own secret (auth.per_tenant), which opens this tenant only:
+                                      asked for on the terminal, or --password-stdin, or --verifier; --delete removes it
 
 Without --admin it uses the same configuration (file and environment) as
 'pgtenant serve' and works on the catalog and provider directly. With
@@ -45,6 +47,7 @@ type tenantsFlags struct {
 	token                 *string
 	limit                 *int
 	yes                   *bool
+	passwd                passwdFlags
 }
 
 // newTenantsFlags defines them on a new flag set whose usage is the verbs
@@ -57,6 +60,9 @@ func newTenantsFlags(name string, stderr io.Writer) *tenantsFlags {
 	f.after = fs.String("after", "", "list: start after this tenant ID")
 	f.limit = fs.Int("limit", 100, "list: at most this many tenants")
 	f.yes = fs.Bool("yes", false, "delete: confirm")
+	f.passwd.stdin = fs.Bool("password-stdin", false, "passwd: read the password from standard input (its first line)")
+	f.passwd.verifier = fs.String("verifier", "", "passwd: store this SCRAM-SHA-256 verifier (SCRAM-SHA-256$4096:<salt>$<StoredKey>:<ServerKey>)")
+	f.passwd.delete = fs.Bool("delete", false, "passwd: remove the tenant's own secret")
 	f.adminURL = fs.String("admin", "", "URL of a router's admin listener, e.g. http://127.0.0.1:9090 (instead of --config)")
 	f.token = fs.String("token", "", "admin API token (prefer "+router.EnvAdminToken+")")
 	fs.Usage = func() { fmt.Fprint(stderr, tenantsUsage, "\nFlags:\n", fs.FlagUsages()) }
@@ -85,7 +91,7 @@ func runTenants(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if fs.NArg() != 0 {
 			return fmt.Errorf("%w: tenants list takes no arguments", errUsage)
 		}
-	case "show", "delete", "warm", "evict", "block", "unblock":
+	case "show", "delete", "warm", "evict", "block", "unblock", "passwd":
 		if fs.NArg() != 1 {
 			return fmt.Errorf("%w: tenants %s takes one tenant ID", errUsage, verb)
 		}
@@ -107,7 +113,29 @@ func runTenants(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if verb == "delete" && !*yes {
 		return fmt.Errorf("deleting tenant %q destroys its database and data: add --yes to confirm", tenant)
 	}
+	var verifier string // passwd's; "" deletes
+	if verb == "passwd" {
+		pf := f.passwd
+		n := 0
+		for _, set := range []bool{*pf.stdin, *pf.verifier != "", *pf.delete} {
+			if set {
+				n++
+			}
+		}
+		if n > 1 {
+			return fmt.Errorf("%w: tenants passwd takes one of --password-stdin, --verifier and --delete", errUsage)
+		}
+		if !*pf.delete {
+			var err error
+			if verifier, err = passwdVerifier(pf, tenant, os.Stdin, stderr); err != nil { // passwd.go
+				return err
+			}
+		}
+	}
 	if *adminURL != "" { // tenants_api.go
+		if verb == "passwd" {
+			return passwdAPI(ctx, stdout, apiClient{base: *adminURL, token: cmp.Or(*token, os.Getenv(router.EnvAdminToken))}, tenant, verifier)
+		}
 		return runTenantsAPI(ctx, stdout, apiClient{base: *adminURL, token: cmp.Or(*token, os.Getenv(router.EnvAdminToken))}, verb, tenant, mode, *after, *limit)
 	}
 	switch verb {
@@ -140,6 +168,8 @@ func runTenants(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return a.list(ctx, stdout, *after, *limit)
 	case "show":
 		return a.show(ctx, stdout, tenant)
+	case "passwd":
+		return passwdCatalog(ctx, stdout, a.cat, fc.Auth.PerTenant, tenant, verifier)
 	}
 	return a.delete(ctx, stdout, tenant)
 }
