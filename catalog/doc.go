@@ -6,9 +6,11 @@
 // Catalog.Block), the per-tenant pool modes (pgtenant.pool_modes, see
 // Catalog.SetPoolMode), the instance registry (pgtenant.instances: the
 // router instances sharing the catalog, their peer addresses and
-// heartbeats, see Catalog.Register) and the key check (pgtenant.meta).
-// Later additions, such as migration versions and per-tenant credentials,
-// belong here too.
+// heartbeats, see Catalog.Register), the schema migrations of the tenant
+// databases (pgtenant.migrations and pgtenant.migration_state, see
+// Catalog.RegisterMigrations and Catalog.LockMigration; package migrate
+// runs them) and the key check (pgtenant.meta). Later additions, such as
+// per-tenant credentials, belong here too.
 //
 // Open creates the schema if it is missing; several instances may open one
 // catalog at once, since the DDL runs under an advisory lock. Creating and
