@@ -221,12 +221,13 @@ func migrations(ctx context.Context, q interface {
 }
 
 // MigrationStates returns every recorded state, templates first, then
-// tenants in ID order. Tenants deleted from the catalog are left out.
+// tenants in ID order. Tenants deleted from the catalog are left out, and
+// so are states recorded before their tenant was created (again).
 func (c *Catalog) MigrationStates(ctx context.Context) ([]MigrationState, error) {
 	rows, err := c.pool.Query(ctx, `SELECT s.kind, s.name, s.version, s.status, s.error, s.started_at, s.updated_at
 		FROM pgtenant.migration_state s
 		LEFT JOIN pgtenant.tenants t ON s.kind = 'tenant' AND t.tenant = s.name
-		WHERE s.kind = 'template' OR t.state = 'ready'
+		WHERE s.kind = 'template' OR (t.state = 'ready' AND s.updated_at >= t.created_at)
 		ORDER BY s.kind DESC, s.name`)
 	if err != nil {
 		return nil, fmt.Errorf("catalog: migration states: %w", err)
