@@ -163,6 +163,9 @@ func (c *Catalog) migrate(ctx context.Context, tx pgx.Tx) error {
 	if err := migrateCredentials(ctx, tx); err != nil {
 		return err
 	}
+	if err := migrateMigrations(ctx, tx); err != nil { // migrations.go
+		return err
+	}
 	// The first instance to get here records the key check; the rest compare.
 	if _, err := tx.Exec(ctx, `INSERT INTO pgtenant.meta (name, value) VALUES ('key_check', $1)
 		ON CONFLICT (name) DO NOTHING`, c.aead.Seal(nil, nil, []byte(keyCheck), []byte(keyCheckAD))); err != nil {

@@ -7,9 +7,11 @@
 // Catalog.SetPoolMode), the instance registry (pgtenant.instances: the
 // router instances sharing the catalog, their peer addresses and
 // heartbeats, see Catalog.Register), the tenants' own secrets as SCRAM
-// verifiers (pgtenant.credentials, see Catalog.SetCredential) and the key
-// check (pgtenant.meta). Later additions, such as migration versions,
-// belong here too.
+// verifiers (pgtenant.credentials, see Catalog.SetCredential), the schema
+// migrations of the tenant databases (pgtenant.migrations and
+// pgtenant.migration_state, see Catalog.RegisterMigrations and
+// Catalog.LockMigration; package migrate runs them) and the key check
+// (pgtenant.meta).
 //
 // Open creates the schema if it is missing; several instances may open one
 // catalog at once, since the DDL runs under an advisory lock. Creating and

@@ -77,6 +77,11 @@ func (u *UpstreamConfig) tlsConfig(host string) *tls.Config {
 	return nil
 }
 
+// TLSConfig returns the TLS configuration the router uses toward an
+// upstream named host, or nil for plaintext, for other sessions to the
+// same upstreams (pgtenant migrate).
+func (u *UpstreamConfig) TLSConfig(host string) *tls.Config { return u.tlsConfig(host) }
+
 // sniName is the SNI to send in require mode.
 func sniName(u *UpstreamConfig, host string) string {
 	if u.EndpointOption {

@@ -149,6 +149,8 @@ type Config struct {
 
 	Pool PoolSettings `yaml:"pool"` // pool.go
 
+	Migrations MigrationSettings `yaml:"migrations"` // migrations.go
+
 	Cluster ClusterSettings `yaml:"cluster"` // cluster.go
 
 	Provider struct {
@@ -203,6 +205,7 @@ func DefaultConfig() Config {
 	fc.Cache.FillTimeout = 2 * time.Minute
 	fc.Catalog.MaxConns = 10
 	fc.Pool = defaultPoolSettings() // pool.go
+	fc.Migrations = defaultMigrationSettings()
 	fc.Cluster = defaultClusterSettings()
 	fc.Provider.Kind = "local"
 	fc.Provider.Local.Template = "pgtenant_template"
@@ -292,6 +295,7 @@ func (fc *Config) Validate() error {
 	errs = append(errs, fc.validateListen()...) // listen.go
 	errs = append(errs, fc.validateLimits()...) // limits.go
 	errs = append(errs, fc.Pool.validate()...)  // pool.go
+	errs = append(errs, fc.Migrations.validate()...)
 	// What the proxy checks, it owns; only the hint at where the secret
 	// comes from is the file's.
 	if pc, err := fc.ProxyConfig(); err == nil {

@@ -9,6 +9,7 @@
 //	pgtenant serve   run the router against an existing Postgres server (--config)
 //	pgtenant bench   measure a router (or any Postgres target) under connection fan-out
 //	pgtenant tenants list, show or delete tenants (catalog and provider)
+//	pgtenant migrate migrate the tenant databases' schema (status, up)
 //	pgtenant pools   show a running router's connection pools (admin API)
 //	pgtenant genkey  print a new catalog encryption key
 //	pgtenant version print the version and the commit it was built from
@@ -47,7 +48,7 @@ func exitCode(err error) int {
 	switch {
 	case err == nil, errors.Is(err, pflag.ErrHelp):
 		return 0
-	case errors.Is(err, errUsage):
+	case errors.Is(err, errUsage), errors.Is(err, errConfig):
 		return 2
 	}
 	return 1
@@ -63,6 +64,7 @@ Usage:
   pgtenant bench  [flags]   measure a router under fan-out (--dsn DSN [--compare DSN])
   pgtenant tenants <list|show|delete> [flags]   inspect or delete tenants (catalog + provider)
   pgtenant tenants <verb> --admin URL            the same plus warm, evict, block, unblock, through a router's admin API
+  pgtenant migrate <status|up> [flags]           tenants per schema version; migrate template and tenants (--dir DIR)
   pgtenant pools --admin URL                     a router's connection pools and upstream budgets (like SHOW POOLS)
   pgtenant genkey           print a new catalog encryption key (for PGTENANT_CATALOG_KEY)
   pgtenant version          print the version and the commit it was built from
@@ -77,6 +79,7 @@ var commands = map[string]func(ctx context.Context, args []string, stdout, stder
 	"serve":   runServe,
 	"bench":   runBench,
 	"tenants": runTenants,
+	"migrate": runMigrate,
 	"pools":   runPools,
 	"genkey":  runGenkey,
 	"version": runVersion,

@@ -1,0 +1,41 @@
+package router
+
+import (
+	"fmt"
+	"time"
+)
+
+// MigrationSettings is the migrations section: how `pgtenant migrate`
+// migrates the tenant databases (package migrate).
+type MigrationSettings struct {
+	Dir              string        `yaml:"dir"`
+	Concurrency      int           `yaml:"concurrency"`
+	Canary           int           `yaml:"canary"`
+	MaxFailShare     float64       `yaml:"max_fail_share"`
+	LockTimeout      time.Duration `yaml:"lock_timeout"`
+	StatementTimeout time.Duration `yaml:"statement_timeout"`
+}
+
+func defaultMigrationSettings() MigrationSettings {
+	return MigrationSettings{Concurrency: 4, Canary: 1, MaxFailShare: 0.1, LockTimeout: 5 * time.Second}
+}
+
+func (m *MigrationSettings) validate() []error {
+	var errs []error
+	if m.Concurrency < 1 {
+		errs = append(errs, fmt.Errorf("migrations.concurrency: %d: want 1 or more", m.Concurrency))
+	}
+	if m.Canary < 0 {
+		errs = append(errs, fmt.Errorf("migrations.canary: %d: want 0 (no canary wave) or more", m.Canary))
+	}
+	if m.MaxFailShare < 0 || m.MaxFailShare > 1 {
+		errs = append(errs, fmt.Errorf("migrations.max_fail_share: %g: want a share from 0 (stop at the first failure) to 1", m.MaxFailShare))
+	}
+	if m.LockTimeout < 0 {
+		errs = append(errs, fmt.Errorf("migrations.lock_timeout: %s is negative (0: the server's setting)", m.LockTimeout))
+	}
+	if m.StatementTimeout < 0 {
+		errs = append(errs, fmt.Errorf("migrations.statement_timeout: %s is negative (0: the server's setting)", m.StatementTimeout))
+	}
+	return errs
+}
