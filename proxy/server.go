@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -57,8 +56,9 @@ type Config struct {
 	// MaxStartupPacket caps the size of startup-phase packets. Zero or
 	// negative means DefaultMaxStartupPacket (10000, as Postgres).
 	MaxStartupPacket int
-	// InstanceID is put in every cancel key this router issues, so that
-	// several instances can tell whose key it is (cancel.go).
+	// InstanceID is put in every cancel key this router issues (the top
+	// byte of its process ID), so that several instances can tell whose
+	// key it is (cancel.go).
 	InstanceID uint8
 	// Forward hands CancelRequests with another instance's key to that
 	// instance, and takes those it forwards here (ServePeers; cancel.go).
@@ -317,6 +317,7 @@ type session struct {
 	direct    bool   // on the direct endpoint (pgtenant.endpoint=direct)
 	sni       string // TLS server name the client sent
 	authFinal []byte // the authentication's last messages, sent by greet
+	secretLen int    // of the client's cancel key: shortSecret, or longSecret for protocol 3.2
 
 	killedBy *ClientError // why the router ended the routed session, if it did (metrics)
 
@@ -496,14 +497,26 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	}
 	sess.tenant, sess.user = tenant, user
 
-	if p.minor > 0 || len(p.protoOptions) > 0 {
-		// We speak 3.0 (as the upstream does); clients that asked for 3.2
-		// fall back, as they do with any pre-18 server.
+	// Protocol 3.2 as Postgres 18 speaks it (docs/protocol-3.2.md): a
+	// client asking for 3.2 gets it (its only change is the cancel key's
+	// length); one asking for a later 3.x, or for protocol options (none
+	// are known), hears NegotiateProtocolVersion with the version it gets;
+	// 3.1, which no Postgres ever spoke, goes on as 3.0 without one, as
+	// Postgres does. The upstream hop stays 3.0: the client's key is ours.
+	minor := min(p.minor, newestMinor)
+	sess.secretLen = shortSecret
+	if minor >= 2 {
+		sess.secretLen = longSecret
+	}
+	if p.minor > newestMinor || len(p.protoOptions) > 0 {
 		opts := p.protoOptions
 		if opts == nil {
 			opts = []string{}
 		}
-		if err := writeMsgs(c, &pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: opts}); err != nil {
+		// The full version number, as Postgres sends it (libpq 18 refuses a
+		// bare minor as a downgrade to before 3.0).
+		v := uint32(p.major)<<16 | uint32(minor)
+		if err := writeMsgs(c, &pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: v, UnrecognizedOptions: opts}); err != nil {
 			return err
 		}
 	}
@@ -567,13 +580,13 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 		secret:    up.SecretKey,
 		tlsConfig: up.TLSConfig,
 		dial:      s.dial,
-	})
+	}, sess.secretLen)
 	sess.onEnd(release)
 
 	if err := greet(c, sess.authFinal, up.ParameterStatuses, key, up.TxStatus); err != nil {
 		return err
 	}
-	sess.authFinal = nil // sent; an idle session keeps nothing of its login
+	sess.authFinal = nil           // sent; an idle session keeps nothing of its login
 	_ = c.SetDeadline(time.Time{}) // from here on liveness is TCP keepalive's job
 
 	sess.client, sess.live = c, ls
@@ -621,16 +634,14 @@ func relay(client, upstream net.Conn, ls *liveSession) error {
 // then the server's parameters, the client's cancel key (the router's, see
 // cancelKey) and ReadyForQuery.
 func greet(c net.Conn, authFinal []byte, params map[string]string, key cancelKey, txStatus byte) error {
-	var secret [4]byte
-	binary.BigEndian.PutUint32(secret[:], key.secret)
-	buf := append(make([]byte, 0, len(authFinal)+32*len(params)+32), authFinal...)
+	buf := append(make([]byte, 0, len(authFinal)+32*len(params)+64), authFinal...)
 	var err error
 	for name, value := range params {
 		if buf, err = (&pgproto3.ParameterStatus{Name: name, Value: value}).Encode(buf); err != nil {
 			return err
 		}
 	}
-	buf, _ = (&pgproto3.BackendKeyData{ProcessID: key.pid, SecretKey: secret[:]}).Encode(buf)
+	buf, _ = (&pgproto3.BackendKeyData{ProcessID: key.pid, SecretKey: key.secret}).Encode(buf)
 	buf, _ = (&pgproto3.ReadyForQuery{TxStatus: txStatus}).Encode(buf)
 	_, err = c.Write(buf)
 	return err
