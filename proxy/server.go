@@ -487,9 +487,15 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 		return s.fail(c, clientErr(codeInvalidAuthSpec, "no PostgreSQL user name specified in startup packet",
 			s.cfg.Tenant.noUserHint(), nil))
 	}
-	if _, ok := p.params["replication"]; ok && p.params["replication"] != "false" && p.params["replication"] != "0" {
-		return s.fail(c, clientErr(codeFeatureNotSupported, "replication connections are not supported by the pgtenant router",
-			"Connect to the tenant's database directly for replication.", nil))
+	if v, ok := p.params["replication"]; ok {
+		switch repl, valid := parseBool(v); {
+		case v == "database" || valid && repl:
+			return s.fail(c, clientErr(codeFeatureNotSupported, "replication connections are not supported by the pgtenant router",
+				"Connect to the tenant's database directly for replication.", nil))
+		case !valid:
+			return s.fail(c, clientErr(codeInvalidParameterValue, fmt.Sprintf("invalid value for parameter \"replication\": %q", truncate(v, 32)),
+				`Valid values are: "false", 0, "true", 1, "database".`, nil))
+		}
 	}
 	tenant, err := s.cfg.Tenant.fromStartup(&p) // carriers.go; drops the tenant option
 	if err != nil {
@@ -690,6 +696,12 @@ func (s *Server) negotiate(c net.Conn) (net.Conn, startupPacket, error) {
 		case kindGSSENCRequest:
 			if gssAsked {
 				return c, startupPacket{}, clientErr(codeProtocolViolation, "GSSENCRequest sent twice", "", nil)
+			}
+			if _, encrypted := c.(*tlsConn); encrypted {
+				// Postgres takes no GSSENCRequest once TLS is up either (it
+				// reads one as protocol 1234.5680); answering 'N' would
+				// leave the client waiting on an encryption it cannot get.
+				return c, startupPacket{}, clientErr(codeProtocolViolation, "GSSENCRequest on a connection already encrypted with TLS", "", nil)
 			}
 			gssAsked = true
 			if _, err := c.Write([]byte{'N'}); err != nil {

@@ -179,3 +179,18 @@ func cutNUL(b []byte) (string, []byte, bool) {
 	}
 	return string(b[:i]), b[i+1:], true
 }
+
+// parseBool reads a boolean startup parameter as Postgres' parse_bool
+// does: any prefix of true, false, yes or no, "on", "of(f)", 1 or 0,
+// ignoring case. valid is false for anything else.
+func parseBool(v string) (b, valid bool) {
+	l := strings.ToLower(v)
+	prefixOf := func(word string) bool { return l != "" && strings.HasPrefix(word, l) }
+	switch {
+	case prefixOf("true"), prefixOf("yes"), l == "on", l == "1":
+		return true, true
+	case prefixOf("false"), prefixOf("no"), l == "of", l == "off", l == "0":
+		return false, true
+	}
+	return false, false
+}
