@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"bytes"
 	"cmp"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -207,6 +209,12 @@ func (a *authenticator) authenticate(c net.Conn, user, tenant string, maxMsg int
 	if err := initial.Decode(body); err != nil {
 		return nil, "", clientErr(codeProtocolViolation, "malformed SASLInitialResponse", "", err)
 	}
+	// pgproto3 skips the data's length word; Postgres holds the client
+	// to it (pq_getmsgbytes), and so do we.
+	if n := int32(binary.BigEndian.Uint32(body[len(initial.AuthMechanism)+1:])); int(n) != len(initial.Data) {
+		return nil, "", clientErr(codeProtocolViolation,
+			fmt.Sprintf("malformed SASLInitialResponse: data length %d, but %d bytes follow", n, len(initial.Data)), "", nil)
+	}
 	if !slices.Contains(mechs, initial.AuthMechanism) {
 		return nil, "", clientErr(codeProtocolViolation,
 			fmt.Sprintf("client selected an invalid SASL authentication mechanism %q", truncate(initial.AuthMechanism, 32)),
@@ -230,6 +238,9 @@ func (a *authenticator) authenticate(c net.Conn, user, tenant string, maxMsg int
 	var resp pgproto3.SASLResponse
 	if err := resp.Decode(body); err != nil {
 		return nil, "", clientErr(codeProtocolViolation, "malformed SASLResponse", "", err)
+	}
+	if err := checkProof(resp.Data); err != nil {
+		return nil, "", err
 	}
 	serverFinal, err := conv.Step(string(resp.Data))
 	if serverFinal == scram.ErrChannelBindingsDontMatch {
@@ -259,10 +270,16 @@ func (a *authenticator) authenticate(c net.Conn, user, tenant string, maxMsg int
 // does) to the client-first-message's GS2 flag: "p=..." (binding in use)
 // exactly with the -PLUS mechanism, and "y" (the client could bind but
 // believes the server cannot) refused when -PLUS was offered, since then
-// someone removed it from the offer on the way.
+// someone removed it from the offer on the way; and, as PostgreSQL, it
+// refuses an authorization identity (the GS2 header's a=).
 func checkGS2Flag(mech string, clientFirst []byte, offeredPlus bool) error {
-	flag, _, _ := strings.Cut(string(clientFirst), ",")
+	flag, rest, _ := strings.Cut(string(clientFirst), ",")
+	authzid, _, _ := strings.Cut(rest, ",")
 	switch {
+	case authzid != "":
+		// The SCRAM library would ignore it; Postgres refuses it.
+		return clientErr(codeFeatureNotSupported, "client uses authorization identity, but it is not supported",
+			"Leave the SCRAM authorization identity (a=) empty: the user name says who logs in.", nil)
 	case mech == mechSCRAMPlus && !strings.HasPrefix(flag, "p="):
 		return clientErr(codeProtocolViolation, "malformed SCRAM message",
 			"The client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include channel binding data.", nil)
@@ -272,6 +289,22 @@ func checkGS2Flag(mech string, clientFirst []byte, offeredPlus bool) error {
 	case flag == "y" && offeredPlus:
 		return clientErr(codeProtocolViolation, "SCRAM channel binding negotiation error",
 			"The client supports SCRAM channel binding but thinks the router does not; the router does.", nil)
+	}
+	return nil
+}
+
+// checkProof refuses a client-final-message whose proof (its last
+// attribute, p=) is not the base64 of a SHA-256 sized value, as Postgres
+// does ("Malformed proof in client-final-message"); the SCRAM library
+// would fail on it with an "internal error" of its own.
+func checkProof(clientFinal []byte) error {
+	i := bytes.LastIndex(clientFinal, []byte(",p="))
+	if i < 0 {
+		return nil // no proof at all: the library says so
+	}
+	proof, err := base64.StdEncoding.DecodeString(string(clientFinal[i+3:]))
+	if err != nil || len(proof) != sha256.Size {
+		return clientErr(codeProtocolViolation, "malformed SCRAM message", "Malformed proof in client-final-message.", nil)
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/subtle"
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
@@ -19,37 +20,62 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
-// cancelKey is the BackendKeyData the router hands to a client: the upstream
-// backend's real process ID (so pg_backend_pid() matches, as on a direct
-// connection) and a 32-bit secret of ours, which also says which router
-// instance issued the key (see newSecret and keyOwner), so that a router
-// that receives a key it did not issue can forward it to its owner.
+// cancelKey is the BackendKeyData the router hands to a client: a process
+// ID of the router's own choosing, whose top byte names the router
+// instance that issued it (see newPID and keyOwner), and a secret that is
+// random in every bit: 4 bytes for a protocol 3.0 client, 32 for a 3.2
+// one (docs/protocol-3.2.md). The upstream backend's real process ID stays
+// the router's: a tenant that reads it in pg_stat_activity learns nothing
+// of the key.
 type cancelKey struct {
 	pid    uint32
-	secret uint32
+	secret []byte
 }
 
-// The cancel key layout lives in newSecret and keyOwner, and nowhere else:
-// today the secret's top byte is the issuing instance's ID and the other 24
-// bits are random. A layout that moves the ID out of the secret's entropy
-// (or hands longer keys to protocol 3.2 clients) changes these two.
+// The cancel key layout lives in newPID and keyOwner, and nowhere else.
+//
+// The instance ID sits in the process ID, not the secret, so that all of
+// the secret's bits are entropy. A client can forge the ID, but that only
+// sends its guess to another instance, which looks the key up in its own
+// registry (the full secret, compared in constant time) behind the same
+// per-address rate limit as any other: a guess costs one request wherever
+// it lands, and the instance ID buys the guesser nothing.
 
-// newSecret returns a fresh secret for a key issued by instance.
-func newSecret(instance uint8) uint32 {
+const (
+	// shortSecret is the secret length for protocol 3.0 (and 3.1) clients:
+	// the protocol's fixed 4 bytes.
+	shortSecret = 4
+	// longSecret is the secret length for clients of protocol 3.2 and
+	// later: what Postgres 18 hands out (MAX_CANCEL_KEY_LENGTH), 256 bits.
+	longSecret = 32
+	// pidSerialBits are the process ID's bits below the instance ID: a
+	// random number unique among the instance's live keys.
+	pidSerialBits = 24
+)
+
+// newPID returns a fresh process ID for a key issued by instance.
+func newPID(instance uint8) uint32 {
 	var b [4]byte
-	_, _ = rand.Read(b[:]) // never fails
+	_, _ = rand.Read(b[1:]) // never fails
 	b[0] = instance
 	return binary.BigEndian.Uint32(b[:])
 }
 
+// newSecret returns a fresh random secret of n bytes.
+func newSecret(n int) []byte {
+	b := make([]byte, n)
+	_, _ = rand.Read(b) // never fails
+	return b
+}
+
 // keyOwner returns the ID of the instance that issued the key (pid,
 // secret) as a client sent it back; ok is false for a key no instance
-// could have issued.
+// could have issued (a secret outside the protocol's 4 to 256 bytes).
 func keyOwner(pid uint32, secret []byte) (instance uint8, ok bool) {
-	if len(secret) != 4 {
+	if len(secret) < shortSecret || len(secret) > maxCancelSecret {
 		return 0, false
 	}
-	return secret[0], true
+	return uint8(pid >> pidSerialBits), true
 }
 
 // cancelTarget is what is needed to cancel the upstream query.
@@ -64,50 +90,60 @@ type cancelTarget struct {
 	follow *atomic.Pointer[cancelTarget]
 }
 
+// issued is a key of the registry: its secret and where it cancels.
+type issued struct {
+	secret []byte
+	target cancelTarget
+}
+
 // cancelRegistry maps the keys this router issued to their upstreams.
 // Safe for concurrent use.
 type cancelRegistry struct {
 	instance byte
 	mu       struct {
 		sync.Mutex
-		keys map[cancelKey]cancelTarget // guarded by mu
+		keys map[uint32]issued // by the key's process ID; guarded by mu
 	}
 }
 
 func newCancelRegistry(instance byte) *cancelRegistry {
 	r := &cancelRegistry{instance: instance}
-	r.mu.keys = make(map[cancelKey]cancelTarget)
+	r.mu.keys = make(map[uint32]issued)
 	return r
 }
 
-// register issues a fresh key for t. The caller must call release when the
+// register issues a fresh key for t with a secret of secretLen bytes
+// (shortSecret or longSecret). The caller must call release when the
 // session ends.
-func (r *cancelRegistry) register(t cancelTarget) (key cancelKey, release func()) {
+func (r *cancelRegistry) register(t cancelTarget, secretLen int) (key cancelKey, release func()) {
+	key.secret = newSecret(max(secretLen, shortSecret))
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for {
-		key = cancelKey{pid: t.pid, secret: newSecret(r.instance)}
-		if _, taken := r.mu.keys[key]; !taken {
+	for { // a process ID unique among this instance's live keys
+		key.pid = newPID(r.instance)
+		if _, taken := r.mu.keys[key.pid]; !taken {
 			break
 		}
 	}
-	r.mu.keys[key] = t
+	r.mu.keys[key.pid] = issued{secret: key.secret, target: t}
 	return key, func() {
 		r.mu.Lock()
-		delete(r.mu.keys, key)
+		delete(r.mu.keys, key.pid)
 		r.mu.Unlock()
 	}
 }
 
+// lookup returns the target of the key (pid, secret) if this registry
+// issued it. The secret is compared in constant time (its length is no
+// secret: the client chose its protocol version).
 func (r *cancelRegistry) lookup(pid uint32, secret []byte) (cancelTarget, bool) {
-	if len(secret) != 4 {
+	r.mu.Lock()
+	k, ok := r.mu.keys[pid]
+	r.mu.Unlock()
+	if !ok || subtle.ConstantTimeCompare(k.secret, secret) != 1 {
 		return cancelTarget{}, false
 	}
-	k := cancelKey{pid: pid, secret: binary.BigEndian.Uint32(secret)}
-	r.mu.Lock()
-	t, ok := r.mu.keys[k]
-	r.mu.Unlock()
-	return t, ok
+	return k.target, true
 }
 
 func (r *cancelRegistry) len() int {

@@ -3,37 +3,75 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"strings"
 	"testing"
 	"time"
 )
 
-// Every key a registry issues names its instance, and keyOwner reads it
-// back: the one layout both sides use.
+// Every key a registry issues names its instance in its process ID, and
+// keyOwner reads it back: the one layout both sides use. The secret is
+// random in all its bytes, and only the whole secret finds the key.
 func TestCancelKeyLayout(t *testing.T) {
 	for id := range 256 {
 		r := newCancelRegistry(uint8(id))
-		key, release := r.register(cancelTarget{pid: 42})
-		var secret [4]byte
-		binary.BigEndian.PutUint32(secret[:], key.secret)
-		owner, ok := keyOwner(key.pid, secret[:])
-		if !ok || owner != uint8(id) {
-			t.Fatalf("key issued by %d: keyOwner = %d, %v", id, owner, ok)
+		for _, n := range []int{shortSecret, longSecret} {
+			key, release := r.register(cancelTarget{pid: 42}, n)
+			if len(key.secret) != n {
+				t.Fatalf("secret of %d bytes, want %d", len(key.secret), n)
+			}
+			owner, ok := keyOwner(key.pid, key.secret)
+			if !ok || owner != uint8(id) {
+				t.Fatalf("key issued by %d: keyOwner = %d, %v", id, owner, ok)
+			}
+			if tg, found := r.lookup(key.pid, key.secret); !found || tg.pid != 42 {
+				t.Fatalf("instance %d: issued key not found", id)
+			}
+			for i := range key.secret {
+				bad := bytes.Clone(key.secret)
+				bad[i] ^= 1
+				if _, found := r.lookup(key.pid, bad); found {
+					t.Fatalf("secret with byte %d changed found", i)
+				}
+			}
+			if _, found := r.lookup(key.pid, key.secret[:n-1]); found {
+				t.Fatal("a truncated secret found the key")
+			}
+			release()
+			if _, found := r.lookup(key.pid, key.secret); found {
+				t.Fatal("released key found")
+			}
 		}
-		if _, found := r.lookup(key.pid, secret[:]); !found {
-			t.Fatalf("instance %d: issued key not found", id)
+	}
+	for _, n := range []int{0, 3, maxCancelSecret + 1} {
+		if _, ok := keyOwner(1, make([]byte, n)); ok {
+			t.Errorf("keyOwner accepted a %d-byte secret", n)
 		}
-		release()
 	}
-	if _, ok := keyOwner(1, []byte{1, 2, 3}); ok {
-		t.Error("keyOwner accepted a 3-byte secret")
+	// No bit of the secret is fixed: over many secrets every bit is seen
+	// both set and clear (the top byte used to be the instance ID).
+	var ones, zeros [longSecret]byte
+	for range 64 {
+		s := newSecret(longSecret)
+		for i, b := range s {
+			ones[i] |= b
+			zeros[i] |= ^b
+		}
 	}
-	// The rest of the secret is random.
-	a, b := newSecret(7), newSecret(7)
-	if a == b {
-		t.Errorf("two secrets alike: %08x", a)
+	for i := range ones {
+		if ones[i] != 0xff || zeros[i] != 0xff {
+			t.Fatalf("secret byte %d: bits never set %08b, never clear %08b", i, ^ones[i], ^zeros[i])
+		}
+	}
+	// Process IDs are unique among an instance's live keys.
+	r := newCancelRegistry(9)
+	seen := map[uint32]bool{}
+	for range 1000 {
+		key, _ := r.register(cancelTarget{}, shortSecret)
+		if seen[key.pid] {
+			t.Fatalf("process ID %d issued twice", key.pid)
+		}
+		seen[key.pid] = true
 	}
 }
 

@@ -104,38 +104,41 @@ func TestCancelRateLimit(t *testing.T) {
 }
 
 // BenchmarkCancelFlood is a guessing attack on cancel keys from one client
-// address: CancelRequests with random keys, one connection each, sent one
-// after the other as fast as the router takes them. It reports the
+// address: CancelRequests with random keys (a 4-byte secret, as for a
+// protocol 3.0 key, and a 32-byte one, as for 3.2), one connection each,
+// sent one after the other as fast as the router takes them. It reports the
 // requests the router took a second and those that reached the cancel
 // registry (the guesses), without limits.cancel_rate and with the default
 // (10 a second, burst 20). README (Cancel keys) quotes it.
 func BenchmarkCancelFlood(b *testing.B) {
-	for _, rate := range []int{0, 10} {
-		b.Run("cancel_rate="+itoa(uint32(rate)), func(b *testing.B) {
-			m := proxy.NewMetrics(nil)
-			r := startRouter(b, newCatalogDB(b), func(c *proxy.Config) {
-				c.Metrics = m
-				c.Limits.CancelRate, c.Limits.CancelBurst = rate, 2*rate
-			})
-			var key [8]byte
-			start := time.Now()
-			for b.Loop() {
-				_, _ = rand.Read(key[:])
-				c, err := net.Dial("tcp", r.addr)
-				if err != nil {
-					b.Fatal(err)
+	for _, secretLen := range []int{4, 32} {
+		for _, rate := range []int{0, 10} {
+			b.Run("secret="+itoa(uint32(secretLen))+"/cancel_rate="+itoa(uint32(rate)), func(b *testing.B) {
+				m := proxy.NewMetrics(nil)
+				r := startRouter(b, newCatalogDB(b), func(c *proxy.Config) {
+					c.Metrics = m
+					c.Limits.CancelRate, c.Limits.CancelBurst = rate, 2*rate
+				})
+				key := make([]byte, 4+secretLen)
+				start := time.Now()
+				for b.Loop() {
+					_, _ = rand.Read(key)
+					c, err := net.Dial("tcp", r.addr)
+					if err != nil {
+						b.Fatal(err)
+					}
+					pkt := binary.BigEndian.AppendUint32(nil, uint32(8+len(key)))
+					pkt = binary.BigEndian.AppendUint32(pkt, 80877102)
+					_, _ = c.Write(append(pkt, key...))
+					_, _ = io.Copy(io.Discard, c)
+					_ = c.Close()
 				}
-				pkt := binary.BigEndian.AppendUint32(nil, 16)
-				pkt = binary.BigEndian.AppendUint32(pkt, 80877102)
-				_, _ = c.Write(append(pkt, key[:]...))
-				_, _ = io.Copy(io.Discard, c)
-				_ = c.Close()
-			}
-			secs := time.Since(start).Seconds()
-			reached := testutil.ToFloat64(m.CancelRequests.WithLabelValues("unknown"))
-			b.ReportMetric(float64(b.N)/secs, "requests/s")
-			b.ReportMetric(reached/secs, "guesses/s")
-			b.ReportMetric(0, "ns/op")
-		})
+				secs := time.Since(start).Seconds()
+				reached := testutil.ToFloat64(m.CancelRequests.WithLabelValues("unknown"))
+				b.ReportMetric(float64(b.N)/secs, "requests/s")
+				b.ReportMetric(reached/secs, "guesses/s")
+				b.ReportMetric(0, "ns/op")
+			})
+		}
 	}
 }

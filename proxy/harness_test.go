@@ -204,11 +204,17 @@ func (r *router) assertNoSecrets(t *testing.T, secrets ...string) {
 	}
 }
 
-// sleepUpstream runs SELECT pg_sleep(30) on pc, whose upstream backend is
-// the one its BackendKeyData names (an unpooled session), and returns once
-// that backend runs it (pg_stat_activity); the channel gets the query's end.
+// sleepUpstream runs SELECT pg_sleep(30) on pc (an unpooled session, so
+// its upstream backend stays the one pg_backend_pid() names) and returns
+// once that backend runs it (pg_stat_activity); the channel gets the
+// query's end.
 func (r *router) sleepUpstream(t *testing.T, ctx context.Context, pc *pgconn.PgConn) <-chan error {
 	t.Helper()
+	res := pc.ExecParams(ctx, "SELECT pg_backend_pid()", nil, nil, nil, nil).Read()
+	if res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	backend := res.Rows[0][0]
 	done := make(chan error, 1)
 	go func() {
 		_, err := pc.Exec(ctx, "SELECT pg_sleep(30)").ReadAll()
@@ -221,7 +227,7 @@ func (r *router) sleepUpstream(t *testing.T, ctx context.Context, pc *pgconn.PgC
 	defer admin.Close(context.Background())
 	poll.Until(t, 20*time.Second, "the query to start upstream", func() bool {
 		res := admin.ExecParams(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND query LIKE '%pg_sleep%' AND state = 'active'",
-			[][]byte{[]byte(itoa(pc.PID()))}, nil, nil, nil).Read()
+			[][]byte{backend}, nil, nil, nil).Read()
 		if res.Err != nil {
 			t.Fatal(res.Err)
 		}

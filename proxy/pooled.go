@@ -173,7 +173,7 @@ func (s *Server) servePooled(ctx context.Context, c net.Conn, sess *session, log
 		giveBack()
 		return s.fail(c, blockedError(tenant))
 	}
-	key, release := s.cancels.register(cancelTarget{pid: g.pid, follow: &pc.current})
+	key, release := s.cancels.register(cancelTarget{pid: g.pid, follow: &pc.current}, sess.secretLen)
 	sess.onEnd(release)
 
 	if err := greet(c, sess.authFinal, g.params, key, 'I'); err != nil {

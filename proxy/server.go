@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -57,8 +56,9 @@ type Config struct {
 	// MaxStartupPacket caps the size of startup-phase packets. Zero or
 	// negative means DefaultMaxStartupPacket (10000, as Postgres).
 	MaxStartupPacket int
-	// InstanceID is put in every cancel key this router issues, so that
-	// several instances can tell whose key it is (cancel.go).
+	// InstanceID is put in every cancel key this router issues (the top
+	// byte of its process ID), so that several instances can tell whose
+	// key it is (cancel.go).
 	InstanceID uint8
 	// Forward hands CancelRequests with another instance's key to that
 	// instance, and takes those it forwards here (ServePeers; cancel.go).
@@ -318,6 +318,7 @@ type session struct {
 	ownSecret bool   // logged in with the tenant's own secret (Auth.PerTenant)
 	sni       string // TLS server name the client sent
 	authFinal []byte // the authentication's last messages, sent by greet
+	secretLen int    // of the client's cancel key: shortSecret, or longSecret for protocol 3.2
 
 	killedBy *ClientError // why the router ended the routed session, if it did (metrics)
 
@@ -490,9 +491,15 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 		return s.fail(c, clientErr(codeInvalidAuthSpec, "no PostgreSQL user name specified in startup packet",
 			s.cfg.Tenant.noUserHint(), nil))
 	}
-	if _, ok := p.params["replication"]; ok && p.params["replication"] != "false" && p.params["replication"] != "0" {
-		return s.fail(c, clientErr(codeFeatureNotSupported, "replication connections are not supported by the pgtenant router",
-			"Connect to the tenant's database directly for replication.", nil))
+	if v, ok := p.params["replication"]; ok {
+		switch repl, valid := parseBool(v); {
+		case v == "database" || valid && repl:
+			return s.fail(c, clientErr(codeFeatureNotSupported, "replication connections are not supported by the pgtenant router",
+				"Connect to the tenant's database directly for replication.", nil))
+		case !valid:
+			return s.fail(c, clientErr(codeInvalidParameterValue, fmt.Sprintf("invalid value for parameter \"replication\": %q", truncate(v, 32)),
+				`Valid values are: "false", 0, "true", 1, "database".`, nil))
+		}
 	}
 	tenant, err := s.cfg.Tenant.fromStartup(&p) // carriers.go; drops the tenant option
 	if err != nil {
@@ -500,14 +507,26 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	}
 	sess.tenant, sess.user = tenant, user
 
-	if p.minor > 0 || len(p.protoOptions) > 0 {
-		// We speak 3.0 (as the upstream does); clients that asked for 3.2
-		// fall back, as they do with any pre-18 server.
+	// Protocol 3.2 as Postgres 18 speaks it (docs/protocol-3.2.md): a
+	// client asking for 3.2 gets it (its only change is the cancel key's
+	// length); one asking for a later 3.x, or for protocol options (none
+	// are known), hears NegotiateProtocolVersion with the version it gets;
+	// 3.1, which no Postgres ever spoke, goes on as 3.0 without one, as
+	// Postgres does. The upstream hop stays 3.0: the client's key is ours.
+	minor := min(p.minor, newestMinor)
+	sess.secretLen = shortSecret
+	if minor >= 2 {
+		sess.secretLen = longSecret
+	}
+	if p.minor > newestMinor || len(p.protoOptions) > 0 {
 		opts := p.protoOptions
 		if opts == nil {
 			opts = []string{}
 		}
-		if err := writeMsgs(c, &pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: opts}); err != nil {
+		// The full version number, as Postgres sends it (libpq 18 refuses a
+		// bare minor as a downgrade to before 3.0).
+		v := uint32(p.major)<<16 | uint32(minor)
+		if err := writeMsgs(c, &pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: v, UnrecognizedOptions: opts}); err != nil {
 			return err
 		}
 	}
@@ -571,7 +590,7 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 		secret:    up.SecretKey,
 		tlsConfig: up.TLSConfig,
 		dial:      s.dial,
-	})
+	}, sess.secretLen)
 	sess.onEnd(release)
 
 	if err := greet(c, sess.authFinal, up.ParameterStatuses, key, up.TxStatus); err != nil {
@@ -625,16 +644,14 @@ func relay(client, upstream net.Conn, ls *liveSession) error {
 // then the server's parameters, the client's cancel key (the router's, see
 // cancelKey) and ReadyForQuery.
 func greet(c net.Conn, authFinal []byte, params map[string]string, key cancelKey, txStatus byte) error {
-	var secret [4]byte
-	binary.BigEndian.PutUint32(secret[:], key.secret)
-	buf := append(make([]byte, 0, len(authFinal)+32*len(params)+32), authFinal...)
+	buf := append(make([]byte, 0, len(authFinal)+32*len(params)+64), authFinal...)
 	var err error
 	for name, value := range params {
 		if buf, err = (&pgproto3.ParameterStatus{Name: name, Value: value}).Encode(buf); err != nil {
 			return err
 		}
 	}
-	buf, _ = (&pgproto3.BackendKeyData{ProcessID: key.pid, SecretKey: secret[:]}).Encode(buf)
+	buf, _ = (&pgproto3.BackendKeyData{ProcessID: key.pid, SecretKey: key.secret}).Encode(buf)
 	buf, _ = (&pgproto3.ReadyForQuery{TxStatus: txStatus}).Encode(buf)
 	_, err = c.Write(buf)
 	return err
@@ -683,6 +700,12 @@ func (s *Server) negotiate(c net.Conn) (net.Conn, startupPacket, error) {
 		case kindGSSENCRequest:
 			if gssAsked {
 				return c, startupPacket{}, clientErr(codeProtocolViolation, "GSSENCRequest sent twice", "", nil)
+			}
+			if _, encrypted := c.(*tlsConn); encrypted {
+				// Postgres takes no GSSENCRequest once TLS is up either (it
+				// reads one as protocol 1234.5680); answering 'N' would
+				// leave the client waiting on an encryption it cannot get.
+				return c, startupPacket{}, clientErr(codeProtocolViolation, "GSSENCRequest on a connection already encrypted with TLS", "", nil)
 			}
 			gssAsked = true
 			if _, err := c.Write([]byte{'N'}); err != nil {

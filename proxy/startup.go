@@ -16,6 +16,10 @@ const (
 	cancelRequestCode = 80877102 // 1234<<16 | 5678
 )
 
+// newestMinor is the newest minor version of protocol 3 the router speaks
+// to clients: 3.2 (Postgres 18's), see docs/protocol-3.2.md.
+const newestMinor = 2
+
 // DefaultMaxStartupPacket is Postgres' own MAX_STARTUP_PACKET_LENGTH.
 const DefaultMaxStartupPacket = 10000
 
@@ -132,7 +136,7 @@ func parseStartup(body []byte) (startupPacket, error) {
 	major, minor := uint16(code>>16), uint16(code)
 	if major != 3 {
 		return startupPacket{}, clientErr(codeFeatureNotSupported,
-			fmt.Sprintf("unsupported frontend protocol %d.%d: server supports 3.0 to 3.0", major, minor),
+			fmt.Sprintf("unsupported frontend protocol %d.%d: server supports 3.0 to 3.%d", major, minor, newestMinor),
 			"Use a client library that speaks protocol 3 (every PostgreSQL client since 7.4 does).", nil)
 	}
 	p := startupPacket{kind: kindStartup, major: major, minor: minor, params: make(map[string]string, 8)}
@@ -174,4 +178,19 @@ func cutNUL(b []byte) (string, []byte, bool) {
 		return "", nil, false
 	}
 	return string(b[:i]), b[i+1:], true
+}
+
+// parseBool reads a boolean startup parameter as Postgres' parse_bool
+// does: any prefix of true, false, yes or no, "on", "of(f)", 1 or 0,
+// ignoring case. valid is false for anything else.
+func parseBool(v string) (b, valid bool) {
+	l := strings.ToLower(v)
+	prefixOf := func(word string) bool { return l != "" && strings.HasPrefix(word, l) }
+	switch {
+	case prefixOf("true"), prefixOf("yes"), l == "on", l == "1":
+		return true, true
+	case prefixOf("false"), prefixOf("no"), l == "of", l == "off", l == "0":
+		return false, true
+	}
+	return false, false
 }

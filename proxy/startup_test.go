@@ -178,3 +178,15 @@ func BenchmarkParseStartup(b *testing.B) {
 		}
 	}
 }
+
+func TestParseBool(t *testing.T) {
+	for v, want := range map[string][2]bool{ // {value, valid}
+		"true": {true, true}, "T": {true, true}, "yes": {true, true}, "on": {true, true}, "1": {true, true},
+		"false": {false, true}, "F": {false, true}, "no": {false, true}, "OFF": {false, true}, "of": {false, true}, "0": {false, true},
+		"o": {false, false}, "": {false, false}, "database": {false, false}, "2": {false, false}, "truex": {false, false},
+	} {
+		if b, ok := parseBool(v); b != want[0] || ok != want[1] {
+			t.Errorf("parseBool(%q) = %v, %v; want %v, %v", v, b, ok, want[0], want[1])
+		}
+	}
+}

@@ -28,8 +28,8 @@ const EnvClusterSecret = "PGTENANT_CLUSTER_SECRET"
 // address, e.g. from the pod's IP.
 const EnvClusterAdvertise = "PGTENANT_CLUSTER_ADVERTISE"
 
-// InstanceID is instance_id: a fixed ID (0-255), the 8 bits of every
-// cancel key this instance issues, or InstanceIDAuto.
+// InstanceID is instance_id: a fixed ID (0-255), the top byte of the
+// process ID of every cancel key this instance issues, or InstanceIDAuto.
 type InstanceID int16
 
 // InstanceIDAuto (instance_id: auto) makes the instance claim the lowest ID

@@ -119,12 +119,17 @@ type sleeper struct {
 	done   chan error
 }
 
-// dial connects as tenant through r.
-func dial(t *testing.T, r *router.Router, tenant string) *sleeper {
+// dial connects as tenant through r, with the connection string
+// parameters params ("name=value&...", may be empty).
+func dial(t *testing.T, r *router.Router, tenant string, params ...string) *sleeper {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	pc, err := pgconn.Connect(ctx, "postgres://"+tenant+":router-test-secret@"+r.Addr().String()+"/app?sslmode=disable")
+	dsn := "postgres://" + tenant + ":router-test-secret@" + r.Addr().String() + "/app?sslmode=disable"
+	for _, p := range params {
+		dsn += "&" + p
+	}
+	pc, err := pgconn.Connect(ctx, dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,11 +137,11 @@ func dial(t *testing.T, r *router.Router, tenant string) *sleeper {
 	return &sleeper{tenant: tenant, pc: pc, done: make(chan error, 1)}
 }
 
-// startSleep connects as tenant through r, starts pg_sleep(30) and returns
-// once the query runs upstream.
-func startSleep(t *testing.T, r *router.Router, tenant string) *sleeper {
+// startSleep connects as tenant through r (with dial's params), starts
+// pg_sleep(30) and returns once the query runs upstream.
+func startSleep(t *testing.T, r *router.Router, tenant string, params ...string) *sleeper {
 	t.Helper()
-	s := dial(t, r, tenant)
+	s := dial(t, r, tenant, params...)
 	s.sleep(t)
 	return s
 }
@@ -225,19 +230,29 @@ func TestFleet(t *testing.T) {
 	}
 
 	t.Run("cancel through another instance", func(t *testing.T) {
-		for _, tenant := range []string{plain, pooled} {
-			for i, via := range []*router.Router{r2, r3} {
-				before := forwards(t, via, "forwarded")
-				received := forwards(t, r1, "received")
-				s := startSleep(t, r1, tenant)
-				at := time.Now()
-				send(t, via.Addr().String(), cancelPacket(s.pc.PID(), s.pc.SecretKey()))
-				s.cancelledWithin(t, at, time.Second)
-				if got := forwards(t, via, "forwarded"); got != before+1 {
-					t.Errorf("%s via instance %d: forwarded %v, want %v", tenant, i+2, got, before+1)
-				}
-				if got := forwards(t, r1, "received"); got != received+1 {
-					t.Errorf("%s via instance %d: instance 1 received %v, want %v", tenant, i+2, got, received+1)
+		// Protocol 3.0 keys (4-byte secrets) and 3.2 ones (32 bytes): the
+		// forward carries either.
+		for _, proto := range []struct {
+			param     string
+			secretLen int
+		}{{"max_protocol_version=3.0", 4}, {"max_protocol_version=3.2", 32}} {
+			for _, tenant := range []string{plain, pooled} {
+				for i, via := range []*router.Router{r2, r3} {
+					before := forwards(t, via, "forwarded")
+					received := forwards(t, r1, "received")
+					s := startSleep(t, r1, tenant, proto.param)
+					if n := len(s.pc.SecretKey()); n != proto.secretLen {
+						t.Fatalf("%s: a %d-byte secret, want %d", proto.param, n, proto.secretLen)
+					}
+					at := time.Now()
+					send(t, via.Addr().String(), cancelPacket(s.pc.PID(), s.pc.SecretKey()))
+					s.cancelledWithin(t, at, time.Second)
+					if got := forwards(t, via, "forwarded"); got != before+1 {
+						t.Errorf("%s %s via instance %d: forwarded %v, want %v", proto.param, tenant, i+2, got, before+1)
+					}
+					if got := forwards(t, r1, "received"); got != received+1 {
+						t.Errorf("%s %s via instance %d: instance 1 received %v, want %v", proto.param, tenant, i+2, got, received+1)
+					}
 				}
 			}
 		}
