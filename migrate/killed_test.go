@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +24,9 @@ import (
 // migrations directory, separated by newlines.
 const helperEnv = "PGTENANT_MIGRATE_TEST_HELPER"
 
+// helperConcurrencyEnv, when set, is the helper's Up concurrency (default 2).
+const helperConcurrencyEnv = "PGTENANT_MIGRATE_TEST_HELPER_CONCURRENCY"
+
 // runHelper runs Up over the fleet in helperEnv until it is done or killed.
 func runHelper() int {
 	parts := strings.Split(os.Getenv(helperEnv), "\n")
@@ -37,7 +41,16 @@ func runHelper() int {
 		if err != nil {
 			return err
 		}
-		catPool, err := pgxpool.New(ctx, catDSN)
+		conc := 2
+		if v, err := strconv.Atoi(os.Getenv(helperConcurrencyEnv)); err == nil && v > 0 {
+			conc = v
+		}
+		pc, err := pgxpool.ParseConfig(catDSN)
+		if err != nil {
+			return err
+		}
+		pc.MaxConns = int32(conc + 2) // a catalog connection per database being migrated
+		catPool, err := pgxpool.NewWithConfig(ctx, pc)
 		if err != nil {
 			return err
 		}
@@ -58,7 +71,7 @@ func runHelper() int {
 		}
 		m := migrate.New(migrate.Config{Catalog: cat, Files: files,
 			Template: &migrate.Template{Name: p.TemplateName(), Connect: p.ConnectTemplate}})
-		rep, err := m.Up(ctx, migrate.UpOptions{Concurrency: 2})
+		rep, err := m.Up(ctx, migrate.UpOptions{Concurrency: conc})
 		if err == nil && !rep.OK() {
 			err = fmt.Errorf("report %+v", rep)
 		}
