@@ -46,6 +46,11 @@ type Template struct {
 	// migrations create (local: (*local.Provider).ConnectTemplate). The
 	// session is closed as soon as the template is migrated.
 	Connect func(ctx context.Context) (*pgx.Conn, error)
+	// Migrated, when set, is called once the template is at version (also
+	// when nothing was applied), after its session is closed; local
+	// records it so that spares cloned before are not handed out
+	// ((*local.Provider).SetTemplateVersion). Its error fails the template.
+	Migrated func(ctx context.Context, version int64) error
 }
 
 // ConnectEndpoint returns a Config.ConnectTenant that logs in to the route
@@ -332,6 +337,11 @@ func (m *Migrator) Up(ctx context.Context, o UpOptions) (*Report, error) {
 	if len(tenants) == 0 {
 		if t := m.cfg.Template; t != nil {
 			res, err := m.migrate(ctx, catalog.MigrationTemplate, t.Name, t.Connect, rep.Target, o.DryRun, nil)
+			if err == nil && t.Migrated != nil && !o.DryRun {
+				if err = t.Migrated(ctx, res.To); err != nil {
+					err = fmt.Errorf("record the template's version: %w", err)
+				}
+			}
 			rep.Template = &res
 			rep.Applied += res.Applied
 			if err != nil {
