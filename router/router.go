@@ -139,7 +139,7 @@ func BuildUpstream(ctx context.Context, cfg Config, log *slog.Logger, ensureTemp
 	case created:
 		log.Info("template database created", "template", lc.Template)
 	case setupSQL != "":
-		log.Info("template database exists; template SQL not applied again (it runs once, when the template is created)",
+		log.Warn("template database exists: template SQL NOT applied (it runs once, when the template is created); to change the schema of the template and existing tenants, use migration files: pgtenant dev --migrations DIR, or pgtenant migrate up (README: Evolving the schema)",
 			"template", lc.Template, "template_sql", lc.TemplateSQL)
 	}
 	if lc.Spares > 0 {
