@@ -46,6 +46,11 @@ type Template struct {
 	// migrations create (local: (*local.Provider).ConnectTemplate). The
 	// session is closed as soon as the template is migrated.
 	Connect func(ctx context.Context) (*pgx.Conn, error)
+	// Migrated, when set, is called once the template is at version (also
+	// when nothing was applied), after its session is closed; local
+	// records it so that spares cloned before are not handed out
+	// ((*local.Provider).SetTemplateVersion). Its error fails the template.
+	Migrated func(ctx context.Context, version int64) error
 }
 
 // ConnectEndpoint returns a Config.ConnectTenant that logs in to the route
@@ -105,6 +110,15 @@ type Result struct {
 // registered ones (*catalog.ChecksumError for an edited one) and if the
 // tenant is not in the catalog (wrapping provision.ErrTenantNotFound).
 func (m *Migrator) EnsureTenant(ctx context.Context, tenant string) (Result, error) {
+	return m.CatchUp(ctx, tenant, nil)
+}
+
+// CatchUp is EnsureTenant that also says, before applying anything, that
+// tenant is behind: it calls behind (when not nil) with the tenant's version
+// and the target once it holds the tenant's migration lock and has read its
+// version table, and only if there is something to apply. The router's
+// catch-up on connect uses it to refuse a client while the migration runs.
+func (m *Migrator) CatchUp(ctx context.Context, tenant string, behind func(from, to int64)) (Result, error) {
 	if len(m.cfg.Files) == 0 {
 		return Result{}, ErrNoFiles
 	}
@@ -119,10 +133,10 @@ func (m *Migrator) EnsureTenant(ctx context.Context, tenant string) (Result, err
 	if target == 0 {
 		return Result{}, nil // nothing registered
 	}
-	return m.ensureTenant(ctx, tenant, target, false)
+	return m.ensureTenant(ctx, tenant, target, false, behind)
 }
 
-func (m *Migrator) ensureTenant(ctx context.Context, tenant string, to int64, dry bool) (Result, error) {
+func (m *Migrator) ensureTenant(ctx context.Context, tenant string, to int64, dry bool, behind func(from, to int64)) (Result, error) {
 	st, ok, err := m.cfg.Catalog.MigrationState(ctx, catalog.MigrationTenant, tenant)
 	if err != nil {
 		return Result{}, err
@@ -140,12 +154,13 @@ func (m *Migrator) ensureTenant(ctx context.Context, tenant string, to int64, dr
 		}
 		return m.cfg.ConnectTenant(ctx, tenant, ep)
 	}
-	return m.migrate(ctx, catalog.MigrationTenant, tenant, connect, to, dry)
+	return m.migrate(ctx, catalog.MigrationTenant, tenant, connect, to, dry, behind)
 }
 
 // migrate brings one database to version to under its lock, recording its
-// state in the catalog (unless dry, which only reads).
-func (m *Migrator) migrate(ctx context.Context, kind, name string, connect func(context.Context) (*pgx.Conn, error), to int64, dry bool) (res Result, err error) {
+// state in the catalog (unless dry, which only reads). behind, when not nil,
+// is called before the first migration is applied.
+func (m *Migrator) migrate(ctx context.Context, kind, name string, connect func(context.Context) (*pgx.Conn, error), to int64, dry bool, behind func(from, to int64)) (res Result, err error) {
 	lock, err := m.cfg.Catalog.LockMigration(ctx, kind, name)
 	if err != nil {
 		return Result{}, err
@@ -200,6 +215,9 @@ func (m *Migrator) migrate(ctx context.Context, kind, name string, connect func(
 		return res, err
 	}
 	record(catalog.MigrationState{Version: res.From, Status: catalog.MigrationRunning})
+	if behind != nil {
+		behind(res.From, to)
+	}
 	if err := setTimeouts(ctx, conn, m.cfg.LockTimeout, m.cfg.StatementTimeout); err != nil {
 		return fail(res.From, err)
 	}
@@ -318,7 +336,12 @@ func (m *Migrator) Up(ctx context.Context, o UpOptions) (*Report, error) {
 	tenants := o.Tenants
 	if len(tenants) == 0 {
 		if t := m.cfg.Template; t != nil {
-			res, err := m.migrate(ctx, catalog.MigrationTemplate, t.Name, t.Connect, rep.Target, o.DryRun)
+			res, err := m.migrate(ctx, catalog.MigrationTemplate, t.Name, t.Connect, rep.Target, o.DryRun, nil)
+			if err == nil && t.Migrated != nil && !o.DryRun {
+				if err = t.Migrated(ctx, res.To); err != nil {
+					err = fmt.Errorf("record the template's version: %w", err)
+				}
+			}
 			rep.Template = &res
 			rep.Applied += res.Applied
 			if err != nil {
@@ -402,7 +425,7 @@ func (r *run) wave(ctx context.Context, tenants []string) {
 		}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			res, err := r.m.ensureTenant(ctx, tenant, r.rep.Target, r.o.DryRun)
+			res, err := r.m.ensureTenant(ctx, tenant, r.rep.Target, r.o.DryRun, nil)
 			r.mu.Lock()
 			defer r.mu.Unlock()
 			r.rep.Applied += res.Applied

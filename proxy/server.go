@@ -904,7 +904,10 @@ func upstreamError(tenant string, rt resolver.Route, err error) error {
 }
 
 func resolveError(ctx context.Context, tenant string, err error) error {
+	var ce *ClientError
 	switch {
+	case errors.As(err, &ce):
+		return ce // the resolver's wrapper said what to tell the client
 	case ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded):
 		return clientErr(codeCannotConnectNow,
 			fmt.Sprintf("the database of tenant %q is not ready yet", tenant),

@@ -14,10 +14,22 @@ type MigrationSettings struct {
 	MaxFailShare     float64       `yaml:"max_fail_share"`
 	LockTimeout      time.Duration `yaml:"lock_timeout"`
 	StatementTimeout time.Duration `yaml:"statement_timeout"`
+	// OnConnect is what the router does when a tenant behind the fleet's
+	// schema version connects: off (serve it as it is), migrate (migrate
+	// it first) or refuse (57P03 while it is migrated in the background).
+	// Empty means off. Anything but off needs Dir.
+	OnConnect string `yaml:"on_connect"`
+}
+
+func (m *MigrationSettings) onConnect() string {
+	if m.OnConnect == "" {
+		return OnConnectOff
+	}
+	return m.OnConnect
 }
 
 func defaultMigrationSettings() MigrationSettings {
-	return MigrationSettings{Concurrency: 4, Canary: 1, MaxFailShare: 0.1, LockTimeout: 5 * time.Second}
+	return MigrationSettings{Concurrency: 4, Canary: 1, MaxFailShare: 0.1, LockTimeout: 5 * time.Second, OnConnect: OnConnectOff}
 }
 
 func (m *MigrationSettings) validate() []error {
@@ -36,6 +48,15 @@ func (m *MigrationSettings) validate() []error {
 	}
 	if m.StatementTimeout < 0 {
 		errs = append(errs, fmt.Errorf("migrations.statement_timeout: %s is negative (0: the server's setting)", m.StatementTimeout))
+	}
+	switch m.onConnect() {
+	case OnConnectOff:
+	case OnConnectMigrate, OnConnectRefuse:
+		if m.Dir == "" {
+			errs = append(errs, fmt.Errorf("migrations.on_connect: %s needs the migration files: set migrations.dir", m.OnConnect))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("migrations.on_connect: %q: want off, migrate or refuse", m.OnConnect))
 	}
 	return errs
 }

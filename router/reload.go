@@ -13,13 +13,14 @@ import (
 // that changes one says so in a warning. The TLS certificate and key files
 // are read again too, but changing their paths (or tls.mode) needs a
 // restart.
-var reloadable = []string{"log.level", "limits.", "blocked_tenants", "tenant.create", "tenant.max_tenants", "tenant.creates_per_minute", "auth.tenant_secret"}
+var reloadable = []string{"log.level", "limits.", "blocked_tenants", "tenant.create", "tenant.max_tenants", "tenant.creates_per_minute", "auth.tenant_secret", "migrations."}
 
 // Reload applies nc's reloadable keys to the running router: the log level
 // (when Options.Level was given), the limits, who may create tenants and
 // how many (tenant.create, tenant.max_tenants, tenant.creates_per_minute),
 // whether the app secret opens tenants that have their own secret
-// (auth.tenant_secret), the block list's blocked_tenants (and the shared
+// (auth.tenant_secret), the migrations section (on_connect, with the files
+// of migrations.dir read and checked again; catchup.go), the block list's blocked_tenants (and the shared
 // list, read again from the catalog, as are the per-tenant pool modes and
 // the tenants' own secrets), and the client TLS certificate (its files read again). Changed keys that need
 // a restart are named in a warning, never applied. Reload does not validate
@@ -62,6 +63,18 @@ func (r *Router) Reload(ctx context.Context, nc Config) error {
 		r.blocks.setFile(nc.BlockedTenants)
 		r.cur.BlockedTenants = nc.BlockedTenants
 		applied = append(applied, "blocked_tenants")
+	}
+
+	if nc.Migrations != r.cur.Migrations {
+		mctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		merr := r.catchup.reload(mctx, nc.Migrations) // catchup.go
+		cancel()
+		if merr != nil {
+			r.log.Warn("config reload: migrations not reloaded; keeping the running on_connect and files", "err", merr)
+		} else {
+			r.cur.Migrations = nc.Migrations
+			applied = append(applied, "migrations")
+		}
 	}
 
 	if err := r.srv.ReloadTLS(); err != nil {

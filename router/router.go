@@ -16,6 +16,7 @@ import (
 
 	adminapi "github.com/pgtenant/pgtenant/admin"
 	"github.com/pgtenant/pgtenant/catalog"
+	"github.com/pgtenant/pgtenant/migrate"
 	"github.com/pgtenant/pgtenant/pool"
 	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/provision/local"
@@ -138,7 +139,7 @@ func BuildUpstream(ctx context.Context, cfg Config, log *slog.Logger, ensureTemp
 	case created:
 		log.Info("template database created", "template", lc.Template)
 	case setupSQL != "":
-		log.Info("template database exists; template SQL not applied again (it runs once, when the template is created)",
+		log.Warn("template database exists: template SQL NOT applied (it runs once, when the template is created); to change the schema of the template and existing tenants, use migration files: pgtenant dev --migrations DIR, or pgtenant migrate up (README: Evolving the schema)",
 			"template", lc.Template, "template_sql", lc.TemplateSQL)
 	}
 	if lc.Spares > 0 {
@@ -181,6 +182,7 @@ type Router struct {
 	catPool  *pgxpool.Pool
 	cat      *catalog.Catalog
 	res      *resolver.Resolver
+	catchup  *catchup // the proxy's resolver: res, plus migrations.on_connect (catchup.go)
 	srv      *proxy.Server
 	pool     *pool.Manager    // the Manager New made (pool.mode not off); closed after the drain
 	poolCfg  proxy.PoolConfig // the proxy's, after ProxyHook
@@ -264,6 +266,11 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Router, err error) {
 		Create:               cfg.CreateMode(), // tenants.go
 	}, r.cat, r.upstream.Provider)
 
+	// Files checked against the catalog before the router serves anyone.
+	if r.catchup, err = newCatchup(ctx, cfg.Migrations, r.res, r.cat, migrate.ConnectEndpoint(r.upstream.Proxy.TLSConfig), r.reg, r.log); err != nil {
+		return nil, err
+	}
+
 	pcfg, err := cfg.ProxyConfig()
 	if err != nil {
 		return nil, err
@@ -293,7 +300,7 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Router, err error) {
 	// Where the kernel copies a listening socket's keepalives to the
 	// sockets it accepts, the listener carries them (listen.go).
 	pcfg.KeepAlive.SetByListener = listenerKeepAlive
-	if r.srv, err = proxy.New(pcfg, r.res); err != nil {
+	if r.srv, err = proxy.New(pcfg, r.catchup); err != nil {
 		return nil, err
 	}
 	if r.cluster != nil {
@@ -409,6 +416,9 @@ func (r *Router) close() {
 		// so Close closes them all.
 		if r.pool != nil {
 			r.pool.Close()
+		}
+		if r.catchup != nil {
+			r.catchup.close() // its runs hold catalog sessions
 		}
 		if r.res != nil {
 			r.res.Close()

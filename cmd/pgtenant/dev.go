@@ -20,6 +20,8 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/pgtenant/pgtenant/catalog"
+	"github.com/pgtenant/pgtenant/migrate"
+	"github.com/pgtenant/pgtenant/provision/local"
 	"github.com/pgtenant/pgtenant/proxy"
 	"github.com/pgtenant/pgtenant/router"
 )
@@ -34,7 +36,8 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	dataDir := fs.String("data-dir", ".pgtenant/dev", "directory for the Postgres cluster, the catalog key and logs; reused across restarts")
 	listen := fs.String("listen", "127.0.0.1:6432", "address the router listens on")
 	password := fs.String("password", devPassword, "app secret clients log in with (or "+router.EnvPassword+")")
-	templateSQL := fs.String("template-sql", "", "SQL file run once in the template database when it is created (e.g. the app's schema)")
+	templateSQL := fs.String("template-sql", "", "SQL file run once in the template database when it is created (later changes: --migrations)")
+	migrations := fs.String("migrations", "", "directory of migration files NNNN_name.sql: applied at start to the template and every tenant, and to a tenant behind on its connect (migrations.on_connect migrate)")
 	provider := fs.String("provider", "local", "local: a database per tenant on the local Postgres; neon-fake: a branch per tenant through an in-process fake of the Neon API (backed by the local Postgres, reached over TLS with SNI), with the real Neon client")
 	opDelay := fs.Duration("neon-op-delay", 200*time.Millisecond, "neon-fake: how long each simulated Neon operation (create_branch, start_compute) takes")
 	pgPort := fs.Int("pg-port", 0, "port of the local Postgres (0: the one used last time, else a free one)")
@@ -125,6 +128,12 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fc.Catalog.Key = key
 	fc.Admin.Listen = adminAddr
 	fc.Pool.Mode = *poolMode
+	if *migrations != "" {
+		if *provider == "neon-fake" {
+			return fmt.Errorf("%w: --migrations works with --provider local only", errUsage)
+		}
+		fc.Migrations.Dir, fc.Migrations.OnConnect = *migrations, router.OnConnectMigrate
+	}
 	if fc.Admin.Token, err = devAdminToken(filepath.Join(dir, "admin.token")); err != nil {
 		return err
 	}
@@ -164,6 +173,11 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}()
 
 	r, err := router.New(rctx, fc, router.Options{Log: log, Version: version, Upstream: parts})
+	if err == nil && *migrations != "" {
+		if err = devMigrate(rctx, r, fc.Migrations, stdout, log); err != nil {
+			r.Close()
+		}
+	}
 	if err == nil {
 		printDevBanner(stdout, cl, dir, r.Addr().String(), *password, fake, adminAddr, fc.Admin.Token, fc.Pool)
 		err = r.Serve(rctx)
@@ -272,5 +286,29 @@ func devMoveRoutes(ctx context.Context, cl *localproc.Cluster, log *slog.Logger)
 		return err
 	}
 	log.Warn("postgres moved to another port; stored routes updated", "from", cl.MovedFrom(), "to", cl.Port(), "routes", n)
+	return nil
+}
+
+// devMigrate applies the migrations of ms.Dir to the template, then to every
+// tenant, and prints a one-line summary.
+func devMigrate(ctx context.Context, r *router.Router, ms router.MigrationSettings, stdout io.Writer, log *slog.Logger) error {
+	files, err := migrate.Load(ms.Dir)
+	if err != nil {
+		return err
+	}
+	cfg := migrate.Config{Catalog: r.Catalog(), Files: files, LockTimeout: ms.LockTimeout, Log: log}
+	if lp, ok := r.Provider().(*local.Provider); ok {
+		cfg.Template = &migrate.Template{Name: lp.TemplateName(), Connect: lp.ConnectTemplate, Migrated: lp.SetTemplateVersion}
+	}
+	rep, err := migrate.New(cfg).Up(ctx, migrate.UpOptions{Concurrency: ms.Concurrency})
+	if err != nil {
+		return fmt.Errorf("--migrations %s: %w", ms.Dir, err)
+	}
+	fmt.Fprintf(stdout, "pgtenant dev: migrations %s: target version %d; template and %d of %d tenants at it, %d migrations applied",
+		ms.Dir, rep.Target, rep.Done, rep.Total, rep.Applied)
+	if !rep.OK() {
+		fmt.Fprintf(stdout, "; %d failed, %d not run (see the log; pgtenant migrate status)", len(rep.Failed), rep.NotRun)
+	}
+	fmt.Fprintln(stdout)
 	return nil
 }

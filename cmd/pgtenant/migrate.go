@@ -138,7 +138,7 @@ func runMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		Log:              log,
 	}
 	if lp, ok := parts.Provider.(*local.Provider); ok {
-		cfg.Template = &migrate.Template{Name: lp.TemplateName(), Connect: lp.ConnectTemplate}
+		cfg.Template = &migrate.Template{Name: lp.TemplateName(), Connect: lp.ConnectTemplate, Migrated: lp.SetTemplateVersion}
 	}
 	m := migrate.New(cfg)
 	if len(files) > 0 {

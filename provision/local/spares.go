@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -21,6 +23,14 @@ import (
 // giving the role its password, in one transaction: a new tenant then costs
 // a few catalog updates instead of a clone of the template (CREATE DATABASE
 // and the hand-over session dominate Create).
+//
+// Spares follow the template's schema: the migrate runner records the
+// version it brought the template to in a comment on the template database
+// (SetTemplateVersion), a spare's ready mark carries the version read
+// before it was cloned, and only spares marked with the template's current
+// version are claimed. RunSpares drops the others and refills. (A spare
+// cloned just after a migration but marked with the version before is
+// dropped too: wasted, never stale.)
 const (
 	spareNamePrefix = "pgtenant_spare_"
 	// spareReady starts the comment that marks a spare complete; the
@@ -39,15 +49,33 @@ const (
 // free or the claim fails (name is taken, say): Create then clones the
 // template as without spares.
 func (p *Provider) claimSpare(ctx context.Context, c *pgxpool.Conn, name, verifier string) bool {
-	rows, err := c.Query(ctx, `SELECT d.datname FROM pg_catalog.pg_database d
-		WHERE d.datname LIKE $1 AND pg_catalog.shobj_description(d.oid, 'pg_database') = $2
-		ORDER BY d.datname`, spareNamePrefix+"%", spareMark(p.cfg.template()))
+	v, err := templateVersion(ctx, c, p.cfg.template())
 	if err != nil {
 		return false
 	}
-	spares, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	mark := spareMark(p.cfg.template(), v)
+	rows, err := c.Query(ctx, `SELECT d.datname, pg_catalog.shobj_description(d.oid, 'pg_database') = $2 FROM pg_catalog.pg_database d
+		WHERE d.datname LIKE $1 AND pg_catalog.shobj_description(d.oid, 'pg_database') LIKE $3
+		ORDER BY d.datname`, spareNamePrefix+"%", mark, likeEscape(spareReady+p.cfg.template())+"%")
 	if err != nil {
 		return false
+	}
+	var spares []string
+	stale := false
+	var name1 string
+	var current bool
+	if _, err := pgx.ForEachRow(rows, []any{&name1, &current}, func() error {
+		if current {
+			spares = append(spares, name1)
+		} else {
+			stale = true
+		}
+		return nil
+	}); err != nil {
+		return false
+	}
+	if stale {
+		p.wake() // RunSpares drops them and makes current ones
 	}
 	for _, spare := range spares {
 		// Another instance may be claiming the same spare: the lock
@@ -89,8 +117,60 @@ func (p *Provider) claimSpare(ctx context.Context, c *pgxpool.Conn, name, verifi
 }
 
 // spareMark is the comment (COMMENT ON DATABASE) that marks a spare cloned
-// from template as ready.
-func spareMark(template string) string { return spareReady + template }
+// from template at schema version v as ready. Version 0 (a template never
+// migrated) keeps the mark spares had before versions.
+func spareMark(template string, v int64) string {
+	if v == 0 {
+		return spareReady + template
+	}
+	return spareReady + template + " at schema version " + strconv.FormatInt(v, 10)
+}
+
+// templateVersionMark starts the template database's comment that records
+// its schema version.
+const templateVersionMark = "pgtenant template at schema version "
+
+// templateVersion reads the schema version SetTemplateVersion recorded on
+// template; 0 when none is.
+func templateVersion(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, template string) (int64, error) {
+	var comment *string
+	err := q.QueryRow(ctx, `SELECT pg_catalog.shobj_description(oid, 'pg_database') FROM pg_catalog.pg_database
+		WHERE datname = $1`, template).Scan(&comment)
+	if errors.Is(err, pgx.ErrNoRows) || err == nil && comment == nil {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	v, ok := strings.CutPrefix(*comment, templateVersionMark)
+	if !ok {
+		return 0, nil
+	}
+	return strconv.ParseInt(v, 10, 64)
+}
+
+// SetTemplateVersion records on the template database (as its comment) the
+// schema version it is at, so that spares cloned before it are no longer
+// handed out. The migrate runner calls it after migrating the template
+// (migrate.Template.Migrated).
+func (p *Provider) SetTemplateVersion(ctx context.Context, v int64) error {
+	if err := p.cfg.Validate(); err != nil {
+		return err
+	}
+	if _, err := p.admin.Exec(ctx, "COMMENT ON DATABASE "+ident(p.cfg.template())+" IS "+
+		quoteLiteral(templateVersionMark+strconv.FormatInt(v, 10))); err != nil {
+		return fmt.Errorf("local: record template %q at schema version %d: %w", p.cfg.template(), v, err)
+	}
+	p.wake()
+	return nil
+}
+
+// likeEscape escapes s for a LIKE pattern.
+func likeEscape(s string) string {
+	return strings.NewReplacer(`\`, `\\`, "%", `\%`, "_", `\_`).Replace(s)
+}
 
 // wake tells RunSpares a spare was taken.
 func (p *Provider) wake() {
@@ -111,7 +191,11 @@ func (p *Provider) RunSpares(ctx context.Context, log *slog.Logger) {
 	}
 	for {
 		wait := spareRecheck
-		n, err := p.countSpares(ctx)
+		err := p.dropStaleSpares(ctx)
+		n := 0
+		if err == nil {
+			n, err = p.countSpares(ctx)
+		}
 		if err == nil && n < p.cfg.Spares {
 			if err = p.makeSpare(ctx); err == nil {
 				continue
@@ -141,15 +225,52 @@ func (p *Provider) countSpares(ctx context.Context) (int, error) {
 	return ReadySpares(ctx, p.admin, p.cfg.template())
 }
 
-// ReadySpares counts the ready spare databases cloned from template on the
-// server q is connected to (a *pgx.Conn or *pgxpool.Pool).
+// dropStaleSpares drops the ready spares cloned from an older version of
+// the template than its current one. A spare being claimed meanwhile
+// (renamed) is no longer there to drop.
+func (p *Provider) dropStaleSpares(ctx context.Context) error {
+	c, err := p.admin.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Release()
+	v, err := templateVersion(ctx, c, p.cfg.template())
+	if err != nil {
+		return err
+	}
+	rows, err := c.Query(ctx, `SELECT d.datname FROM pg_catalog.pg_database d
+		WHERE d.datname LIKE $1 AND pg_catalog.shobj_description(d.oid, 'pg_database') LIKE $2
+		AND pg_catalog.shobj_description(d.oid, 'pg_database') <> $3`,
+		spareNamePrefix+"%", likeEscape(spareReady+p.cfg.template())+"%", spareMark(p.cfg.template(), v))
+	if err != nil {
+		return err
+	}
+	stale, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return err
+	}
+	for _, name := range stale {
+		if err := p.dropSpare(c, name); err != nil {
+			return fmt.Errorf("drop spare cloned from an older schema version: %w", err)
+		}
+	}
+	return nil
+}
+
+// ReadySpares counts the ready spare databases cloned from template at its
+// current schema version on the server q is connected to (a *pgx.Conn or
+// *pgxpool.Pool).
 func ReadySpares(ctx context.Context, q interface {
 	QueryRow(context.Context, string, ...any) pgx.Row
 }, template string) (int, error) {
+	v, err := templateVersion(ctx, q, template)
+	if err != nil {
+		return 0, err
+	}
 	var n int
-	err := q.QueryRow(ctx, `SELECT count(*) FROM pg_catalog.pg_database d
+	err = q.QueryRow(ctx, `SELECT count(*) FROM pg_catalog.pg_database d
 		WHERE d.datname LIKE $1 AND pg_catalog.shobj_description(d.oid, 'pg_database') = $2`,
-		spareNamePrefix+"%", spareMark(template)).Scan(&n)
+		spareNamePrefix+"%", spareMark(template, v)).Scan(&n)
 	return n, err
 }
 
@@ -166,13 +287,19 @@ func (p *Provider) makeSpare(ctx context.Context) error {
 		return err
 	}
 	defer c.Release()
+	// Read before the clone: a migration of the template in between makes
+	// the spare newer than its mark (dropped as stale), never older.
+	v, err := templateVersion(ctx, c, p.cfg.template())
+	if err != nil {
+		return err
+	}
 	if _, err := c.Exec(ctx, "CREATE ROLE "+ident(name)+" NOLOGIN"); err != nil {
 		return fmt.Errorf("create role: %w", err)
 	}
 	if err := p.cloneFor(ctx, c, name); err != nil {
 		return errors.Join(err, p.dropSpare(c, name))
 	}
-	if _, err := c.Exec(ctx, "COMMENT ON DATABASE "+ident(name)+" IS "+quoteLiteral(spareMark(p.cfg.template()))); err != nil {
+	if _, err := c.Exec(ctx, "COMMENT ON DATABASE "+ident(name)+" IS "+quoteLiteral(spareMark(p.cfg.template(), v))); err != nil {
 		return errors.Join(fmt.Errorf("mark ready: %w", err), p.dropSpare(c, name))
 	}
 	return nil
