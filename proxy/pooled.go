@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -136,16 +137,38 @@ func (s *Server) servePooled(ctx context.Context, c net.Conn, sess *session, log
 			g = nil // the server's own settings may have changed (ALTER DATABASE ... SET)
 		}
 	}
-	if g == nil {
+	switch {
+	case g == nil && mode == PoolTransaction:
+		// A tenant's clients connecting at once share one borrow for the
+		// greeting: without it each logs in upstream when the tenant has
+		// no idle server connection (BENCHMARKS.md §9).
+		led := false
+		v, err, _ := s.greetFlight.Do(gk.flightKey(), func() (any, error) {
+			led = true
+			conn, _, err := pc.borrow(cctx)
+			if err != nil {
+				return nil, err
+			}
+			g := &greeting{params: maps.Clone(conn.Params), pid: conn.PID, at: time.Now()}
+			s.greetings.Add(gk, g)
+			conn.Release(conn.TxStatus == 'I')
+			return g, nil
+		})
+		if err != nil {
+			cancel()
+			return s.fail(c, err)
+		}
+		g = v.(*greeting)
+		if !led {
+			pc.defaults = false // as for a cached greeting
+		}
+	case g == nil:
 		if conn, _, err = pc.borrow(cctx); err != nil {
 			cancel()
 			return s.fail(c, err)
 		}
 		g = &greeting{params: maps.Clone(conn.Params), pid: conn.PID, at: time.Now()}
-		if mode == PoolTransaction {
-			s.greetings.Add(gk, g)
-		}
-	} else {
+	default:
 		pc.defaults = false // the greeting says the login's defaults
 	}
 	cancel()
@@ -208,6 +231,11 @@ const greetingTTL = time.Minute
 type greetingKey struct {
 	pool pool.Key
 	tag  uint64
+}
+
+// flightKey names k in Server.greetFlight.
+func (k greetingKey) flightKey() string {
+	return k.pool.Tenant + "\x00" + k.pool.Server + "\x00" + k.pool.Database + "\x00" + k.pool.User + "\x00" + strconv.FormatUint(k.tag, 16)
 }
 
 // maxGreetings bounds the greetings kept (a few hundred bytes each).

@@ -700,3 +700,29 @@ func TestPoolTransactionCopy(t *testing.T) {
 		t.Errorf("rows after COPY: %s", got)
 	}
 }
+
+// TestPoolTransactionGreetingShared checks that a tenant's clients
+// connecting at once in transaction mode share one server login for their
+// greeting, instead of each logging in (here: its first clients, when the
+// tenant has no server connection yet).
+func TestPoolTransactionGreetingShared(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	opt, m := withPool(t, proxy.PoolTransaction, pool.Config{MaxServerConnections: 20})
+	r := startRouter(t, newCatalogDB(t), opt)
+	tenant := newTenant("pgshare")
+	opened := m.Counters().ServersOpened
+	const clients = 10
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for range clients {
+		wg.Go(func() {
+			<-start
+			r.simple(t, tenant)
+		})
+	}
+	close(start)
+	wg.Wait()
+	if n := m.Counters().ServersOpened - opened; n != 1 {
+		t.Errorf("%d server logins for %d clients connecting at once, want 1", n, clients)
+	}
+}

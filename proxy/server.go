@@ -16,6 +16,7 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/pgtenant/pgtenant/resolver"
 )
@@ -124,10 +125,13 @@ type Server struct {
 	connMu   sync.Mutex     // orders conns.Go before drain's conns.Wait
 
 	greetings *lru.Cache[greetingKey, *greeting] // transaction pooling's cached greetings (pooled.go)
-	live      registry
-	draining  atomic.Bool
-	tls       *tlsTerminator // nil: TLS disabled
-	lim       *limiter       // limits, block list, auth backoff (limits.go)
+	// greetFlight shares one greeting borrow among a tenant's clients
+	// connecting at once (pooled.go).
+	greetFlight singleflight.Group
+	live        registry
+	draining    atomic.Bool
+	tls         *tlsTerminator // nil: TLS disabled
+	lim         *limiter       // limits, block list, auth backoff (limits.go)
 
 	tenantModes atomic.Pointer[map[string]PoolMode] // SetTenantPoolModes'; nil: none (pooling.go)
 }
