@@ -128,6 +128,9 @@ type Config struct {
 	// Tenant is the proxy's tenant rule, so that the API takes exactly the
 	// IDs clients can connect as. The zero value is the proxy's default.
 	Tenant proxy.TenantConfig
+	// Migrations runs schema migrations (POST and GET /v1/migrations).
+	// Nil: those answer 501.
+	Migrations Migrations
 	// Pools is the proxy's pool Manager (GET /v1/pools). Nil: pooling is
 	// off, and /v1/pools says so.
 	Pools Pools
@@ -184,7 +187,8 @@ func New(cfg Config) (*Handler, error) {
 	api.HandleFunc("/v1/tenants/{id}/pool-mode", h.tenantPoolMode)
 	api.HandleFunc("/v1/tenants/{id}/password", h.tenantPassword) // credentials.go
 	api.HandleFunc("/v1/tenants/{id}/{action}", h.tenantAction)
-	api.HandleFunc("/v1/pools", h.pools) // pools.go
+	api.HandleFunc("/v1/pools", h.pools)           // pools.go
+	api.HandleFunc("/v1/migrations", h.migrations) // migrations.go
 	api.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})

@@ -23,6 +23,8 @@
 //	DELETE /v1/tenants/{id}/password          remove it
 //	DELETE /v1/tenants/{id}?confirm={id}      end live sessions, delete at the provider, then in the catalog
 //	GET    /v1/pools                          pooling on this router: mode, each pool (route), each upstream's budget
+//	POST   /v1/migrations                     {"action": "up", "to", "concurrency", "canary", "tenants", "max_fail_share", "dry_run"}: 202, the run starts in the background; 409 while one runs here
+//	GET    /v1/migrations                     the run started here (progress, then report) and the fleet's versions; POST {"action": "status"} too
 //
 // The block list and the per-tenant pool modes live in the shared catalog;
 // other router instances apply them when they refresh them (the router

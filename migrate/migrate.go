@@ -31,6 +31,10 @@ type Config struct {
 	// Template, when set, is migrated before any tenant by Up, so that
 	// tenants created afterwards are born at the target.
 	Template *Template
+	// Templates are further templates, migrated after Template and before
+	// any tenant, in order (Neon branch mode: one template branch per
+	// project).
+	Templates []Template
 	// LockTimeout and StatementTimeout are set on every migration session
 	// (lock_timeout, statement_timeout). Zero: the server's setting.
 	LockTimeout, StatementTimeout time.Duration
@@ -285,13 +289,16 @@ type Progress struct {
 type Report struct {
 	Target   int64
 	DryRun   bool
-	Template *Result // nil: not migrated (no template, or UpOptions.Tenants)
-	Total    int     // tenants in the run
-	Done     int     // tenants at the target (dry: checked)
-	Applied  int     // migrations applied over all databases (dry: to apply)
-	Failed   []Failure
-	NotRun   int    // tenants not started because a wave stopped or ctx ended
-	Stopped  string // why the run stopped early; empty if it did not
+	Template *Result // the first template's; nil: not migrated (no template, or UpOptions.Tenants)
+	// Templates are the results of every template migrated, in order
+	// (Config.Template, then Config.Templates).
+	Templates []Result
+	Total     int // tenants in the run
+	Done      int // tenants at the target (dry: checked)
+	Applied   int // migrations applied over all databases (dry: to apply)
+	Failed    []Failure
+	NotRun    int    // tenants not started because a wave stopped or ctx ended
+	Stopped   string // why the run stopped early; empty if it did not
 }
 
 // OK reports whether every tenant in the run is at the target.
@@ -335,14 +342,15 @@ func (m *Migrator) Up(ctx context.Context, o UpOptions) (*Report, error) {
 
 	tenants := o.Tenants
 	if len(tenants) == 0 {
-		if t := m.cfg.Template; t != nil {
+		for _, t := range m.templates() {
 			res, err := m.migrate(ctx, catalog.MigrationTemplate, t.Name, t.Connect, rep.Target, o.DryRun, nil)
 			if err == nil && t.Migrated != nil && !o.DryRun {
 				if err = t.Migrated(ctx, res.To); err != nil {
 					err = fmt.Errorf("record the template's version: %w", err)
 				}
 			}
-			rep.Template = &res
+			rep.Templates = append(rep.Templates, res)
+			rep.Template = &rep.Templates[0]
 			rep.Applied += res.Applied
 			if err != nil {
 				rep.Failed = append(rep.Failed, Failure{Kind: catalog.MigrationTemplate, Name: t.Name, Version: res.To, Err: err})
@@ -371,6 +379,15 @@ func (m *Migrator) Up(ctx context.Context, o UpOptions) (*Report, error) {
 		rep.Stopped = "interrupted"
 	}
 	return rep, ctx.Err()
+}
+
+// templates are Config.Template and Config.Templates, in order.
+func (m *Migrator) templates() []Template {
+	var out []Template
+	if m.cfg.Template != nil {
+		out = append(out, *m.cfg.Template)
+	}
+	return append(out, m.cfg.Templates...)
 }
 
 func (m *Migrator) readyTenants(ctx context.Context) ([]string, error) {

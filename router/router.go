@@ -267,7 +267,7 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Router, err error) {
 	}, r.cat, r.upstream.Provider)
 
 	// Files checked against the catalog before the router serves anyone.
-	if r.catchup, err = newCatchup(ctx, cfg.Migrations, r.res, r.cat, migrate.ConnectEndpoint(r.upstream.Proxy.TLSConfig), r.reg, r.log); err != nil {
+	if r.catchup, err = newCatchup(ctx, cfg.Migrations, r.res, r.cat, r.upstream.MigrateConnect(), r.reg, r.log); err != nil {
 		return nil, err
 	}
 
@@ -362,10 +362,16 @@ func (r *Router) AdminAddr() net.Addr {
 
 // Proxy, Resolver, Catalog, Provider and Registry are the router's parts,
 // for callers that embed it (tests, dev).
-func (r *Router) Proxy() *proxy.Server           { return r.srv }
-func (r *Router) Resolver() *resolver.Resolver   { return r.res }
-func (r *Router) Catalog() *catalog.Catalog      { return r.cat }
-func (r *Router) Provider() provision.Provider   { return r.upstream.Provider }
+func (r *Router) Proxy() *proxy.Server         { return r.srv }
+func (r *Router) Resolver() *resolver.Resolver { return r.res }
+func (r *Router) Catalog() *catalog.Catalog    { return r.cat }
+func (r *Router) Provider() provision.Provider { return r.upstream.Provider }
+
+// MigrateConfig is the migrate.Config of this router's provider and
+// catalog (Upstream.MigrateConfig), for `pgtenant dev --migrations`.
+func (r *Router) MigrateConfig(files []migrate.Migration, ms MigrationSettings, log *slog.Logger) migrate.Config {
+	return r.upstream.MigrateConfig(r.cat, files, ms, log)
+}
 func (r *Router) Registry() *prometheus.Registry { return r.reg }
 
 // Pool is the pool.Manager the proxy borrows server connections from, or

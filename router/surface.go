@@ -1,6 +1,7 @@
 package router
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	adminapi "github.com/pgtenant/pgtenant/admin"
+	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/proxy"
 )
 
@@ -126,7 +128,8 @@ type surface struct {
 	ln           net.Listener
 	cancel       context.CancelFunc
 	wg           sync.WaitGroup
-	ctx          context.Context // of the loops; ends with stop
+	ctx          context.Context  // of the loops; ends with stop
+	migrations   *migrationRunner // POST /v1/migrations (migrationsapi.go); nil without admin listener
 }
 
 // startSurface applies the block list and the per-tenant pool modes and
@@ -176,6 +179,14 @@ func (r *Router) startSurface(ctx context.Context, cfg Config, pcfg proxy.Config
 	if pcfg.Pool.Manager != nil {
 		acfg.Pools = pcfg.Pool.Manager
 	}
+	key, err := catalog.ParseKey(cfg.Catalog.Key) // New checked it
+	if err != nil {
+		s.cancel()
+		return nil, err
+	}
+	s.migrations = &migrationRunner{log: r.log.With("component", "migrate"), settings: cfg.Migrations, upstream: r.upstream,
+		cat: r.cat, catDSN: cmp.Or(cfg.Catalog.DSN, r.upstream.CatalogDSN), key: key, ctx: s.ctx}
+	acfg.Migrations = s.migrations
 	if hook != nil {
 		hook(&acfg)
 	}
@@ -235,6 +246,9 @@ func (s *surface) stop() {
 		}
 		cancel()
 		_ = s.ln.Close() // Shutdown closes it only if Serve ran
+	}
+	if s.migrations != nil {
+		s.migrations.close() // its run ended with s.ctx; the next one resumes it
 	}
 	s.wg.Wait()
 }

@@ -21,7 +21,6 @@ import (
 
 	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/migrate"
-	"github.com/pgtenant/pgtenant/provision/local"
 	"github.com/pgtenant/pgtenant/proxy"
 	"github.com/pgtenant/pgtenant/router"
 )
@@ -296,10 +295,7 @@ func devMigrate(ctx context.Context, r *router.Router, ms router.MigrationSettin
 	if err != nil {
 		return err
 	}
-	cfg := migrate.Config{Catalog: r.Catalog(), Files: files, LockTimeout: ms.LockTimeout, Log: log}
-	if lp, ok := r.Provider().(*local.Provider); ok {
-		cfg.Template = &migrate.Template{Name: lp.TemplateName(), Connect: lp.ConnectTemplate, Migrated: lp.SetTemplateVersion}
-	}
+	cfg := r.MigrateConfig(files, ms, log)
 	rep, err := migrate.New(cfg).Up(ctx, migrate.UpOptions{Concurrency: ms.Concurrency})
 	if err != nil {
 		return fmt.Errorf("--migrations %s: %w", ms.Dir, err)

@@ -14,7 +14,6 @@ import (
 
 	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/migrate"
-	"github.com/pgtenant/pgtenant/provision/local"
 	"github.com/pgtenant/pgtenant/router"
 )
 
@@ -129,17 +128,7 @@ func runMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	cfg := migrate.Config{
-		Catalog:          cat,
-		Files:            files,
-		ConnectTenant:    migrate.ConnectEndpoint(parts.Proxy.TLSConfig),
-		LockTimeout:      ms.LockTimeout,
-		StatementTimeout: ms.StatementTimeout,
-		Log:              log,
-	}
-	if lp, ok := parts.Provider.(*local.Provider); ok {
-		cfg.Template = &migrate.Template{Name: lp.TemplateName(), Connect: lp.ConnectTemplate, Migrated: lp.SetTemplateVersion}
-	}
+	cfg := parts.MigrateConfig(cat, files, *ms, log)
 	m := migrate.New(cfg)
 	if len(files) > 0 {
 		// An edited or misnumbered file is the operator's to fix: exit 2.

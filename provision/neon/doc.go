@@ -53,5 +53,11 @@
 // and each tenant's endpoint only serves its own branch, but a leaked
 // shared password would open every tenant whose host is known.
 //
+// Schema migrations (package migrate) run over an endpoint's direct host
+// (DirectHost), never the pooler, and in branch mode start with the
+// template branches (TemplateBranches, TemplateRoute), so that branches
+// created afterwards are born current. Project mode has no template: a new
+// tenant project starts empty.
+//
 // The API key and tenants' passwords never appear in errors or logs.
 package neon

@@ -37,6 +37,25 @@ func TestPooledHost(t *testing.T) {
 	}
 }
 
+// TestDirectHost: DirectHost undoes pooledHost, and leaves other hosts.
+func TestDirectHost(t *testing.T) {
+	for host, want := range map[string]string{
+		"ep-round-unit-afbn7qv4-pooler.c-2.us-west-2.aws.neon.tech": "ep-round-unit-afbn7qv4.c-2.us-west-2.aws.neon.tech",
+		"ep-round-unit-afbn7qv4.c-2.us-west-2.aws.neon.tech":        "ep-round-unit-afbn7qv4.c-2.us-west-2.aws.neon.tech",
+		"ep-x-1.pooler-region.aws.neon.tech":                        "ep-x-1.pooler-region.aws.neon.tech", // first label only
+		"localhost-pooler":                                          "localhost",
+		"-pooler.example":                                           "-pooler.example",
+		"":                                                          "",
+	} {
+		if got := DirectHost(host); got != want {
+			t.Errorf("DirectHost(%q) = %q, want %q", host, got, want)
+		}
+		if got := DirectHost(pooledHost(want)); want != "" && want != "-pooler.example" && got != want {
+			t.Errorf("DirectHost(pooledHost(%q)) = %q", want, got)
+		}
+	}
+}
+
 func TestDecodeAPIError(t *testing.T) {
 	tests := []struct {
 		name   string

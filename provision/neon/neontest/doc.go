@@ -17,6 +17,10 @@
 //     CACertPEM), routing by SNI (or options=endpoint=<id>), SCRAM-SHA-256
 //     and SCRAM-SHA-256-PLUS (channel_binding=require works) against the
 //     role's Neon password, then a relay to the branch's real database.
+//     An endpoint's direct host (<ep>.c-2...) and its pooled twin
+//     (<ep>-pooler.c-2...) lead to the same database; only the pooled one
+//     checks the startup parameters as the pooler does, so migrations and
+//     other session work can be tested on the direct host.
 //
 // Use it like this (tests: pgtest.Shared(t).AdminDSN("postgres")):
 //

@@ -1,0 +1,104 @@
+package router
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtenant/pgtenant/catalog"
+	"github.com/pgtenant/pgtenant/migrate"
+	"github.com/pgtenant/pgtenant/provision"
+	"github.com/pgtenant/pgtenant/provision/local"
+	"github.com/pgtenant/pgtenant/provision/neon"
+)
+
+// MigrateConfig is the migrate.Config for this upstream: the tenants'
+// sessions as MigrateConnect opens them, the provider's templates
+// (MigrateTemplates) and the migrations section's timeouts.
+func (u *Upstream) MigrateConfig(cat *catalog.Catalog, files []migrate.Migration, ms MigrationSettings, log *slog.Logger) migrate.Config {
+	cfg := migrate.Config{
+		Catalog:          cat,
+		Files:            files,
+		ConnectTenant:    u.MigrateConnect(),
+		LockTimeout:      ms.LockTimeout,
+		StatementTimeout: ms.StatementTimeout,
+		Log:              log,
+	}
+	cfg.Template, cfg.Templates = u.MigrateTemplates()
+	return cfg
+}
+
+// MigrateConnect returns how migration sessions log in to a tenant's
+// database with its route's credentials (migrate.Config.ConnectTenant): as
+// the proxy reaches it (upstream TLS and server name,
+// upstream.dial_override, upstream.endpoint_option), except that a Neon
+// route's pooled host is replaced by the endpoint's direct host: Neon's
+// pooler runs in transaction mode, and a migration needs its session
+// (docs/neon-api.md §8.2).
+func (u *Upstream) MigrateConnect() func(ctx context.Context, tenant string, ep provision.Endpoint) (*pgx.Conn, error) {
+	_, direct := u.Provider.(*neon.Provider)
+	return func(ctx context.Context, _ string, ep provision.Endpoint) (*pgx.Conn, error) {
+		if direct {
+			ep.Host = neon.DirectHost(ep.Host)
+		}
+		return u.connect(ctx, ep)
+	}
+}
+
+// connect logs in to ep as the proxy would reach it.
+func (u *Upstream) connect(ctx context.Context, ep provision.Endpoint) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig("sslmode=disable")
+	if err != nil {
+		return nil, err
+	}
+	cfg.Host, cfg.Port, cfg.Database, cfg.User, cfg.Password = ep.Host, ep.Port, ep.Database, ep.User, ep.Password
+	cfg.TLSConfig = u.Proxy.TLSConfig(ep.Host)
+	cfg.RuntimeParams["application_name"] = "pgtenant migrate"
+	if u.Proxy.EndpointOption {
+		// No SNI: the endpoint ID goes in options (docs/neon-api.md §8.3).
+		label, _, _ := strings.Cut(ep.Host, ".")
+		cfg.RuntimeParams["options"] = "endpoint=" + strings.TrimSuffix(label, "-pooler")
+	}
+	if dial := u.Dial; dial != nil {
+		// The override is where every upstream host is reached; its names
+		// need not resolve here (a fake's *.neon.tech hosts).
+		cfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) { return dial(ctx, network, addr) }
+		cfg.LookupFunc = func(_ context.Context, host string) ([]string, error) { return []string{host}, nil }
+	}
+	return pgx.ConnectConfig(ctx, cfg)
+}
+
+// MigrateTemplates returns the templates migrate.Up brings to the target
+// before any tenant, so that tenants created afterwards are born current:
+// the local provider's template database; the Neon provider's template
+// branches (branch mode, one per project, reached over their endpoint's
+// direct host; finding that endpoint and its password takes a few API
+// calls, within the client's rate limit). Neon's project mode has none:
+// a tenant project is created empty and is brought to the target by the
+// next migrate up (or catch-up on connect).
+func (u *Upstream) MigrateTemplates() (*migrate.Template, []migrate.Template) {
+	switch p := u.Provider.(type) {
+	case *local.Provider:
+		return &migrate.Template{Name: p.TemplateName(), Connect: p.ConnectTemplate, Migrated: p.SetTemplateVersion}, nil
+	case *neon.Provider:
+		var out []migrate.Template
+		for _, bp := range p.TemplateBranches() {
+			name := bp.ID + "/" + bp.ParentBranchID
+			if bp.ParentBranchID == "" {
+				name = bp.ID + "/default"
+			}
+			out = append(out, migrate.Template{Name: "neon:" + name, Connect: func(ctx context.Context) (*pgx.Conn, error) {
+				ep, err := p.TemplateRoute(ctx, bp.ID)
+				if err != nil {
+					return nil, err
+				}
+				return u.connect(ctx, ep)
+			}})
+		}
+		return nil, out
+	}
+	return nil, nil
+}
