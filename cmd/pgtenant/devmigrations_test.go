@@ -15,16 +15,7 @@ import (
 // and --template-sql on an existing template says it does nothing.
 func TestDevMigrations(t *testing.T) {
 	pgtest.Shared(t)
-	dir, err := os.MkdirTemp("", "pgtenant-devmig-test-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if target, err := filepath.EvalSymlinks(filepath.Join(dir, "data", "pgdata")); err == nil {
-			os.RemoveAll(target)
-		}
-		os.RemoveAll(dir)
-	})
+	dir := devDir(t)
 	migs := filepath.Join(dir, "migrations")
 	if err := os.Mkdir(migs, 0o755); err != nil {
 		t.Fatal(err)

@@ -135,8 +135,10 @@ func query(t *testing.T, dsn, sql string) string {
 
 // TestDev runs `pgtenant dev` as the README says, connects with the printed
 // line, restarts it and finds the tenant's data again.
-func TestDev(t *testing.T) {
-	pgtest.Shared(t) // skips (outside CI) when Postgres is not installed
+// devDir is a directory for a dev run's files (its data in dir/data),
+// removed with the data when t ends.
+func devDir(t *testing.T) string {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "pgtenant-dev-test-")
 	if err != nil {
 		t.Fatal(err)
@@ -150,6 +152,12 @@ func TestDev(t *testing.T) {
 		}
 		os.RemoveAll(dir)
 	})
+	return dir
+}
+
+func TestDev(t *testing.T) {
+	pgtest.Shared(t) // skips (outside CI) when Postgres is not installed
+	dir := devDir(t)
 	schema := filepath.Join(dir, "schema.sql")
 	if err := os.WriteFile(schema, []byte("CREATE TABLE notes (body text);"), 0o644); err != nil {
 		t.Fatal(err)
