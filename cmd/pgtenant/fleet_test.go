@@ -75,9 +75,12 @@ func (f *fleet) start(id int, listen, config string) *localproc.Router {
 		f.t.Fatal(err)
 	}
 	host, _, _ := net.SplitHostPort(listen)
+	// The routers are this test binary, with -race in CI: SCRAM for
+	// hundreds of clients at once takes longer than the 10 s default.
 	cfg := fmt.Sprintf(`listen: %s
 instance_id: %d
 drain_timeout: 0s
+handshake_timeout: 2m
 log:
   level: warn
 cluster:
