@@ -122,21 +122,6 @@ func directEndpoint(params map[string]string) (bool, error) {
 	return direct, nil
 }
 
-// directHost is host with the "-pooler" suffix of its first DNS label
-// removed (Neon's direct compute endpoint, docs/neon-api.md §8); a host
-// without one is returned as it is.
-func directHost(host string) string {
-	label, rest, dotted := strings.Cut(host, ".")
-	base, ok := strings.CutSuffix(label, "-pooler")
-	if !ok || base == "" {
-		return host
-	}
-	if !dotted {
-		return base
-	}
-	return base + "." + rest
-}
-
 // SetTenantPoolModes replaces the per-tenant pool modes (none until the
 // first call): a tenant listed is pooled in its mode instead of
 // Config.Pool.Mode, unless its client names pgtenant.pool_mode itself.

@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/resolver"
 )
 
@@ -816,7 +817,7 @@ func (s *Server) cancelLocal(ctx context.Context, pid uint32, secret []byte, log
 func (s *Server) connectUpstream(ctx context.Context, tenant string, params map[string]string, direct bool) (*pgconn.HijackedConn, resolver.Route, error) {
 	return routed(ctx, s, tenant, nil, func(rt resolver.Route) (*pgconn.HijackedConn, resolver.Route, error) {
 		if direct {
-			rt.Host = directHost(rt.Host)
+			rt.Host = provision.DirectHost(rt.Host)
 		}
 		dialStart := time.Now()
 		hj, err := s.login(ctx, rt, s.cfg.Upstream.upstreamParams(params, rt.Host))

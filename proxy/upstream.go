@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/pgtenant/pgtenant/provision"
 )
 
 // Upstream TLS modes, as libpq's sslmode.
@@ -90,12 +92,6 @@ func sniName(u *UpstreamConfig, host string) string {
 	return host
 }
 
-// endpointID is the first DNS label of host without a "-pooler" suffix.
-func endpointID(host string) string {
-	label, _, _ := strings.Cut(host, ".")
-	return strings.TrimSuffix(label, "-pooler")
-}
-
 // upstreamParams is what of the client's startup parameters is forwarded
 // upstream: everything but what the router decides itself (who logs in
 // where, and replication), filtered by ForwardParams when set.
@@ -107,7 +103,7 @@ func (u *UpstreamConfig) upstreamParams(params map[string]string, host string) m
 		}
 	}
 	if u.EndpointOption {
-		opt := "endpoint=" + endpointID(host)
+		opt := "endpoint=" + provision.EndpointID(host)
 		if o := out["options"]; o != "" {
 			opt = o + " " + opt
 		}

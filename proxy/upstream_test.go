@@ -7,6 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/resolver"
 )
 
@@ -97,8 +98,8 @@ func TestDirectHost(t *testing.T) {
 		"db.ep-x-pooler.example": "db.ep-x-pooler.example", // only the first label counts
 		"":                       "",
 	} {
-		if got := directHost(in); got != want {
-			t.Errorf("directHost(%q) = %q, want %q", in, got, want)
+		if got := provision.DirectHost(in); got != want {
+			t.Errorf("DirectHost(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

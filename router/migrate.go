@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"net"
-	"strings"
 
 	"github.com/jackc/pgx/v5"
 
@@ -42,7 +41,7 @@ func (u *Upstream) MigrateConnect() func(ctx context.Context, tenant string, ep 
 	_, direct := u.Provider.(*neon.Provider)
 	return func(ctx context.Context, _ string, ep provision.Endpoint) (*pgx.Conn, error) {
 		if direct {
-			ep.Host = neon.DirectHost(ep.Host)
+			ep.Host = provision.DirectHost(ep.Host)
 		}
 		return u.connect(ctx, ep)
 	}
@@ -59,8 +58,7 @@ func (u *Upstream) connect(ctx context.Context, ep provision.Endpoint) (*pgx.Con
 	cfg.RuntimeParams["application_name"] = "pgtenant migrate"
 	if u.Proxy.EndpointOption {
 		// No SNI: the endpoint ID goes in options (docs/neon-api.md §8.3).
-		label, _, _ := strings.Cut(ep.Host, ".")
-		cfg.RuntimeParams["options"] = "endpoint=" + strings.TrimSuffix(label, "-pooler")
+		cfg.RuntimeParams["options"] = "endpoint=" + provision.EndpointID(ep.Host)
 	}
 	if dial := u.Dial; dial != nil {
 		// The override is where every upstream host is reached; its names

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"strings"
 
 	"github.com/pgtenant/pgtenant/provision"
 )
@@ -64,7 +63,7 @@ func (p *Provider) TemplateRoute(ctx context.Context, pid string) (provision.End
 		return provision.Endpoint{}, fmt.Errorf("neon: template branch %s/%s: %w", pid, loc.branchID, err)
 	}
 	return provision.Endpoint{
-		Host:       DirectHost(ep.Host),
+		Host:       provision.DirectHost(ep.Host),
 		Port:       Port,
 		Database:   db,
 		User:       role,
@@ -94,21 +93,4 @@ func (p *Provider) defaultBranch(ctx context.Context, pid string) (string, error
 		q.Set("cursor", resp.Pagination.Next)
 	}
 	return "", fmt.Errorf("project %s has no default branch", pid)
-}
-
-// DirectHost turns a pooled endpoint host into the endpoint's direct host
-// by removing the "-pooler" suffix of its first DNS label
-// (docs/neon-api.md §8.1): ep-x-123-pooler.c-2.us-east-2.aws.neon.tech ->
-// ep-x-123.c-2.us-east-2.aws.neon.tech. Other hosts are returned as they
-// are. Migrations, dumps and session state need the direct host (§8.2).
-func DirectHost(host string) string {
-	label, rest, dotted := strings.Cut(host, ".")
-	base, ok := strings.CutSuffix(label, "-pooler")
-	if !ok || base == "" {
-		return host
-	}
-	if !dotted {
-		return base
-	}
-	return base + "." + rest
 }

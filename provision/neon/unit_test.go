@@ -15,6 +15,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/pgtenant/pgtenant/provision"
 )
 
 const testKey = "napi_0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmn"
@@ -47,10 +49,10 @@ func TestDirectHost(t *testing.T) {
 		"-pooler.example":                                           "-pooler.example",
 		"":                                                          "",
 	} {
-		if got := DirectHost(host); got != want {
+		if got := provision.DirectHost(host); got != want {
 			t.Errorf("DirectHost(%q) = %q, want %q", host, got, want)
 		}
-		if got := DirectHost(pooledHost(want)); want != "" && want != "-pooler.example" && got != want {
+		if got := provision.DirectHost(pooledHost(want)); want != "" && want != "-pooler.example" && got != want {
 			t.Errorf("DirectHost(pooledHost(%q)) = %q", want, got)
 		}
 	}
