@@ -63,6 +63,7 @@ type catchup struct {
 	connect func(context.Context, string, provision.Endpoint) (*pgx.Conn, error)
 	log     *slog.Logger
 	runs    *prometheus.CounterVec
+	known   prometheus.Counter        // runs{outcome="current"}, counted on every connect of a current tenant
 	current *lru.Cache[string, int64] // tenant -> version it is known to be at
 
 	state atomic.Pointer[catchupState]
@@ -119,6 +120,7 @@ func newCatchup(ctx context.Context, ms MigrationSettings, res *resolver.Resolve
 		c.runs.WithLabelValues(o)
 	}
 	reg.MustRegister(c.runs)
+	c.known = c.runs.WithLabelValues(catchupCurrent)
 	c.mu.flights = map[string]*catchupFlight{}
 	c.base, c.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	st, err := c.load(ctx, ms)
@@ -198,7 +200,7 @@ func (c *catchup) Resolve(ctx context.Context, tenant string) (resolver.Route, e
 		return rt, nil // nothing registered
 	}
 	if v, ok := c.current.Get(tenant); ok && v >= target {
-		c.runs.WithLabelValues(catchupCurrent).Inc()
+		c.known.Inc()
 		return rt, nil
 	}
 	f := c.start(st, tenant, target)
