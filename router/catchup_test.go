@@ -213,3 +213,34 @@ func TestOnConnectChecksumRefused(t *testing.T) {
 		t.Fatalf("err = %v, want it to name the file and migrations.dir", err)
 	}
 }
+
+// A tenant whose catch-up fails (its own schema conflicts with the
+// migration) is told so with 57P03, and nothing is half-applied.
+func TestOnConnectMigrationFails(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	r, cfg := start(t, nil)
+	dir := behindTenant(t, r, "cufail")
+	// The tenant made the column 0002 adds: 0002 fails in its database.
+	if err := session(r, "cufail", "ALTER TABLE items ADD COLUMN note text"); err != nil {
+		t.Fatal(err)
+	}
+	nc := cfg
+	nc.Migrations.Dir, nc.Migrations.OnConnect = dir, router.OnConnectMigrate
+	if err := r.Reload(context.Background(), nc); err != nil {
+		t.Fatal(err)
+	}
+	err := session(r, "cufail", "SELECT 1")
+	if sqlState(err) != "57P03" || !strings.Contains(err.Error(), "tenant cufail could not be migrated to schema version 2") {
+		t.Fatalf("connect of a tenant whose migration fails: %v, want 57P03 could not be migrated", err)
+	}
+	if got := metric(t, r.Registry(), catchupMetric, "outcome=failed"); got < 1 {
+		t.Fatalf("failed = %v", got)
+	}
+	nc.Migrations.OnConnect = router.OnConnectOff
+	if err := r.Reload(context.Background(), nc); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, r, "cufail", "SELECT count(*)::int FROM side_effect"); n != 0 {
+		t.Fatalf("the failed 0002 left %d side effects, want 0 (one transaction)", n)
+	}
+}
