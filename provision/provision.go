@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"time"
 )
 
 // ErrTenantNotFound is returned by Provider.Delete (and by lookups) when the
@@ -64,4 +65,14 @@ type Provider interface {
 	// Delete removes the tenant's database and role. It returns
 	// ErrTenantNotFound if there is nothing to delete.
 	Delete(ctx context.Context, tenant string) error
+}
+
+// Estimator is implemented by providers whose Create takes minutes (a
+// cloud instance or cluster per tenant). The router does not keep a client
+// waiting that long: it starts the creation in the background under its
+// own budget and answers the client's connects with 57P03 ("being created,
+// about N minutes, retry") until the tenant is ready.
+type Estimator interface {
+	// CreateEstimate is how long a typical Create takes.
+	CreateEstimate() time.Duration
 }
