@@ -158,7 +158,13 @@ func (c *client) once(ctx context.Context, r *call, body []byte, out any) (retry
 		return 0, fmt.Errorf("read answer (status %d): %w", resp.StatusCode, err)
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		for _, h := range []string{"Retry-After", "X-RateLimit-Reset"} {
+		headers := []string{"Retry-After"}
+		if resp.StatusCode == http.StatusTooManyRequests {
+			// Every answer carries X-RateLimit-Reset; only after a 429
+			// does it say how long to wait (§8).
+			headers = append(headers, "X-RateLimit-Reset")
+		}
+		for _, h := range headers {
 			if s, err := strconv.Atoi(strings.TrimSpace(resp.Header.Get(h))); err == nil && s > 0 {
 				retryAfter = time.Duration(s) * time.Second
 				break

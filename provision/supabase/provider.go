@@ -320,3 +320,10 @@ func (p *Provider) Delete(ctx context.Context, tenant string) error {
 	}
 	return nil
 }
+
+// CountProjects is how many live projects in the organization are named
+// for tenant (0 or 1 unless something else made one with that name).
+func (p *Provider) CountProjects(ctx context.Context, tenant string) (int, error) {
+	found, err := p.find(ctx, p.ProjectName(tenant))
+	return len(found), err
+}
