@@ -117,7 +117,7 @@ func (c *client) do(ctx context.Context, r call, out any) error {
 		case isAPI && ae.Status >= 500 && r.repeatable:
 		case !isAPI && r.repeatable: // transport error
 		case !isAPI || ae.Status >= 500:
-			return fmt.Errorf("%s: %w", r.name(), &LostError{Op: r.name(), Err: err})
+			return &LostError{Op: r.name(), Err: err}
 		default:
 			return fmt.Errorf("%s: %w", r.name(), err)
 		}
