@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgtenant/pgtenant/internal/pgtest"
 	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/provision/supabase"
 	"github.com/pgtenant/pgtenant/provision/supabase/supabasetest"
@@ -26,6 +27,7 @@ func poolFromPEM(t *testing.T, pem []byte) *x509.CertPool {
 // TestCreateRoutes checks the endpoint of each route kind and that the
 // generated password logs in through the pooler (or direct host).
 func TestCreateRoutes(t *testing.T) {
+	pgtest.CheckGoroutines(t)
 	s := newFake(t, supabasetest.Config{})
 	for _, tc := range []struct {
 		name string
@@ -119,6 +121,7 @@ func TestRetries429(t *testing.T) {
 // the same Create finds the project by name and the password it sent
 // still logs in. No second POST.
 func TestLostCreateFoundByName(t *testing.T) {
+	pgtest.CheckGoroutines(t)
 	s := newFake(t, supabasetest.Config{})
 	p := newProvider(t, s, supabase.Config{})
 	s.LoseNextCreate(p.ProjectName("lost"))
@@ -175,6 +178,7 @@ func TestAdoptResetsPassword(t *testing.T) {
 // TestDeleteTwice: Delete removes the project and its database; a second
 // Delete says ErrTenantNotFound.
 func TestDeleteTwice(t *testing.T) {
+	pgtest.CheckGoroutines(t)
 	s := newFake(t, supabasetest.Config{})
 	p := newProvider(t, s, supabase.Config{})
 	ep, err := p.Create(t.Context(), "gone")

@@ -70,6 +70,7 @@ func create(t *testing.T, s *Server, name, pass string) map[string]any {
 }
 
 func TestAPI(t *testing.T) {
+	pgtest.CheckGoroutines(t)
 	s := newServer(t, Config{CreateDelay: time.Hour})
 	p := create(t, s, "p1", "pw1")
 	ref := p["id"].(string)
@@ -185,6 +186,7 @@ func TestLoseNextCreate(t *testing.T) {
 // TestPooler logs in through the pooler host (postgres.<ref>) and the
 // direct host (postgres), with TLS verify-full, and checks the refusals.
 func TestPooler(t *testing.T) {
+	pgtest.CheckGoroutines(t)
 	s := newServer(t, Config{})
 	ref := create(t, s, "db", "secret")["id"].(string)
 	other := create(t, s, "other", "secret2")["id"].(string)
