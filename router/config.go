@@ -24,6 +24,9 @@ const (
 	EnvCatalogDSN = "PGTENANT_CATALOG_DSN" // catalog database (default: the admin DSN)
 	EnvCatalogKey = "PGTENANT_CATALOG_KEY" // base64 AES-256 key encrypting upstream passwords
 	EnvNeonAPIKey = "NEON_API_KEY"         // neon provider: API key
+	// EnvSupabaseToken is the supabase provider's Management API access
+	// token (the name the Supabase CLI uses).
+	EnvSupabaseToken = "SUPABASE_ACCESS_TOKEN"
 )
 
 // NeonSettings is provider.neon.
@@ -154,9 +157,10 @@ type Config struct {
 	Cluster ClusterSettings `yaml:"cluster"` // cluster.go
 
 	Provider struct {
-		Kind  string       `yaml:"kind"`
-		Neon  NeonSettings `yaml:"neon"`
-		Local struct {
+		Kind     string           `yaml:"kind"`
+		Neon     NeonSettings     `yaml:"neon"`
+		Supabase SupabaseSettings `yaml:"supabase"` // supabase.go
+		Local    struct {
 			AdminDSN    string `yaml:"admin_dsn"`
 			Host        string `yaml:"host"`
 			Port        uint16 `yaml:"port"`
@@ -219,6 +223,7 @@ func DefaultConfig() Config {
 	n.RequestsPerMinute = neon.DefaultRequestsPerMinute
 	n.RetryBudget = neon.DefaultRetryBudget
 	n.OpTimeout = neon.DefaultOpTimeout
+	fc.Provider.Supabase = defaultSupabaseSettings() // supabase.go
 	return fc
 }
 
@@ -264,6 +269,7 @@ func (fc *Config) applyEnv(getenv func(string) string) {
 	set(&fc.Catalog.DSN, EnvCatalogDSN)
 	set(&fc.Catalog.Key, EnvCatalogKey)
 	set(&fc.Provider.Neon.APIKey, EnvNeonAPIKey)
+	set(&fc.Provider.Supabase.AccessToken, EnvSupabaseToken)
 	set(&fc.Admin.Token, EnvAdminToken)
 	set(&fc.Cluster.Secret, EnvClusterSecret)
 	set(&fc.Cluster.Advertise, EnvClusterAdvertise)
@@ -324,8 +330,10 @@ func (fc *Config) Validate() error {
 		} else if err := nc.Validate(); err != nil {
 			errs = append(errs, fmt.Errorf("provider.neon: %w (the API key comes from %s)", err, EnvNeonAPIKey))
 		}
+	case "supabase":
+		errs = append(errs, fc.validateSupabase()...) // supabase.go
 	default:
-		errs = append(errs, fmt.Errorf("provider.kind: %q is not supported (supported: local, neon)", fc.Provider.Kind))
+		errs = append(errs, fmt.Errorf("provider.kind: %q is not supported (supported: local, neon, supabase)", fc.Provider.Kind))
 	}
 	errs = append(errs, fc.Cluster.validate()...)   // cluster.go
 	errs = append(errs, fc.validateInstanceID()...) // cluster.go

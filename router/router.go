@@ -21,6 +21,7 @@ import (
 	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/provision/local"
 	"github.com/pgtenant/pgtenant/provision/neon"
+	"github.com/pgtenant/pgtenant/provision/supabase"
 	"github.com/pgtenant/pgtenant/proxy"
 	"github.com/pgtenant/pgtenant/resolver"
 )
@@ -89,6 +90,15 @@ func BuildUpstream(ctx context.Context, cfg Config, log *slog.Logger, ensureTemp
 		if u.Proxy.ForwardParams == nil {
 			u.Proxy.ForwardParams = NeonPoolerParams
 		}
+		return u, nil
+	case "supabase":
+		sc := cfg.SupabaseConfig() // supabase.go
+		sc.Log = log
+		p, err := supabase.New(sc)
+		if err != nil {
+			return nil, fmt.Errorf("provider.supabase: %w", err)
+		}
+		u.Provider, u.Close = p, p.CloseIdleConnections
 		return u, nil
 	}
 

@@ -37,8 +37,9 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	password := fs.String("password", devPassword, "app secret clients log in with (or "+router.EnvPassword+")")
 	templateSQL := fs.String("template-sql", "", "SQL file run once in the template database when it is created (later changes: --migrations)")
 	migrations := fs.String("migrations", "", "directory of migration files NNNN_name.sql: applied at start to the template and every tenant, and to a tenant behind on its connect (migrations.on_connect migrate)")
-	provider := fs.String("provider", "local", "local: a database per tenant on the local Postgres; neon-fake: a branch per tenant through an in-process fake of the Neon API (backed by the local Postgres, reached over TLS with SNI), with the real Neon client")
+	provider := fs.String("provider", "local", "local: a database per tenant on the local Postgres; neon-fake: a branch per tenant through an in-process fake of the Neon API (backed by the local Postgres, reached over TLS with SNI), with the real Neon client; supabase-fake: a Supabase project per tenant through an in-process fake of the Management API and pooler, with the real Supabase client")
 	opDelay := fs.Duration("neon-op-delay", 200*time.Millisecond, "neon-fake: how long each simulated Neon operation (create_branch, start_compute) takes")
+	sbDelay := fs.Duration("supabase-create-delay", 2*time.Second, "supabase-fake: how long a new project stays COMING_UP")
 	pgPort := fs.Int("pg-port", 0, "port of the local Postgres (0: the one used last time, else a free one)")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
@@ -67,8 +68,8 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	default:
 		return fmt.Errorf("--pool-mode %q: want off, session or transaction", *poolMode)
 	}
-	if *provider != "local" && *provider != "neon-fake" {
-		return fmt.Errorf("--provider %q: want local or neon-fake", *provider)
+	if *provider != "local" && *provider != "neon-fake" && *provider != "supabase-fake" {
+		return fmt.Errorf("--provider %q: want local, neon-fake or supabase-fake", *provider)
 	}
 	log, _, err := router.NewLogger(stderr, *logFormat, *logLevel)
 	if err != nil {
@@ -107,7 +108,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 	}()
 
-	if cl.MovedFrom() != 0 && *provider != "neon-fake" {
+	if cl.MovedFrom() != 0 && *provider == "local" {
 		if err := devMoveRoutes(ctx, cl, log); err != nil {
 			return err
 		}
@@ -128,7 +129,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fc.Admin.Listen = adminAddr
 	fc.Pool.Mode = *poolMode
 	if *migrations != "" {
-		if *provider == "neon-fake" {
+		if *provider != "local" {
 			return fmt.Errorf("%w: --migrations works with --provider local only", errUsage)
 		}
 		fc.Migrations.Dir, fc.Migrations.OnConnect = *migrations, router.OnConnectMigrate
@@ -159,6 +160,14 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		defer fake.close()
 		parts = fake.parts
 	}
+	var sbFake *supabaseFake // devsupabase.go
+	if *provider == "supabase-fake" {
+		if sbFake, err = startSupabaseFake(ctx, cl, *sbDelay, log); err != nil {
+			return err
+		}
+		defer sbFake.close()
+		parts = sbFake.parts
+	}
 
 	// If Postgres dies, stop the router and say so.
 	rctx, cancel := context.WithCancel(ctx)
@@ -178,7 +187,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 	}
 	if err == nil {
-		printDevBanner(stdout, cl, dir, r.Addr().String(), *password, fake, adminAddr, fc.Admin.Token, fc.Pool)
+		printDevBanner(stdout, cl, dir, r.Addr().String(), *password, fake, sbFake, adminAddr, fc.Admin.Token, fc.Pool)
 		err = r.Serve(rctx)
 	}
 	select {
@@ -189,7 +198,9 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	default:
 	}
 	if err == nil {
-		if fake != nil {
+		if sbFake != nil {
+			fmt.Fprintln(stdout, "pgtenant dev: stopped; the supabase-fake kept its projects in memory, so its tenants and their data are gone (the next run starts with none)")
+		} else if fake != nil {
 			fmt.Fprintln(stdout, "pgtenant dev: stopped; the neon-fake kept its branches in memory, so its tenants and their data are gone (the next run starts with none)")
 		} else {
 			fmt.Fprintln(stdout, "pgtenant dev: stopped; tenants and their data stay in", dir)
@@ -223,7 +234,7 @@ func selfName() string {
 	return quote(os.Args[0])
 }
 
-func printDevBanner(w io.Writer, cl *localproc.Cluster, dir, addr, password string, fake *neonFake, adminAddr, adminToken string, pool router.PoolSettings) {
+func printDevBanner(w io.Writer, cl *localproc.Cluster, dir, addr, password string, fake *neonFake, sbFake *supabaseFake, adminAddr, adminToken string, pool router.PoolSettings) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\npgtenant dev is running.\n")
 	fmt.Fprintf(&b, "  router    %s   (app secret: %s)\n", addr, password)
@@ -245,6 +256,10 @@ func printDevBanner(w io.Writer, cl *localproc.Cluster, dir, addr, password stri
 	if fake != nil {
 		fake.banner(&b)
 		what = "Neon branch (fake, in memory: gone when dev stops)"
+	}
+	if sbFake != nil {
+		sbFake.banner(&b)
+		what = "Supabase project (fake, in memory: gone when dev stops)"
 	}
 	fmt.Fprintf(&b, "\nConnect as a tenant; its %s is created on the first connect:\n\n", what)
 	fmt.Fprintf(&b, "  psql %s\n\n", quote(fmt.Sprintf("postgres://tenant_42:%s@%s/app", password, addr)))
