@@ -25,7 +25,7 @@ const placementsDDL = `CREATE TABLE IF NOT EXISTS pgtenant.placements (
 )`
 
 // tlsColumnDDL adds a route's own upstream TLS mode to pgtenant.tenants
-// (a static route's sslmode; '' means its provider's).
+// (a static route's sslmode; ” means its provider's).
 const tlsColumnDDL = `ALTER TABLE pgtenant.tenants ADD COLUMN IF NOT EXISTS tls text NOT NULL DEFAULT ''`
 
 // migratePlacements creates pgtenant.placements and the tls column in tx

@@ -54,7 +54,7 @@ type pooledClient struct {
 	rtAt time.Time
 	key  pool.Key
 	// tls is the upstream TLS configuration of rt's host (for cancels).
-	tls     *tls.Config
+	tls                           *tls.Config
 	tlsHost, tlsProvider, tlsMode string
 
 	// current is the cancel target of the connection held now (nil: none),
