@@ -921,6 +921,8 @@ func resolveError(ctx context.Context, tenant string, err error) error {
 		return clientErr(codeCannotConnectNow,
 			fmt.Sprintf("the database of tenant %q is not ready yet", tenant),
 			"It is probably still being created; retry in a few seconds.", err)
+	case errors.Is(err, resolver.ErrUnknownTenant) && errors.Is(err, provision.ErrTenantNotFound):
+		return noRouteError(tenant, err) // errors.go
 	case errors.Is(err, resolver.ErrUnknownTenant):
 		return clientErr(codeInvalidAuthSpec,
 			fmt.Sprintf("tenant %q does not exist", tenant),

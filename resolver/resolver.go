@@ -26,7 +26,10 @@ var (
 	// timed out, wrong key, corrupt row).
 	ErrCatalog = errors.New("resolver: catalog error")
 	// ErrUnknownTenant means provisioning is disabled (New was given a nil
-	// Provisioner) and the catalog holds no route for the tenant.
+	// Provisioner) and the catalog holds no route for the tenant, or the
+	// provider's Create answered provision.ErrTenantNotFound (a provider
+	// that only finds existing databases, such as static, found none; the
+	// error then wraps that too).
 	ErrUnknownTenant = errors.New("resolver: unknown tenant")
 	// ErrClosed is returned by Resolve after Close, and to the waiters of a
 	// fill that Close cancelled.
@@ -470,6 +473,9 @@ func (r *Resolver) fill(ctx context.Context, tenant string, byAPI bool) (Route, 
 	}
 	name := prov.Name()
 	switch {
+	case err != nil && errors.Is(createErr, provision.ErrTenantNotFound):
+		// A provider that only finds databases (static) found none.
+		return Route{}, fmt.Errorf("%w: tenant %q: %w", ErrUnknownTenant, tenant, createErr)
 	case err != nil && createErr != nil:
 		return Route{}, fmt.Errorf("%w: tenant %q: %w", ErrProvision, tenant, createErr)
 	case errors.Is(err, errCreateSlot):

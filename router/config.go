@@ -154,9 +154,12 @@ type Config struct {
 	Cluster ClusterSettings `yaml:"cluster"` // cluster.go
 
 	Provider struct {
-		Kind  string       `yaml:"kind"`
-		Neon  NeonSettings `yaml:"neon"`
-		Local struct {
+		Kind string `yaml:"kind"`
+		// Also are more providers tenants can be placed on (providers.go).
+		Also   []string       `yaml:"also"`
+		Neon   NeonSettings   `yaml:"neon"`
+		Static StaticSettings `yaml:"static"` // providers.go
+		Local  struct {
 			AdminDSN    string `yaml:"admin_dsn"`
 			Host        string `yaml:"host"`
 			Port        uint16 `yaml:"port"`
@@ -309,24 +312,7 @@ func (fc *Config) Validate() error {
 			errs = append(errs, err)
 		}
 	}
-	switch fc.Provider.Kind {
-	case "local":
-		if fc.Provider.Local.AdminDSN == "" {
-			errs = append(errs, fmt.Errorf("provider.local.admin_dsn: empty: set %s", EnvAdminDSN))
-		}
-		errs = append(errs, fc.validateNaming()...) // naming.go
-	case "neon":
-		if fc.Catalog.DSN == "" {
-			errs = append(errs, fmt.Errorf("catalog.dsn: the neon provider needs a catalog database: set %s", EnvCatalogDSN))
-		}
-		if nc, err := fc.NeonConfig(); err != nil {
-			errs = append(errs, err)
-		} else if err := nc.Validate(); err != nil {
-			errs = append(errs, fmt.Errorf("provider.neon: %w (the API key comes from %s)", err, EnvNeonAPIKey))
-		}
-	default:
-		errs = append(errs, fmt.Errorf("provider.kind: %q is not supported (supported: local, neon)", fc.Provider.Kind))
-	}
+	errs = append(errs, fc.validateProviders()...)  // providers.go
 	errs = append(errs, fc.Cluster.validate()...)   // cluster.go
 	errs = append(errs, fc.validateInstanceID()...) // cluster.go
 	if fc.Admin.BlockedRefresh < 0 {

@@ -21,7 +21,9 @@ const Name = "static"
 
 // ErrNoRoute means no source knows the tenant: no configured route, no
 // template, no registered route. The static provider never creates one.
-var ErrNoRoute = errors.New("static: no route for tenant")
+// It wraps provision.ErrTenantNotFound, which tells the resolver that the
+// tenant does not exist (rather than that creating it failed).
+var ErrNoRoute = fmt.Errorf("static: no route for tenant (%w)", provision.ErrTenantNotFound)
 
 // Upstream TLS modes a route can carry (provision.Endpoint.TLS); the
 // proxy's names, repeated here because providers import only provision.
