@@ -157,27 +157,27 @@ func (c *Catalog) SetRoute(ctx context.Context, tenant, provider string, ep prov
 	return err
 }
 
-// RouteOn returns tenant's ready route if it lives on provider; ok is
-// false otherwise. Safe for concurrent use.
-func (c *Catalog) RouteOn(ctx context.Context, tenant, provider string) (provision.Endpoint, bool, error) {
+// RouteOn returns tenant's ready route if it lives on provider under
+// providerID; ok is false otherwise. Safe for concurrent use.
+func (c *Catalog) RouteOn(ctx context.Context, tenant, provider, providerID string) (provision.Endpoint, bool, error) {
 	ep, ok, err := c.Lookup(ctx, tenant)
-	if err != nil || !ok || ep.Provider != provider {
+	if err != nil || !ok || ep.Provider != provider || ep.ProviderID != providerID {
 		return provision.Endpoint{}, false, err
 	}
 	return ep, true, nil
 }
 
-// DeleteRouteOn marks tenant's route deleted if it lives on provider, as
-// Delete does; otherwise it returns an error wrapping
+// DeleteRouteOn marks tenant's route deleted if it lives on provider
+// under providerID, as Delete does; otherwise it returns an error wrapping
 // provision.ErrTenantNotFound. Safe for concurrent use.
-func (c *Catalog) DeleteRouteOn(ctx context.Context, tenant, provider string) error {
+func (c *Catalog) DeleteRouteOn(ctx context.Context, tenant, provider, providerID string) error {
 	err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
 		if err := lockTenant(ctx, tx, tenant); err != nil {
 			return err
 		}
 		tag, err := tx.Exec(ctx, `UPDATE pgtenant.tenants
 			SET state = 'deleted', password_enc = NULL, updated_at = now()
-			WHERE tenant = $1 AND provider = $2 AND state <> 'deleted'`, tenant, provider)
+			WHERE tenant = $1 AND provider = $2 AND provider_id = $3 AND state <> 'deleted'`, tenant, provider, providerID)
 		if err == nil && tag.RowsAffected() == 0 {
 			return provision.ErrTenantNotFound
 		}

@@ -55,15 +55,16 @@ func TestStaticRoutes(t *testing.T) {
 
 	ep := endpoint("s", "secret")
 	ep.TLS = "verify-full"
+	ep.ProviderID = "registered"
 	if err := cat.SetRoute(ctx, "s", "static", ep); err != nil {
 		t.Fatal(err)
 	}
-	got, ok, err := cat.RouteOn(ctx, "s", "static")
+	got, ok, err := cat.RouteOn(ctx, "s", "static", "registered")
 	ep.Provider = "static"
 	if !ok || err != nil || got != ep {
 		t.Fatalf("RouteOn = %+v, %v, %v; want %+v", got, ok, err, ep)
 	}
-	if _, ok, _ := cat.RouteOn(ctx, "s", "local"); ok {
+	if _, ok, _ := cat.RouteOn(ctx, "s", "local", "registered"); ok {
 		t.Fatal("RouteOn another provider found the route")
 	}
 	var enc []byte
@@ -87,10 +88,10 @@ func TestStaticRoutes(t *testing.T) {
 	if n, err := cat.CountOn(ctx, "s", "static"); n != 1 || err != nil {
 		t.Fatalf("CountOn = %d, %v", n, err)
 	}
-	if err := cat.DeleteRouteOn(ctx, "s", "static"); err != nil {
+	if err := cat.DeleteRouteOn(ctx, "s", "static", "registered"); err != nil {
 		t.Fatal(err)
 	}
-	if err := cat.DeleteRouteOn(ctx, "s", "static"); !errors.Is(err, provision.ErrTenantNotFound) {
+	if err := cat.DeleteRouteOn(ctx, "s", "static", "registered"); !errors.Is(err, provision.ErrTenantNotFound) {
 		t.Fatalf("second DeleteRouteOn: %v", err)
 	}
 	if n, err := cat.CountOn(ctx, "s", "static"); n != 0 || err != nil {

@@ -76,7 +76,7 @@ func (p *placements) SetRoute(ctx context.Context, tenant string, spec adminapi.
 	if err != nil {
 		return provision.Endpoint{}, fmt.Errorf("%w: %w", adminapi.ErrInvalid, err)
 	}
-	ep.ProviderID = "registered"
+	ep.ProviderID = static.RegisteredID
 	if err := p.cat.SetRoute(ctx, tenant, static.Name, ep); err != nil {
 		return provision.Endpoint{}, err
 	}
@@ -87,7 +87,7 @@ func (p *placements) SetRoute(ctx context.Context, tenant string, spec adminapi.
 
 // DeleteRoute implements adminapi.Routes.
 func (p *placements) DeleteRoute(ctx context.Context, tenant string) error {
-	err := p.cat.DeleteRouteOn(ctx, tenant, static.Name)
+	err := p.cat.DeleteRouteOn(ctx, tenant, static.Name, static.RegisteredID)
 	p.res.Invalidate(tenant)
 	return err
 }

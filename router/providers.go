@@ -203,12 +203,12 @@ type StaticStore struct{ Cat *catalog.Catalog }
 
 // StaticRoute implements static.Store.
 func (s StaticStore) StaticRoute(ctx context.Context, tenant string) (provision.Endpoint, bool, error) {
-	return s.Cat.RouteOn(ctx, tenant, static.Name)
+	return s.Cat.RouteOn(ctx, tenant, static.Name, static.RegisteredID)
 }
 
 // DeleteStaticRoute implements static.Store.
 func (s StaticStore) DeleteStaticRoute(ctx context.Context, tenant string) error {
-	return s.Cat.DeleteRouteOn(ctx, tenant, static.Name)
+	return s.Cat.DeleteRouteOn(ctx, tenant, static.Name, static.RegisteredID)
 }
 
 // errNoSuchProvider is refused by placement: the provider is not

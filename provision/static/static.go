@@ -19,6 +19,11 @@ import (
 // Name is the static provider's name, as the catalog records it.
 const Name = "static"
 
+// RegisteredID is the ProviderID of a route registered at run time (the
+// Store's); a configured route's is "route:<tenant>", the template's
+// "template".
+const RegisteredID = "registered"
+
 // ErrNoRoute means no source knows the tenant: no configured route, no
 // template, no registered route. The static provider never creates one.
 // It wraps provision.ErrTenantNotFound, which tells the resolver that the
