@@ -188,10 +188,10 @@ func (u *Upstream) proxyUpstreams() map[string]*proxy.UpstreamConfig {
 }
 
 // attachCatalog gives the static providers among u's the catalog's
-// registered routes.
+// registered routes, unless they were given a store already (a test's).
 func (u *Upstream) attachCatalog(cat *catalog.Catalog) {
 	for _, p := range u.Providers() {
-		if sp, ok := p.(*static.Provider); ok {
+		if sp, ok := p.(*static.Provider); ok && !sp.HasStore() {
 			sp.SetStore(StaticStore{cat})
 		}
 	}

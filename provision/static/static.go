@@ -238,6 +238,10 @@ func defaultTLS(host string) string {
 // catalog, once the router has opened it). Safe for concurrent use.
 func (p *Provider) SetStore(s Store) { p.store.Store(&s) }
 
+// HasStore reports whether SetStore was called: a router keeps a store it
+// is given along with the provider (router.Options.Upstream).
+func (p *Provider) HasStore() bool { return p.store.Load() != nil }
+
 func (p *Provider) storeOrNil() Store {
 	if s := p.store.Load(); s != nil {
 		return *s
