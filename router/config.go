@@ -252,6 +252,12 @@ func LoadConfig(path string) (Config, error) {
 	if len(fc.BlockedTenants) == 0 {
 		fc.BlockedTenants = nil
 	}
+	if len(fc.Provider.Also) == 0 {
+		fc.Provider.Also = nil
+	}
+	if len(fc.Provider.Static.Routes) == 0 {
+		fc.Provider.Static.Routes = nil
+	}
 	fc.applyEnv(os.Getenv)
 	return fc, nil
 }
