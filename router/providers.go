@@ -3,7 +3,6 @@ package router
 import (
 	"context"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -210,7 +209,3 @@ func (s StaticStore) StaticRoute(ctx context.Context, tenant string) (provision.
 func (s StaticStore) DeleteStaticRoute(ctx context.Context, tenant string) error {
 	return s.Cat.DeleteRouteOn(ctx, tenant, static.Name, static.RegisteredID)
 }
-
-// errNoSuchProvider is refused by placement: the provider is not
-// configured here.
-var errNoSuchProvider = errors.New("no such provider")

@@ -295,10 +295,3 @@ func (p *Provider) Delete(ctx context.Context, tenant string) error {
 	}
 	return fmt.Errorf("static: tenant %q: no registered route: %w", tenant, provision.ErrTenantNotFound)
 }
-
-// Routed reports whether tenant has a configured route or the template
-// would give it one (no I/O).
-func (p *Provider) Routed(tenant string) bool {
-	_, ok := p.routes[tenant]
-	return ok || p.template != ""
-}
