@@ -157,8 +157,11 @@ type Config struct {
 	Cluster ClusterSettings `yaml:"cluster"` // cluster.go
 
 	Provider struct {
-		Kind     string           `yaml:"kind"`
+		Kind string `yaml:"kind"`
+		// Also are more providers tenants can be placed on (providers.go).
+		Also     []string         `yaml:"also"`
 		Neon     NeonSettings     `yaml:"neon"`
+		Static   StaticSettings   `yaml:"static"`   // providers.go
 		Supabase SupabaseSettings `yaml:"supabase"` // supabase.go
 		Local    struct {
 			AdminDSN    string `yaml:"admin_dsn"`
@@ -254,6 +257,12 @@ func LoadConfig(path string) (Config, error) {
 	if len(fc.BlockedTenants) == 0 {
 		fc.BlockedTenants = nil
 	}
+	if len(fc.Provider.Also) == 0 {
+		fc.Provider.Also = nil
+	}
+	if len(fc.Provider.Static.Routes) == 0 {
+		fc.Provider.Static.Routes = nil
+	}
 	fc.applyEnv(os.Getenv)
 	return fc, nil
 }
@@ -315,26 +324,7 @@ func (fc *Config) Validate() error {
 			errs = append(errs, err)
 		}
 	}
-	switch fc.Provider.Kind {
-	case "local":
-		if fc.Provider.Local.AdminDSN == "" {
-			errs = append(errs, fmt.Errorf("provider.local.admin_dsn: empty: set %s", EnvAdminDSN))
-		}
-		errs = append(errs, fc.validateNaming()...) // naming.go
-	case "neon":
-		if fc.Catalog.DSN == "" {
-			errs = append(errs, fmt.Errorf("catalog.dsn: the neon provider needs a catalog database: set %s", EnvCatalogDSN))
-		}
-		if nc, err := fc.NeonConfig(); err != nil {
-			errs = append(errs, err)
-		} else if err := nc.Validate(); err != nil {
-			errs = append(errs, fmt.Errorf("provider.neon: %w (the API key comes from %s)", err, EnvNeonAPIKey))
-		}
-	case "supabase":
-		errs = append(errs, fc.validateSupabase()...) // supabase.go
-	default:
-		errs = append(errs, fmt.Errorf("provider.kind: %q is not supported (supported: local, neon, supabase)", fc.Provider.Kind))
-	}
+	errs = append(errs, fc.validateProviders()...)  // providers.go
 	errs = append(errs, fc.Cluster.validate()...)   // cluster.go
 	errs = append(errs, fc.validateInstanceID()...) // cluster.go
 	if fc.Admin.BlockedRefresh < 0 {

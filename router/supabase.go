@@ -77,10 +77,7 @@ func (fc *Config) SupabaseConfig() supabase.Config {
 // package's rules, a catalog, and a way to trust Supabase's certificates
 // (its CA is not a public one: docs/supabase-api.md §7).
 func (fc *Config) validateSupabase() []error {
-	var errs []error
-	if fc.Catalog.DSN == "" {
-		errs = append(errs, fmt.Errorf("catalog.dsn: the supabase provider needs a catalog database: set %s", EnvCatalogDSN))
-	}
+	var errs []error // catalog.dsn: validateProviders
 	sc := fc.SupabaseConfig()
 	if err := sc.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("provider.supabase: %w (the access token comes from %s)", err, EnvSupabaseToken))

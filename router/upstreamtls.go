@@ -36,6 +36,13 @@ type UpstreamTLSChoice struct {
 // Nothing is dialled or resolved: a host name other than "localhost" counts
 // as remote.
 func (fc *Config) UpstreamTLS() (UpstreamTLSChoice, error) {
+	return fc.upstreamTLSFor(fc.Provider.Kind, true)
+}
+
+// upstreamTLSFor is UpstreamTLS for provider kind; upstream.tls and
+// upstream.ca_file choose the mode only for the default provider (dflt).
+// A static route's own sslmode overrides what is chosen here.
+func (fc *Config) upstreamTLSFor(kind string, dflt bool) (UpstreamTLSChoice, error) {
 	var c UpstreamTLSChoice
 	switch {
 	case fc.Upstream.DialOverride != "":
@@ -44,7 +51,7 @@ func (fc *Config) UpstreamTLS() (UpstreamTLSChoice, error) {
 			return c, fmt.Errorf("upstream.dial_override: %w", err)
 		}
 		c.Upstream, c.Loopback = fc.Upstream.DialOverride, isLoopback(host)
-	case fc.Provider.Kind == "local":
+	case kind == "local":
 		host, port := fc.Provider.Local.Host, fc.Provider.Local.Port
 		if host == "" || port == 0 {
 			// Never in an error: the DSN holds the admin password.
@@ -65,9 +72,9 @@ func (fc *Config) UpstreamTLS() (UpstreamTLSChoice, error) {
 		}
 	}
 	switch {
-	case fc.Upstream.TLS != "":
+	case dflt && fc.Upstream.TLS != "":
 		c.Mode, c.Explicit = fc.Upstream.TLS, true
-	case fc.Provider.Kind == "neon", fc.Provider.Kind == "supabase", fc.Upstream.CAFile != "":
+	case kind == "neon", kind == "supabase", dflt && fc.Upstream.CAFile != "":
 		c.Mode = proxy.TLSVerifyFull
 	case c.Loopback:
 		c.Mode = proxy.TLSDisable
