@@ -140,6 +140,22 @@ type Config struct {
 	// FillTimeout; clients give up at their own deadline. Zero or negative:
 	// no cap. Change it at runtime with SetMaxConcurrentCreates.
 	MaxConcurrentCreates int
+	// CreateWait is how long a connect waits for a background creation
+	// (a provider implementing provision.Estimator, see background.go)
+	// before it is answered ErrCreating; later connects get that at once.
+	// Keep it well inside clients' connect timeouts. Zero or negative
+	// means 3s.
+	CreateWait time.Duration
+	// CreateBudget bounds one background creation, which runs detached
+	// from the clients; only Close cancels it sooner. Zero or negative
+	// means 30m.
+	CreateBudget time.Duration
+	// CreateLease is how long a background creation's claim in the store
+	// lasts without a heartbeat (its creator heartbeats every third of
+	// it). A creation whose creator fell silent for that long (crashed,
+	// cut off) is taken over by the next connect on any instance. Zero or
+	// negative means 1m.
+	CreateLease time.Duration
 	// Create says who may create a missing tenant: CreateAuto (the zero
 	// value), CreateAPI or CreateOff. The store applies the cluster-wide
 	// limits (max tenants, creates per minute) itself. Change it at
@@ -210,6 +226,7 @@ type Resolver struct {
 	closing context.Context // done once Close is called; cancels fills
 	stop    context.CancelFunc
 	fills   sync.WaitGroup             // running fill functions; Add only under mu while !closed
+	bgs     sync.WaitGroup             // running background creations (background.go); the same rule
 	creates semaphore                  // MaxConcurrentCreates (limit.go)
 	mode    atomic.Pointer[CreateMode] // Config.Create, as SetCreateMode changes it
 
@@ -218,6 +235,9 @@ type Resolver struct {
 		cache  *simplelru.LRU[string, entry] // guarded by mu
 		epoch  uint64                        // bumped by Invalidate; guarded by mu
 		closed bool                          // guarded by mu
+		// creating holds the background creations this Resolver runs
+		// (background.go); guarded by mu.
+		creating map[string]*bgCreate
 	}
 }
 
@@ -273,6 +293,10 @@ func (r *Resolver) Resolve(ctx context.Context, tenant string) (Route, error) {
 	}
 	if err := ctx.Err(); err != nil {
 		return Route{}, err // don't start a fill nobody waits for
+	}
+	if ce, ok := r.Creating(tenant); ok { // background.go: no waiting for minutes
+		r.cfg.Metrics.creatingAnswer()
+		return Route{}, ce
 	}
 	return r.join(ctx, tenant, tenant, false)
 }
@@ -358,6 +382,7 @@ func (r *Resolver) Close() {
 	r.mu.Unlock()
 	r.stop()
 	r.fills.Wait()
+	r.bgs.Wait()
 }
 
 // cached returns tenant's unexpired cache entry, removing an expired one.
@@ -440,6 +465,10 @@ func (r *Resolver) fill(ctx context.Context, tenant string, byAPI bool) (Route, 
 		case !ok && r.prov == nil:
 			return Route{}, fmt.Errorf("%w %q", ErrUnknownTenant, tenant)
 		case !ok:
+			if err := r.creatingElsewhere(ctx, tenant); err != nil { // an operator's warm creates it
+				r.cfg.Metrics.creatingAnswer()
+				return Route{}, err
+			}
 			r.cfg.Metrics.refused("create_" + string(mode))
 			if byAPI {
 				return Route{}, fmt.Errorf("%w: tenant %q", ErrCreateOff, tenant)
@@ -449,6 +478,9 @@ func (r *Resolver) fill(ctx context.Context, tenant string, byAPI bool) (Route, 
 		return Route{Endpoint: ep, Via: ViaCatalog}, nil
 	}
 
+	if est, cs, ok := r.background(); ok {
+		return r.fillBackground(ctx, tenant, est, cs) // background.go
+	}
 	name := r.prov.Name()
 	var createErr error // set when the provider (not the store) failed
 	var limit *provision.LimitError
