@@ -172,6 +172,7 @@ func (r *Router) startSurface(ctx context.Context, cfg Config, pcfg proxy.Config
 		Resolver:    r.res,
 		Router:      r.srv,
 		Provider:    r.upstream.Provider,
+		Creations:   r.cat,
 		Tenant:      pcfg.Tenant,
 		PoolMode:    poolModeName(pcfg.Pool.Mode),
 		Log:         r.log.With("component", "admin"),
