@@ -141,18 +141,6 @@ func runTenantsAPI(ctx context.Context, w io.Writer, c apiClient, verb, tenant, 
 		}
 		return nil
 
-	case "warm":
-		var res adminapi.ActionResult
-		if err := c.do(ctx, http.MethodPost, t+"/warm", &res); err != nil {
-			return err
-		}
-		fmt.Fprintf(w, "tenant %s is ready (via %s, %.3fs)", res.Tenant, res.Via, res.Seconds)
-		if r := res.Route; r != nil {
-			fmt.Fprintf(w, ": postgres://%s:xxxxx@%s:%d/%s", r.User, r.Host, r.Port, r.Database)
-		}
-		fmt.Fprintln(w)
-		return nil
-
 	case "evict":
 		var res adminapi.ActionResult
 		if err := c.do(ctx, http.MethodPost, t+"/evict", &res); err != nil {
