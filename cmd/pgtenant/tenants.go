@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -252,6 +253,19 @@ func (a *admin) show(ctx context.Context, w io.Writer, tenant string) error {
 		fmt.Fprintf(w, "tenant       %s\nupstream     %s\nprovider id  %s\n", tenant, ep.String(), ep.ProviderID)
 	} else {
 		fmt.Fprintf(w, "tenant %s: not in the catalog\n", tenant)
+		cr, ok, err := a.cat.Creation(ctx, tenant) // a slow provider's background creation
+		if err != nil {
+			return err
+		}
+		if ok {
+			found = true
+			if cr.State == provision.CreationFailed {
+				fmt.Fprintf(w, "creation     failed at %s: %s\n", cr.Finished.UTC().Format(time.RFC3339), cr.Error)
+			} else {
+				fmt.Fprintf(w, "creation     running since %s (last heartbeat %s)\n",
+					cr.Started.UTC().Format(time.RFC3339), cr.Heartbeat.UTC().Format(time.RFC3339))
+			}
+		}
 	}
 	if np, isNeon := a.parts.Provider.(*neon.Provider); isNeon {
 		t, ok, err := np.Lookup(ctx, tenant)

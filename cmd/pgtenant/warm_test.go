@@ -137,6 +137,11 @@ func TestTenantsWarmSlowProvider(t *testing.T) {
 			!strings.Contains(out, "delta: failed: the background creation failed") || !strings.Contains(out, "InsufficientDBInstanceCapacity") {
 			t.Fatalf("warm of a failing creation: %v\n%s", err, out)
 		}
+		var show syncBuf
+		err = run(context.Background(), []string{"tenants", "show", "delta", "--admin", api, "--token", "warm-token"}, &show, &show)
+		if err != nil || !strings.Contains(show.String(), "creation     failed at ") || !strings.Contains(show.String(), "InsufficientDBInstanceCapacity") {
+			t.Fatalf("show of the failed tenant: %v\n%s", err, show.String())
+		}
 		prov.Fail(nil)
 	})
 }
