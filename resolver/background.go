@@ -149,7 +149,12 @@ func (r *Resolver) fillBackground(ctx context.Context, tenant string, est provis
 	}
 	release := func() {}
 	if r.creates.limited() { // MaxConcurrentCreates: the slot goes with the creation
-		if err := r.creates.acquire(ctx); err != nil {
+		// Waiting for a slot is waiting too: at most CreateWait, so the
+		// client hears back well inside its connect timeout.
+		actx, cancel := context.WithTimeout(ctx, r.cfg.createWait())
+		err := r.creates.acquire(actx)
+		cancel()
+		if err != nil {
 			return Route{}, fmt.Errorf("%w: tenant %q: %w: %w", ErrProvision, tenant, errCreateSlot, err)
 		}
 		release = r.creates.release

@@ -181,3 +181,31 @@ func TestBackgroundCreateTakeover(t *testing.T) {
 		t.Fatal("the creation row outlived the takeover's finish")
 	}
 }
+
+// MaxConcurrentCreates counts background creations for their whole run; a
+// creation over it is refused after CreateWait rather than queued for
+// minutes.
+func TestBackgroundCreateSlots(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	cat := openCatalog(t, pgtest.NewPool(t, pgtest.NewDB(t)), mustKey(t))
+	p := newSlow()
+	cfg := bgConfig(nil)
+	cfg.MaxConcurrentCreates = 1
+	r := resolver.New(cfg, cat, p)
+	defer r.Close()
+	ctx := t.Context()
+	if _, err := r.Resolve(ctx, "first"); !errors.Is(err, resolver.ErrCreating) {
+		t.Fatalf("Resolve first: %v, want ErrCreating", err)
+	}
+	if _, err := r.Resolve(ctx, "second"); !errors.Is(err, resolver.ErrProvision) || errors.Is(err, resolver.ErrCreating) {
+		t.Fatalf("Resolve second over the cap: %v, want ErrProvision (no slot)", err)
+	}
+	if n := p.calls.Load(); n != 1 {
+		t.Fatalf("Create called %d times, want 1", n)
+	}
+	close(p.gate)
+	poll.Until(t, 10*time.Second, "the second creation once the first is done", func() bool {
+		_, err := r.Resolve(ctx, "second")
+		return err == nil
+	})
+}

@@ -137,8 +137,10 @@ type Config struct {
 	// MaxConcurrentCreates caps the tenant creations this Resolver runs at
 	// once (each holds a slot from the catalog check that finds the tenant
 	// missing until it is recorded). Fills over it wait, within their
-	// FillTimeout; clients give up at their own deadline. Zero or negative:
-	// no cap. Change it at runtime with SetMaxConcurrentCreates.
+	// FillTimeout; clients give up at their own deadline. A background
+	// creation (background.go) holds its slot for its whole run, and waits
+	// for one at most CreateWait. Zero or negative: no cap. Change it at
+	// runtime with SetMaxConcurrentCreates.
 	MaxConcurrentCreates int
 	// CreateWait is how long a connect waits for a background creation
 	// (a provider implementing provision.Estimator, see background.go)
