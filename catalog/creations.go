@@ -22,6 +22,7 @@ const creationsDDL = `CREATE TABLE IF NOT EXISTS pgtenant.creations (
 	provider     text NOT NULL,
 	state        text NOT NULL CHECK (state IN ('running', 'failed')),
 	owner        text NOT NULL,  -- token of the claim; heartbeats and the finish must match it
+	lease        interval NOT NULL, -- the owner's: silent this long, the claim may be taken over
 	started_at   timestamptz NOT NULL DEFAULT now(),
 	heartbeat_at timestamptz NOT NULL DEFAULT now(),
 	finished_at  timestamptz,
@@ -57,12 +58,14 @@ const maxErrorLen = 1000
 //
 //   - State CreationReady and the tenant's endpoint: it is in the catalog.
 //   - State CreationRunning with another Owner: another instance is
-//     creating it and heartbeated within lease.
+//     creating it and heartbeated within its lease (the one it claimed
+//     with: instances configured differently still agree).
 //   - State CreationFailed: the last creation failed less than retryAfter
 //     ago; clients are told so until then.
 //   - State CreationRunning with Owner == owner: the caller has the claim.
 //     It runs the provider's Create, calls HeartbeatCreation more often
-//     than lease, and ends with FinishCreation or FailCreation. A claim
+//     than lease (its own, recorded with the claim), and ends with
+//     FinishCreation or FailCreation. A claim
 //     taken over from a silent creator keeps its Started.
 //
 // A new creation (not a takeover) is admitted by the CreateLimits first;
@@ -81,7 +84,7 @@ func (c *Catalog) ClaimCreation(ctx context.Context, tenant, provider, owner str
 			return err
 		}
 		var stale bool
-		cr, stale, err = creation(ctx, tx, tenant, lease, retryAfter)
+		cr, stale, err = creation(ctx, tx, tenant, retryAfter)
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
 		case err != nil:
@@ -98,12 +101,13 @@ func (c *Catalog) ClaimCreation(ctx context.Context, tenant, provider, owner str
 			}
 		}
 		cr = provision.Creation{Tenant: tenant, Provider: provider, State: provision.CreationRunning, Owner: owner}
-		return tx.QueryRow(ctx, `INSERT INTO pgtenant.creations (tenant, provider, state, owner)
-			VALUES ($1, $2, 'running', $3)
+		return tx.QueryRow(ctx, `INSERT INTO pgtenant.creations (tenant, provider, state, owner, lease)
+			VALUES ($1, $2, 'running', $3, $4)
 			ON CONFLICT (tenant) DO UPDATE SET provider = excluded.provider, state = 'running', owner = excluded.owner,
+				lease = excluded.lease,
 				started_at = CASE WHEN pgtenant.creations.state = 'running' THEN pgtenant.creations.started_at ELSE now() END,
 				heartbeat_at = now(), finished_at = NULL, error = ''
-			RETURNING started_at, heartbeat_at`, tenant, provider, owner).Scan(&cr.Started, &cr.Heartbeat)
+			RETURNING started_at, heartbeat_at`, tenant, provider, owner, lease).Scan(&cr.Started, &cr.Heartbeat)
 	})
 	if err != nil {
 		var le *provision.LimitError
@@ -116,16 +120,17 @@ func (c *Catalog) ClaimCreation(ctx context.Context, tenant, provider, owner str
 }
 
 // creation reads tenant's creation row. stale reports that a running one
-// missed its heartbeat for lease, or that a failed one failed retryAfter
-// ago or earlier (by the catalog server's clock). No row: pgx.ErrNoRows.
-func creation(ctx context.Context, q querier, tenant string, lease, retryAfter time.Duration) (provision.Creation, bool, error) {
+// missed its heartbeat for its lease, or that a failed one failed
+// retryAfter ago or earlier (by the catalog server's clock). No row:
+// pgx.ErrNoRows.
+func creation(ctx context.Context, q querier, tenant string, retryAfter time.Duration) (provision.Creation, bool, error) {
 	cr := provision.Creation{Tenant: tenant}
 	var finished *time.Time
 	var stale bool
 	err := q.QueryRow(ctx, `SELECT provider, state, owner, started_at, heartbeat_at, finished_at, error,
-			CASE state WHEN 'running' THEN heartbeat_at <= clock_timestamp() - $2::interval
-				ELSE finished_at <= clock_timestamp() - $3::interval END
-		FROM pgtenant.creations WHERE tenant = $1`, tenant, lease, retryAfter).
+			CASE state WHEN 'running' THEN heartbeat_at <= clock_timestamp() - lease
+				ELSE finished_at <= clock_timestamp() - $2::interval END
+		FROM pgtenant.creations WHERE tenant = $1`, tenant, retryAfter).
 		Scan(&cr.Provider, &cr.State, &cr.Owner, &cr.Started, &cr.Heartbeat, &finished, &cr.Error, &stale)
 	if finished != nil {
 		cr.Finished = *finished
@@ -138,7 +143,7 @@ func creation(ctx context.Context, q querier, tenant string, lease, retryAfter t
 // when there is none: the tenant is ready, was never created in the
 // background, or nobody tried. Safe for concurrent use.
 func (c *Catalog) Creation(ctx context.Context, tenant string) (cr provision.Creation, ok bool, err error) {
-	cr, _, err = creation(ctx, c.pool, tenant, 0, 0)
+	cr, _, err = creation(ctx, c.pool, tenant, 0)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return provision.Creation{}, false, nil

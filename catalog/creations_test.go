@@ -57,10 +57,16 @@ func TestClaimCreation(t *testing.T) {
 		t.Fatalf("heartbeat of the owner: %v %v", ok, err)
 	}
 
-	// With a zero lease the owner counts as silent: the next claim takes
+	// An owner silent for longer than its lease: the next claim takes
 	// over, keeping the start.
 	first, _, _ := a.Creation(ctx, "slow")
-	_, took, err := b.ClaimCreation(ctx, "slow", "fake", "taker", 0, hour)
+	if _, cr, err := b.ClaimCreation(ctx, "slow", "fake", "early", 0, hour); err != nil || cr.Owner == "early" {
+		t.Fatalf("a claim judged by the claimer's own zero lease: %+v %v, want the owner's lease to count", cr, err)
+	}
+	if _, err := pool.Exec(ctx, `UPDATE pgtenant.creations SET heartbeat_at = now() - interval '61 minutes'`); err != nil {
+		t.Fatal(err)
+	}
+	_, took, err := b.ClaimCreation(ctx, "slow", "fake", "taker", hour, hour)
 	if err != nil || took.Owner != "taker" || !took.Started.Equal(first.Started) {
 		t.Fatalf("takeover: %+v %v (first started %s)", took, err, first.Started)
 	}
@@ -114,15 +120,16 @@ func TestClaimCreationLimits(t *testing.T) {
 	cat := openCatalog(t, pgtest.NewPool(t, pgtest.NewDB(t)), mustKey(t))
 	cat.SetCreateLimits(catalog.CreateLimits{MaxTenants: 1})
 	ctx := t.Context()
-	if _, _, err := cat.ClaimCreation(ctx, "one", "fake", "o", time.Hour, time.Hour); err != nil {
+	if _, _, err := cat.ClaimCreation(ctx, "one", "fake", "o", 0, time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	var le *provision.LimitError
 	if _, _, err := cat.ClaimCreation(ctx, "two", "fake", "o", time.Hour, time.Hour); !errors.As(err, &le) {
 		t.Fatalf("second creation over max_tenants 1: %v, want a LimitError", err)
 	}
-	// A takeover of the running one is no new tenant.
-	if _, cr, err := cat.ClaimCreation(ctx, "one", "fake", "p", 0, time.Hour); err != nil || cr.Owner != "p" {
+	// A takeover of the running one (claimed with a zero lease: silent at
+	// once) is no new tenant.
+	if _, cr, err := cat.ClaimCreation(ctx, "one", "fake", "p", time.Hour, time.Hour); err != nil || cr.Owner != "p" {
 		t.Fatalf("takeover at the limit: %+v %v", cr, err)
 	}
 }

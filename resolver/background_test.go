@@ -158,17 +158,17 @@ func TestBackgroundCreateTakeover(t *testing.T) {
 	pool := pgtest.NewPool(t, pgtest.NewDB(t))
 	key := mustKey(t)
 	p := newSlow()
-	r1 := resolver.New(bgConfig(nil), openCatalog(t, pool, key), p)
+	cfg := bgConfig(nil)
+	cfg.CreateLease = 300 * time.Millisecond // the creator's lease counts
+	r1 := resolver.New(cfg, openCatalog(t, pool, key), p)
 	ctx := t.Context()
 	if _, err := r1.Resolve(ctx, "slow"); !errors.Is(err, resolver.ErrCreating) {
 		t.Fatalf("Resolve: %v, want ErrCreating", err)
 	}
 	r1.Close()
 	close(p.gate)
-	cfg := bgConfig(nil)
-	cfg.CreateLease = 100 * time.Millisecond
 	cat2 := openCatalog(t, pgtest.NewPool(t, pool.Config().ConnString()), key)
-	r2 := resolver.New(cfg, cat2, p)
+	r2 := resolver.New(bgConfig(nil), cat2, p)
 	defer r2.Close()
 	poll.Until(t, 10*time.Second, "the takeover", func() bool {
 		_, err := r2.Resolve(ctx, "slow")

@@ -155,8 +155,9 @@ type Config struct {
 	// CreateLease is how long a background creation's claim in the store
 	// lasts without a heartbeat (its creator heartbeats every third of
 	// it). A creation whose creator fell silent for that long (crashed,
-	// cut off) is taken over by the next connect on any instance. Zero or
-	// negative means 1m.
+	// cut off) is taken over by the next connect on any instance. The
+	// creator's lease is recorded with its claim, so instances configured
+	// differently agree. Zero or negative means 1m.
 	CreateLease time.Duration
 	// Create says who may create a missing tenant: CreateAuto (the zero
 	// value), CreateAPI or CreateOff. The store applies the cluster-wide

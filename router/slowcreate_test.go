@@ -49,6 +49,14 @@ func newSlowFleet(t *testing.T) *slowFleet {
 // start runs a router of the fleet until the test ends.
 func (f *slowFleet) start(t *testing.T, edit func(*router.Config)) *router.Router {
 	t.Helper()
+	r, _ := f.startStoppable(t, edit)
+	return r
+}
+
+// startStoppable is start that also returns a stop function (which the
+// test's end calls too, then doing nothing).
+func (f *slowFleet) startStoppable(t *testing.T, edit func(*router.Config)) (*router.Router, func()) {
+	t.Helper()
 	cfg := router.DefaultConfig()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.Auth.Password = slowSecret
@@ -73,13 +81,17 @@ func (f *slowFleet) start(t *testing.T, edit func(*router.Config)) *router.Route
 	}
 	done := make(chan error, 1)
 	go func() { done <- r.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	return r
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return r, stop
 }
 
 // slowConnect connects to tenant through r and closes the connection.
@@ -209,5 +221,25 @@ func TestSlowCreateFails(t *testing.T) {
 	poll.Until(t, 30*time.Second, "a connect after a new creation", func() bool { return slowConnect(r, "acme") == nil })
 	if n := f.prov.Calls(); n != 2 {
 		t.Fatalf("Create called %d times, want 2", n)
+	}
+}
+
+// A router that stops while it creates a tenant (as in a crash, it cannot
+// finish) leaves the creation claimed in the catalog; once its lease has
+// passed, another router's connect takes it over and the tenant is
+// created (the provider adopts by name).
+func TestSlowCreateTakenOver(t *testing.T) {
+	pgtest.CheckGoroutines(t)
+	f := newSlowFleet(t)
+	// a's lease counts (it is recorded with its claim), not b's.
+	a, stopA := f.startStoppable(t, func(c *router.Config) { c.Tenant.CreateLease = 300 * time.Millisecond })
+	b := f.start(t, nil)
+	wantCreating(t, slowConnect(a, "acme"), "acme")
+	wantCreating(t, slowConnect(b, "acme"), "acme")
+	stopA()
+	f.prov.Release()
+	poll.Until(t, 30*time.Second, "router b to take the creation over", func() bool { return slowConnect(b, "acme") == nil })
+	if n := f.prov.Calls(); n != 2 {
+		t.Fatalf("Create called %d times, want 2 (the stopped router's, the takeover)", n)
 	}
 }
