@@ -96,6 +96,13 @@ type Pools interface {
 	Servers() []pool.ServerStats
 }
 
+// Creations is the record of background creations (providers whose
+// Create takes minutes, provision.Estimator), shared by every router
+// instance. *catalog.Catalog implements it.
+type Creations interface {
+	Creation(ctx context.Context, tenant string) (provision.Creation, bool, error)
+}
+
 // Deprovisioner deletes tenants' databases. provision.Provider implements it.
 type Deprovisioner interface {
 	Name() string
@@ -124,6 +131,8 @@ type Config struct {
 	Resolver Resolver
 	Router   Router
 	// Provider deletes tenants' databases. Nil: DELETE answers 501.
+	// If it implements provision.Estimator, GET /v1/tenants/{id} and warm
+	// say how long a creation in progress should still take.
 	Provider Deprovisioner
 	// Providers, when not nil, are every configured provider by name
 	// (Provider too): DELETE goes to the provider the catalog records
@@ -135,6 +144,9 @@ type Config struct {
 	// Routes registers routes to existing databases (placement.go). Nil:
 	// /v1/tenants/{id}/route answers 501.
 	Routes Routes
+	// Creations is the shared record of background creations, shown by
+	// GET /v1/tenants/{id}. Nil: not shown.
+	Creations Creations
 	// Tenant is the proxy's tenant rule, so that the API takes exactly the
 	// IDs clients can connect as. The zero value is the proxy's default.
 	Tenant proxy.TenantConfig

@@ -12,8 +12,8 @@
 // token configured: /v1 is off), JSON in and out, errors as {"error": "..."}:
 //
 //	GET    /v1/tenants?after=&limit=          catalog rows, paged, without secrets
-//	GET    /v1/tenants/{id}                   route (no password), cached here?, blocked?, pool mode, own secret?, live sessions here
-//	POST   /v1/tenants/{id}/warm              resolve now: creates the tenant ahead of its first connect
+//	GET    /v1/tenants/{id}                   route (no password), cached here?, blocked?, pool mode, own secret?, live sessions here, creation in progress or failed
+//	POST   /v1/tenants/{id}/warm              resolve now: creates the tenant ahead of its first connect (200 ready; 202 creating, with a slow provider)
 //	POST   /v1/tenants/{id}/evict             forget the cached route on this router
 //	POST   /v1/tenants/{id}/block             persist in the block list, apply here, end live sessions here
 //	POST   /v1/tenants/{id}/unblock           remove from the block list, apply here

@@ -84,23 +84,43 @@ type TenantStatus struct {
 	OwnSecret bool      `json:"own_secret"`
 	Cached    bool      `json:"cached"`
 	Sessions  []Session `json:"sessions"`
+	// Creation is the tenant's background creation (slow providers),
+	// running or failed; absent when there is none.
+	Creation *Creation `json:"creation,omitempty"`
+}
+
+// Creation is a background creation as the API shows it.
+type Creation struct {
+	State    string    `json:"state"` // running or failed
+	Provider string    `json:"provider"`
+	Started  time.Time `json:"started_at"`
+	// RemainingSeconds is the provider's estimate minus the time elapsed
+	// (running, with a provider that gives estimates).
+	RemainingSeconds *float64  `json:"remaining_seconds,omitempty"`
+	Failed           time.Time `json:"failed_at,omitzero"`
+	Error            string    `json:"error,omitempty"` // failed: why
 }
 
 // ActionResult is the answer of the POST and DELETE endpoints; fields that
 // do not apply to the action are left out.
 type ActionResult struct {
-	Tenant         string  `json:"tenant"`
-	Via            string  `json:"via,omitempty"`        // warm: cache, catalog or created
-	Route          *Route  `json:"route,omitempty"`      // warm
-	Seconds        float64 `json:"seconds,omitempty"`    // warm: how long the resolve took
-	Evicted        *bool   `json:"evicted,omitempty"`    // evict: whether a route was cached
-	Blocked        *bool   `json:"blocked,omitempty"`    // block, unblock
-	PoolMode       *string `json:"pool_mode,omitempty"`  // pool-mode: the tenant's mode, "" for the router's default
-	OwnSecret      *bool   `json:"own_secret,omitempty"` // password: whether the tenant has its own secret now
-	Deleted        *bool   `json:"deleted,omitempty"`    // password DELETE: whether there was one
-	SessionsClosed *int    `json:"sessions_closed,omitempty"`
-	Provider       string  `json:"provider,omitempty"` // delete: "deleted" or "not found"
-	Catalog        string  `json:"catalog,omitempty"`  // delete: "deleted" or "not found"
+	Tenant  string  `json:"tenant"`
+	Via     string  `json:"via,omitempty"`     // warm: cache, catalog or created
+	Route   *Route  `json:"route,omitempty"`   // warm
+	Seconds float64 `json:"seconds,omitempty"` // warm: how long the resolve took
+	// State is warm's outcome: ready (200), or creating (202: a slow
+	// provider creates it in the background; poll GET /v1/tenants/{id}).
+	State            string     `json:"state,omitempty"`
+	Started          *time.Time `json:"started_at,omitempty"`        // warm, creating: since when
+	RemainingSeconds *float64   `json:"remaining_seconds,omitempty"` // warm, creating: the provider's estimate of what is left
+	Evicted          *bool      `json:"evicted,omitempty"`           // evict: whether a route was cached
+	Blocked          *bool      `json:"blocked,omitempty"`           // block, unblock
+	PoolMode         *string    `json:"pool_mode,omitempty"`         // pool-mode: the tenant's mode, "" for the router's default
+	OwnSecret        *bool      `json:"own_secret,omitempty"`        // password: whether the tenant has its own secret now
+	Deleted          *bool      `json:"deleted,omitempty"`           // password DELETE: whether there was one
+	SessionsClosed   *int       `json:"sessions_closed,omitempty"`
+	Provider         string     `json:"provider,omitempty"` // delete: "deleted" or "not found"
+	Catalog          string     `json:"catalog,omitempty"`  // delete: "deleted" or "not found"
 }
 
 // tenantID returns the validated {id} of r, or writes a 400 and returns "".
@@ -208,7 +228,17 @@ func (h *Handler) tenant(w http.ResponseWriter, r *http.Request) {
 			BytesIn: s.BytesIn, BytesOut: s.BytesOut,
 		})
 	}
-	if !st.InCatalog && !st.Blocked && st.PoolMode == "" && !st.OwnSecret && !st.Cached && len(st.Sessions) == 0 {
+	if h.cfg.Creations != nil && !ok {
+		cr, found, err := h.cfg.Creations.Creation(r.Context(), id)
+		if err != nil {
+			h.internalError(w, "look up the tenant's creation", err)
+			return
+		}
+		if found {
+			st.Creation = h.creation(cr)
+		}
+	}
+	if !st.InCatalog && !st.Blocked && st.PoolMode == "" && !st.OwnSecret && !st.Cached && len(st.Sessions) == 0 && st.Creation == nil {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("tenant %q not found", id))
 		return
 	}
@@ -242,6 +272,14 @@ func (h *Handler) tenantAction(w http.ResponseWriter, r *http.Request) {
 		}
 		start := time.Now()
 		rt, err := h.cfg.Resolver.Ensure(ctx, id) // creates it, unless tenant.create is off
+		var creating *resolver.CreatingError
+		if errors.As(err, &creating) { // a slow provider: it goes on in the background
+			left := creating.Remaining(time.Now()).Seconds()
+			log.Info("admin: tenant being created", "started", creating.Started, "remaining", creating.Remaining(time.Now()))
+			writeJSON(w, http.StatusAccepted, ActionResult{Tenant: id, State: "creating", Started: &creating.Started,
+				RemainingSeconds: &left, Seconds: time.Since(start).Seconds()})
+			return
+		}
 		if err != nil {
 			status := http.StatusServiceUnavailable
 			var limit *provision.LimitError
@@ -262,7 +300,7 @@ func (h *Handler) tenantAction(w http.ResponseWriter, r *http.Request) {
 		}
 		took := time.Since(start)
 		log.Info("admin: tenant warmed", "via", rt.Via.String(), "took", took)
-		writeJSON(w, http.StatusOK, ActionResult{Tenant: id, Via: rt.Via.String(), Route: routeOf(rt.Endpoint), Seconds: took.Seconds()})
+		writeJSON(w, http.StatusOK, ActionResult{Tenant: id, State: "ready", Via: rt.Via.String(), Route: routeOf(rt.Endpoint), Seconds: took.Seconds()})
 
 	case "evict":
 		was := h.cfg.Resolver.Cached(id)
@@ -294,6 +332,17 @@ func (h *Handler) tenantAction(w http.ResponseWriter, r *http.Request) {
 		no := false
 		writeJSON(w, http.StatusOK, ActionResult{Tenant: id, Blocked: &no})
 	}
+}
+
+// creation is cr as the API shows it.
+func (h *Handler) creation(cr provision.Creation) *Creation {
+	c := &Creation{State: cr.State, Provider: cr.Provider, Started: cr.Started, Failed: cr.Finished, Error: cr.Error}
+	if est, ok := h.cfg.Provider.(provision.Estimator); ok && cr.State == provision.CreationRunning {
+		ce := resolver.CreatingError{Started: cr.Started, Estimate: est.CreateEstimate()}
+		left := ce.Remaining(time.Now()).Seconds()
+		c.RemainingSeconds = &left
+	}
+	return c
 }
 
 // poolModeBody is the body of PUT /v1/tenants/{id}/pool-mode.

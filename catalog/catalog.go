@@ -169,6 +169,9 @@ func (c *Catalog) migrate(ctx context.Context, tx pgx.Tx) error {
 	if err := migratePlacements(ctx, tx); err != nil { // placement.go
 		return err
 	}
+	if err := migrateCreations(ctx, tx); err != nil { // creations.go
+		return err
+	}
 	// The first instance to get here records the key check; the rest compare.
 	if _, err := tx.Exec(ctx, `INSERT INTO pgtenant.meta (name, value) VALUES ('key_check', $1)
 		ON CONFLICT (name) DO NOTHING`, c.aead.Seal(nil, nil, []byte(keyCheck), []byte(keyCheckAD))); err != nil {
@@ -253,7 +256,20 @@ func (c *Catalog) Ensure(ctx context.Context, tenant, provider string,
 		return provision.Endpoint{}, false, err
 	}
 	ep.Provider = provider
-	_, err = tx.Exec(ctx, `INSERT INTO pgtenant.tenants
+	err = c.record(ctx, tx, tenant, provider, ep)
+	if err == nil {
+		err = tx.Commit(ctx)
+	}
+	if err != nil {
+		return provision.Endpoint{}, false, fmt.Errorf("catalog ensure: record tenant %q: %w", tenant, err)
+	}
+	return ep, true, nil
+}
+
+// record writes tenant's ready row with ep, in tx (which holds the
+// tenant's lock).
+func (c *Catalog) record(ctx context.Context, tx pgx.Tx, tenant, provider string, ep provision.Endpoint) error {
+	_, err := tx.Exec(ctx, `INSERT INTO pgtenant.tenants
 			(tenant, provider, provider_id, host, port, database, username, password_enc, tls, state)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'ready')
 		ON CONFLICT (tenant) DO UPDATE SET
@@ -263,13 +279,7 @@ func (c *Catalog) Ensure(ctx context.Context, tenant, provider string,
 			state = 'ready', created_at = now(), updated_at = now()`,
 		tenant, provider, ep.ProviderID, ep.Host, int32(ep.Port), ep.Database, ep.User,
 		c.seal(tenant, ep.Password), ep.TLS)
-	if err == nil {
-		err = tx.Commit(ctx)
-	}
-	if err != nil {
-		return provision.Endpoint{}, false, fmt.Errorf("catalog ensure: record tenant %q: %w", tenant, err)
-	}
-	return ep, true, nil
+	return err
 }
 
 // Delete marks tenant deleted and forgets its password and its own secret

@@ -56,12 +56,21 @@ func (c *Catalog) admit(ctx context.Context, tx pgx.Tx) error {
 	}
 	var live, recent int
 	var retry float64
-	err := tx.QueryRow(ctx, `SELECT
+	// Background creations still running count as tenants and as
+	// creations from their start (creations.go): their rows in
+	// pgtenant.tenants appear only when they finish.
+	err := tx.QueryRow(ctx, `WITH t AS (
+			SELECT state, created_at FROM pgtenant.tenants
+			UNION ALL
+			SELECT 'running', c.started_at FROM pgtenant.creations c
+			WHERE c.state = 'running' AND NOT EXISTS (
+				SELECT 1 FROM pgtenant.tenants t WHERE t.tenant = c.tenant AND t.state <> 'deleted'))
+		SELECT
 			count(*) FILTER (WHERE state <> 'deleted'),
 			count(*) FILTER (WHERE created_at > clock_timestamp() - interval '1 minute'),
 			coalesce(extract(epoch FROM min(created_at) FILTER (WHERE created_at > clock_timestamp() - interval '1 minute')
 				+ interval '1 minute' - clock_timestamp()), 0)
-		FROM pgtenant.tenants`).Scan(&live, &recent, &retry)
+		FROM t`).Scan(&live, &recent, &retry)
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -140,4 +141,30 @@ func noRouteError(tenant string, err error) *ClientError {
 		"The router routes this tenant only once an operator registers it: provider.static.routes, provider.static.template, or PUT /v1/tenants/{id}/route (pgtenant tenants route).", err)
 	ce.Outcome = OutcomeUnknownTenant
 	return ce
+}
+
+// creatingError answers a tenant being created in the background
+// (resolver.ErrCreating, a slow provider) with 57P03 and how long it
+// should take still, so that the client retries later rather than at once.
+func creatingError(tenant string, err error) *ClientError {
+	var ce *resolver.CreatingError
+	n := 1
+	if errors.As(err, &ce) {
+		n = ce.Minutes(time.Now())
+	}
+	unit := "minutes"
+	if n == 1 {
+		unit = "minute"
+	}
+	return clientErr(codeCannotConnectNow,
+		fmt.Sprintf("tenant %s is being created (about %d %s), retry", tenant, n, unit),
+		"Its database is created in the background, which takes minutes with this provider; connect again later. Operators create tenants ahead of their first connect with `pgtenant tenants warm`.", err)
+}
+
+// createFailedError answers a failed background creation
+// (resolver.ErrCreateFailed). The provider's reason stays in the log.
+func createFailedError(tenant string, err error) *ClientError {
+	return clientErr(codeCannotConnectNow,
+		fmt.Sprintf("the creation of tenant %s failed", tenant),
+		"Retry in a few seconds: the next connect starts a new creation. If it fails again, the router's log (or `pgtenant tenants show`) says why.", err)
 }

@@ -917,6 +917,10 @@ func resolveError(ctx context.Context, tenant string, err error) error {
 	switch {
 	case errors.As(err, &ce):
 		return ce // the resolver's wrapper said what to tell the client
+	case errors.Is(err, resolver.ErrCreating):
+		return creatingError(tenant, err) // errors.go
+	case errors.Is(err, resolver.ErrCreateFailed):
+		return createFailedError(tenant, err) // errors.go
 	case ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded):
 		return clientErr(codeCannotConnectNow,
 			fmt.Sprintf("the database of tenant %q is not ready yet", tenant),

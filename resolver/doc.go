@@ -26,8 +26,16 @@
 // Config.MaxConcurrentCreates caps the creations running at once; fills of
 // missing tenants over it wait for a slot within their FillTimeout.
 //
+// A provider that implements provision.Estimator takes minutes per
+// creation. Its creations run in the background (background.go), detached
+// from clients under Config.CreateBudget, claimed in the store
+// (CreationStore) so that one instance creates while the others answer
+// ErrCreating; a connect waits at most Config.CreateWait for one.
+//
 // Errors from Resolve wrap ErrProvision when the provider failed (the proxy
-// answers 57P03, "retry later"), ErrCatalog when the catalog could not be read
+// answers 57P03, "retry later"; ErrCreateFailed among them),
+// ErrCreating (a *CreatingError) while the tenant is created in the
+// background, ErrCatalog when the catalog could not be read
 // or written, and ErrUnknownTenant when provisioning is disabled and the
 // catalog has no such tenant. No error string contains a password.
 package resolver

@@ -36,6 +36,17 @@ type Metrics struct {
 	// the admin API, from creating a missing tenant), max_tenants and
 	// creates_per_minute (a cluster-wide limit was reached).
 	CreatesRefused *prometheus.CounterVec
+	// BackgroundCreates is the background creations (slow providers,
+	// provision.Estimator) this resolver runs now.
+	BackgroundCreates prometheus.Gauge
+	// BackgroundCreatesStarted counts background creations started here
+	// (taking over one whose creator fell silent included).
+	BackgroundCreatesStarted prometheus.Counter
+	// BackgroundCreateFailures counts background creations that failed.
+	BackgroundCreateFailures prometheus.Counter
+	// CreatingAnswers counts resolves answered "being created" (the
+	// proxy's 57P03), from this instance's creation or another's.
+	CreatingAnswers prometheus.Counter
 }
 
 // NewMetrics creates the resolver metrics and registers them on reg (nil:
@@ -62,10 +73,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: ns, Subsystem: sub, Name: "creates_refused_total",
 			Help: "Tenant creations refused: create_api, create_off (tenant.create), max_tenants, creates_per_minute.",
 		}, []string{"reason"}),
+		BackgroundCreates: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: sub, Name: "background_creates_in_flight",
+			Help: "Background creations of tenants (slow providers) running on this router.",
+		}),
+		BackgroundCreatesStarted: counter("background_creates_total", "Background creations of tenants started on this router (takeovers included)."),
+		BackgroundCreateFailures: counter("background_create_failures_total", "Background creations of tenants that failed on this router."),
+		CreatingAnswers:          counter("creating_answers_total", "Resolves answered 'tenant is being created' (57P03 to clients)."),
 	}
 	if reg != nil {
 		reg.MustRegister(m.CacheHits, m.CacheNegativeHits, m.CacheMisses, m.CacheEvictions,
-			m.Provisions, m.ProvisionFailures, m.ProvisionSeconds, m.CatalogErrors, m.CreatesRefused)
+			m.Provisions, m.ProvisionFailures, m.ProvisionSeconds, m.CatalogErrors, m.CreatesRefused,
+			m.BackgroundCreates, m.BackgroundCreatesStarted, m.BackgroundCreateFailures, m.CreatingAnswers)
 	}
 	return m
 }
@@ -122,4 +141,29 @@ func limitReason(setting string) string {
 		return "creates_per_minute"
 	}
 	return "limit"
+}
+
+func (m *Metrics) backgroundStarted() {
+	if m != nil {
+		m.BackgroundCreatesStarted.Inc()
+		m.BackgroundCreates.Inc()
+	}
+}
+
+func (m *Metrics) backgroundEnded() {
+	if m != nil {
+		m.BackgroundCreates.Dec()
+	}
+}
+
+func (m *Metrics) backgroundFailed() {
+	if m != nil {
+		m.BackgroundCreateFailures.Inc()
+	}
+}
+
+func (m *Metrics) creatingAnswer() {
+	if m != nil {
+		m.CreatingAnswers.Inc()
+	}
 }

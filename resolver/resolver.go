@@ -140,14 +140,33 @@ type Config struct {
 	// MaxConcurrentCreates caps the tenant creations this Resolver runs at
 	// once (each holds a slot from the catalog check that finds the tenant
 	// missing until it is recorded). Fills over it wait, within their
-	// FillTimeout; clients give up at their own deadline. Zero or negative:
-	// no cap. Change it at runtime with SetMaxConcurrentCreates.
+	// FillTimeout; clients give up at their own deadline. A background
+	// creation (background.go) holds its slot for its whole run, and waits
+	// for one at most CreateWait. Zero or negative: no cap. Change it at
+	// runtime with SetMaxConcurrentCreates.
 	MaxConcurrentCreates int
 	// Providers are the provisioners a tenant can be placed on, by name
 	// (the default one included). The store refuses to create a tenant
 	// placed elsewhere than the provisioner it is given; the Resolver then
 	// creates it with the one named here. Nil: placements fail.
 	Providers map[string]Provisioner
+	// CreateWait is how long a connect waits for a background creation
+	// (a provider implementing provision.Estimator, see background.go)
+	// before it is answered ErrCreating; later connects get that at once.
+	// Keep it well inside clients' connect timeouts. Zero or negative
+	// means 3s.
+	CreateWait time.Duration
+	// CreateBudget bounds one background creation, which runs detached
+	// from the clients; only Close cancels it sooner. Zero or negative
+	// means 30m.
+	CreateBudget time.Duration
+	// CreateLease is how long a background creation's claim in the store
+	// lasts without a heartbeat (its creator heartbeats every third of
+	// it). A creation whose creator fell silent for that long (crashed,
+	// cut off) is taken over by the next connect on any instance. The
+	// creator's lease is recorded with its claim, so instances configured
+	// differently agree. Zero or negative means 1m.
+	CreateLease time.Duration
 	// Create says who may create a missing tenant: CreateAuto (the zero
 	// value), CreateAPI or CreateOff. The store applies the cluster-wide
 	// limits (max tenants, creates per minute) itself. Change it at
@@ -218,6 +237,7 @@ type Resolver struct {
 	closing context.Context // done once Close is called; cancels fills
 	stop    context.CancelFunc
 	fills   sync.WaitGroup             // running fill functions; Add only under mu while !closed
+	bgs     sync.WaitGroup             // running background creations (background.go); the same rule
 	creates semaphore                  // MaxConcurrentCreates (limit.go)
 	mode    atomic.Pointer[CreateMode] // Config.Create, as SetCreateMode changes it
 
@@ -226,6 +246,9 @@ type Resolver struct {
 		cache  *simplelru.LRU[string, entry] // guarded by mu
 		epoch  uint64                        // bumped by Invalidate; guarded by mu
 		closed bool                          // guarded by mu
+		// creating holds the background creations this Resolver runs
+		// (background.go); guarded by mu.
+		creating map[string]*bgCreate
 	}
 }
 
@@ -281,6 +304,10 @@ func (r *Resolver) Resolve(ctx context.Context, tenant string) (Route, error) {
 	}
 	if err := ctx.Err(); err != nil {
 		return Route{}, err // don't start a fill nobody waits for
+	}
+	if ce, ok := r.Creating(tenant); ok { // background.go: no waiting for minutes
+		r.cfg.Metrics.creatingAnswer()
+		return Route{}, ce
 	}
 	return r.join(ctx, tenant, tenant, false)
 }
@@ -366,6 +393,7 @@ func (r *Resolver) Close() {
 	r.mu.Unlock()
 	r.stop()
 	r.fills.Wait()
+	r.bgs.Wait()
 }
 
 // cached returns tenant's unexpired cache entry, removing an expired one.
@@ -448,6 +476,10 @@ func (r *Resolver) fill(ctx context.Context, tenant string, byAPI bool) (Route, 
 		case !ok && r.prov == nil:
 			return Route{}, fmt.Errorf("%w %q", ErrUnknownTenant, tenant)
 		case !ok:
+			if err := r.creatingElsewhere(ctx, tenant); err != nil { // an operator's warm creates it
+				r.cfg.Metrics.creatingAnswer()
+				return Route{}, err
+			}
 			r.cfg.Metrics.refused("create_" + string(mode))
 			if byAPI {
 				return Route{}, fmt.Errorf("%w: tenant %q", ErrCreateOff, tenant)
@@ -460,16 +492,30 @@ func (r *Resolver) fill(ctx context.Context, tenant string, byAPI bool) (Route, 
 	var limit *provision.LimitError
 	start := time.Now()
 	prov := r.prov
-	ep, created, createErr, err := r.create(ctx, tenant, prov)
-	var placed placedError
-	if errors.As(err, &placed) && createErr == nil {
+	var ep provision.Endpoint
+	var created bool
+	var createErr, err error
+	for try := 0; try < 2; try++ {
+		if est, cs, ok := r.background(prov); ok {
+			// A slow provider's: created in the background (background.go).
+			var rt Route
+			rt, err = r.fillBackground(ctx, tenant, prov, est, cs)
+			if !errors.As(err, new(placedError)) {
+				return rt, err
+			}
+		} else {
+			ep, created, createErr, err = r.create(ctx, tenant, prov)
+		}
+		var placed placedError
+		if try > 0 || !errors.As(err, &placed) || createErr != nil {
+			break
+		}
 		// Placed on another provider: the store said so under the
 		// tenant's lock, so this is the provider to create it with.
 		name := placed.PlacedProvider()
 		if prov = r.cfg.Providers[name]; prov == nil {
 			return Route{}, fmt.Errorf("%w: tenant %q is placed on provider %s, which this router does not have (provider.kind, provider.also)", ErrProvision, tenant, name)
 		}
-		ep, created, createErr, err = r.create(ctx, tenant, prov)
 	}
 	name := prov.Name()
 	switch {

@@ -101,6 +101,10 @@ type Config struct {
 		Create           string `yaml:"create"`
 		MaxTenants       int    `yaml:"max_tenants"`
 		CreatesPerMinute int    `yaml:"creates_per_minute"`
+		// Slow providers' background creations (tenants.go).
+		CreateWait   time.Duration `yaml:"create_wait"`
+		CreateBudget time.Duration `yaml:"create_budget"`
+		CreateLease  time.Duration `yaml:"create_lease"`
 	} `yaml:"tenant"`
 
 	Limits struct {
@@ -196,6 +200,9 @@ func DefaultConfig() Config {
 	fc.Tenant.Pattern = proxy.DefaultTenantPattern
 	fc.Tenant.Carriers = []string{proxy.CarrierUser}
 	fc.Tenant.Create = string(resolver.CreateAuto)
+	fc.Tenant.CreateWait = DefaultCreateWait     // tenants.go
+	fc.Tenant.CreateBudget = DefaultCreateBudget // tenants.go
+	fc.Tenant.CreateLease = DefaultCreateLease   // tenants.go
 	fc.Limits.MaxHandshakes = 1000
 	fc.Limits.AuthBackoff.Threshold = 3
 	fc.Limits.AuthBackoff.Initial = time.Second

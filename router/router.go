@@ -308,6 +308,10 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Router, err error) {
 		MaxConcurrentCreates: cfg.Limits.MaxConcurrentCreates,
 		Create:               cfg.CreateMode(),          // tenants.go
 		Providers:            r.upstream.provisioners(), // providers.go
+		// Slow providers (provision.Estimator) create in the background.
+		CreateWait:   cfg.Tenant.CreateWait,
+		CreateBudget: cfg.Tenant.CreateBudget,
+		CreateLease:  cfg.Tenant.CreateLease,
 	}, r.cat, r.upstream.Provider)
 
 	// Files checked against the catalog before the router serves anyone.

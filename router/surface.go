@@ -173,6 +173,7 @@ func (r *Router) startSurface(ctx context.Context, cfg Config, pcfg proxy.Config
 		Router:      r.srv,
 		Provider:    r.upstream.Provider,
 		Providers:   r.upstream.deprovisioners(), // providers.go; nil with one provider
+		Creations:   r.cat,
 		Tenant:      pcfg.Tenant,
 		PoolMode:    poolModeName(pcfg.Pool.Mode),
 		Log:         r.log.With("component", "admin"),

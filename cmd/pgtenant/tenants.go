@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -25,7 +26,10 @@ const tenantsUsage = `Usage: pgtenant tenants <list|show|passwd|place|route|dele
   show TENANT                         the tenant's route and, for neon, its branch/project at Neon
                                       (with --admin: also cached?, blocked?, live sessions on that router)
   delete TENANT --yes                 delete the tenant's database (branch/project) and its catalog row
-  warm TENANT                         --admin only: create the tenant now, ahead of its first connect
+  warm TENANT... [--file F]           --admin only: create the tenants now, ahead of their first connect,
+       [--concurrency N] [--no-wait]  N at a time (default 4); with a slow provider (Aurora, RDS) wait until
+                                      their background creations are ready unless --no-wait; exits non-zero
+                                      if any failed
   evict TENANT                        --admin only: forget the tenant's cached route on that router
   block TENANT | unblock TENANT       --admin only: refuse (and end) the tenant's connections, or let them in again
   pool-mode TENANT MODE               --admin only: the tenant's pool mode for new connections, on every router:
@@ -56,6 +60,7 @@ type tenantsFlags struct {
 	passwd                passwdFlags
 	dsn                   *string
 	dsnStdin              *bool
+	warm                  warmFlags // warm.go
 }
 
 // newTenantsFlags defines them on a new flag set whose usage is the verbs
@@ -73,6 +78,7 @@ func newTenantsFlags(name string, stderr io.Writer) *tenantsFlags {
 	f.passwd.delete = fs.Bool("delete", false, "passwd: remove the tenant's own secret; route: remove the registered route")
 	f.dsn = fs.String("dsn", "", "route: the tenant's DSN (libpq URL or keyword form; its sslmode is the route's upstream TLS)")
 	f.dsnStdin = fs.Bool("dsn-stdin", false, "route: read the DSN from standard input (its first line)")
+	f.warm = defineWarmFlags(fs)
 	f.adminURL = fs.String("admin", "", "URL of a router's admin listener, e.g. http://127.0.0.1:9090 (instead of --config)")
 	f.token = fs.String("token", "", "admin API token (prefer "+router.EnvAdminToken+")")
 	fs.Usage = func() { fmt.Fprint(stderr, tenantsUsage, "\nFlags:\n", fs.FlagUsages()) }
@@ -101,7 +107,16 @@ func runTenants(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if fs.NArg() != 0 {
 			return fmt.Errorf("%w: tenants list takes no arguments", errUsage)
 		}
-	case "show", "delete", "warm", "evict", "block", "unblock", "passwd":
+	case "warm":
+		if *adminURL == "" {
+			return fmt.Errorf("%w: tenants warm acts on a running router: give its admin listener with --admin URL", errUsage)
+		}
+		ids, err := f.warm.tenants(fs.Args(), os.Stdin) // warm.go
+		if err != nil {
+			return err
+		}
+		return runWarm(ctx, stdout, apiClient{base: *adminURL, token: cmp.Or(*token, os.Getenv(router.EnvAdminToken))}, ids, f.warm)
+	case "show", "delete", "evict", "block", "unblock", "passwd":
 		if fs.NArg() != 1 {
 			return fmt.Errorf("%w: tenants %s takes one tenant ID", errUsage, verb)
 		}
@@ -169,7 +184,7 @@ func runTenants(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return runTenantsAPI(ctx, stdout, apiClient{base: *adminURL, token: cmp.Or(*token, os.Getenv(router.EnvAdminToken))}, verb, tenant, mode, *after, *limit)
 	}
 	switch verb {
-	case "warm", "evict", "block", "unblock", "pool-mode":
+	case "evict", "block", "unblock", "pool-mode":
 		return fmt.Errorf("%w: tenants %s acts on a running router: give its admin listener with --admin URL", errUsage, verb)
 	}
 
@@ -270,6 +285,19 @@ func (a *admin) show(ctx context.Context, w io.Writer, tenant string) error {
 		fmt.Fprintf(w, "tenant       %s\nupstream     %s\nprovider id  %s\n", tenant, ep.String(), ep.ProviderID)
 	} else {
 		fmt.Fprintf(w, "tenant %s: not in the catalog\n", tenant)
+		cr, ok, err := a.cat.Creation(ctx, tenant) // a slow provider's background creation
+		if err != nil {
+			return err
+		}
+		if ok {
+			found = true
+			if cr.State == provision.CreationFailed {
+				fmt.Fprintf(w, "creation     failed at %s: %s\n", cr.Finished.UTC().Format(time.RFC3339), cr.Error)
+			} else {
+				fmt.Fprintf(w, "creation     running since %s (last heartbeat %s)\n",
+					cr.Started.UTC().Format(time.RFC3339), cr.Heartbeat.UTC().Format(time.RFC3339))
+			}
+		}
 	}
 	if np, isNeon := a.parts.Provider.(*neon.Provider); isNeon {
 		t, ok, err := np.Lookup(ctx, tenant)

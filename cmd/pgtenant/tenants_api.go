@@ -139,18 +139,13 @@ func runTenantsAPI(ctx context.Context, w io.Writer, c apiClient, verb, tenant, 
 			fmt.Fprintf(w, "  %s  since %s  via %s  upstream pid %d  in %d B  out %d B\n",
 				s.Remote, s.Start.UTC().Format(time.RFC3339), s.Via, s.UpstreamPID, s.BytesIn, s.BytesOut)
 		}
-		return nil
-
-	case "warm":
-		var res adminapi.ActionResult
-		if err := c.do(ctx, http.MethodPost, t+"/warm", &res); err != nil {
-			return err
+		if cr := st.Creation; cr != nil { // a slow provider's background creation
+			if cr.State == "failed" {
+				fmt.Fprintf(w, "creation     failed at %s: %s\n", cr.Failed.UTC().Format(time.RFC3339), cr.Error)
+			} else {
+				fmt.Fprintf(w, "creation     running since %s (%s)\n", cr.Started.UTC().Format(time.RFC3339), about(cr.RemainingSeconds))
+			}
 		}
-		fmt.Fprintf(w, "tenant %s is ready (via %s, %.3fs)", res.Tenant, res.Via, res.Seconds)
-		if r := res.Route; r != nil {
-			fmt.Fprintf(w, ": postgres://%s:xxxxx@%s:%d/%s", r.User, r.Host, r.Port, r.Database)
-		}
-		fmt.Fprintln(w)
 		return nil
 
 	case "evict":
