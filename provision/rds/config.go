@@ -171,7 +171,7 @@ func (c *Config) prefix() string {
 	return c.IdentifierPrefix
 }
 
-func (c *Config) database() string      { return or(c.Database, DefaultDatabase) }
+func (c *Config) database() string       { return or(c.Database, DefaultDatabase) }
 func (c *Config) masterUsername() string { return or(c.MasterUsername, DefaultMasterUsername) }
 func (c *Config) instanceClass() string  { return or(c.InstanceClass, DefaultInstanceClass) }
 
