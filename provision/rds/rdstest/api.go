@@ -53,13 +53,14 @@ type xmlError struct {
 	RequestID string `xml:"RequestId"`
 }
 
-func writeXML(w http.ResponseWriter, status int, v any) {
+func writeXML(w http.ResponseWriter, status int, v any, id string) {
 	b, err := xml.Marshal(v)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
 	}
 	w.Header().Set("Content-Type", "text/xml")
+	w.Header().Set("X-Amzn-Requestid", id)
 	w.WriteHeader(status)
 	_, _ = w.Write([]byte(xml.Header))
 	_, _ = w.Write(b)
@@ -70,12 +71,12 @@ func writeError(w http.ResponseWriter, e *apiError) {
 	x.Xmlns = xmlns
 	x.Error.Type, x.Error.Code, x.Error.Message = e.typ, e.code, e.msg
 	x.RequestID = requestID()
-	writeXML(w, e.status, x)
+	writeXML(w, e.status, x, x.RequestID)
 }
 
 // response wraps a result as <ActionResponse><ActionResult>...; the
 // SDK reads the result element by the action's name.
-func response(action string, result any) any {
+func response(action, id string, result any) any {
 	type meta struct {
 		RequestID string `xml:"RequestId"`
 	}
@@ -85,7 +86,7 @@ func response(action string, result any) any {
 		Result   named
 		Metadata meta `xml:"ResponseMetadata"`
 	}
-	return resp{XMLName: xml.Name{Local: action + "Response"}, Xmlns: xmlns, Result: named{action + "Result", result}, Metadata: meta{RequestID: requestID()}}
+	return resp{XMLName: xml.Name{Local: action + "Response"}, Xmlns: xmlns, Result: named{action + "Result", result}, Metadata: meta{RequestID: id}}
 }
 
 // named encodes v as an element called name.
@@ -166,7 +167,8 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		panic(http.ErrAbortHandler) // drops the connection without an answer
 	}
 	log.Debug("rdstest: ok")
-	writeXML(w, http.StatusOK, response(action, result))
+	id := requestID()
+	writeXML(w, http.StatusOK, response(action, id, result), id)
 }
 
 // checkAuth wants a SigV4 Authorization header (the signature itself is
