@@ -380,3 +380,28 @@ func (p *Provider) deleteRDS(ctx context.Context, tenant, id string) error {
 	}
 	return p.waitInstanceGone(ctx, id)
 }
+
+// Exists says whether tenant's cluster (Aurora) or instance (RDS) exists
+// and is not being deleted. It only describes; it creates nothing.
+func (p *Provider) Exists(ctx context.Context, tenant string) (bool, error) {
+	id := p.Identifier(tenant)
+	var status string
+	if p.cfg.Kind == KindAurora {
+		c, err := p.describeCluster(ctx, id)
+		if errors.Is(err, provision.ErrTenantNotFound) {
+			return false, nil
+		} else if err != nil {
+			return false, err
+		}
+		status = aws.ToString(c.Status)
+	} else {
+		in, err := p.describeInstance(ctx, id)
+		if errors.Is(err, provision.ErrTenantNotFound) {
+			return false, nil
+		} else if err != nil {
+			return false, err
+		}
+		status = aws.ToString(in.DBInstanceStatus)
+	}
+	return status != "deleting", nil
+}

@@ -159,11 +159,17 @@ func TestCreateConnectDelete(t *testing.T) {
 			if got := s.Count(string(tc.kind), "pgtenant-acme"); got != 1 {
 				t.Errorf("Count = %d, want 1", got)
 			}
+			if ok, err := p.Exists(t.Context(), "acme"); !ok || err != nil {
+				t.Errorf("Exists = %t, %v; want true", ok, err)
+			}
 			if err := p.Delete(t.Context(), "acme"); err != nil {
 				t.Fatalf("Delete: %v", err)
 			}
 			if got := s.Count(string(tc.kind), "pgtenant-acme"); got != 0 {
 				t.Errorf("Count after Delete = %d, want 0", got)
+			}
+			if ok, err := p.Exists(t.Context(), "acme"); ok || err != nil {
+				t.Errorf("Exists after Delete = %t, %v; want false", ok, err)
 			}
 			if err := p.Delete(t.Context(), "acme"); !errors.Is(err, provision.ErrTenantNotFound) {
 				t.Errorf("second Delete: %v, want ErrTenantNotFound", err)
