@@ -12,6 +12,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/provision/local"
 	"github.com/pgtenant/pgtenant/provision/neon"
+	"github.com/pgtenant/pgtenant/provision/rds"
 	"github.com/pgtenant/pgtenant/proxy"
 	"github.com/pgtenant/pgtenant/resolver"
 )
@@ -154,9 +155,11 @@ type Config struct {
 	Cluster ClusterSettings `yaml:"cluster"` // cluster.go
 
 	Provider struct {
-		Kind  string       `yaml:"kind"`
-		Neon  NeonSettings `yaml:"neon"`
-		Local struct {
+		Kind   string       `yaml:"kind"`
+		Neon   NeonSettings `yaml:"neon"`
+		Aurora RDSSettings  `yaml:"aurora"` // aws.go
+		RDS    RDSSettings  `yaml:"rds"`    // aws.go
+		Local  struct {
 			AdminDSN    string `yaml:"admin_dsn"`
 			Host        string `yaml:"host"`
 			Port        uint16 `yaml:"port"`
@@ -219,6 +222,8 @@ func DefaultConfig() Config {
 	n.RequestsPerMinute = neon.DefaultRequestsPerMinute
 	n.RetryBudget = neon.DefaultRetryBudget
 	n.OpTimeout = neon.DefaultOpTimeout
+	fc.Provider.Aurora = defaultRDSSettings(rds.KindAurora) // aws.go
+	fc.Provider.RDS = defaultRDSSettings(rds.KindRDS)
 	return fc
 }
 
@@ -249,6 +254,12 @@ func LoadConfig(path string) (Config, error) {
 	if len(fc.BlockedTenants) == 0 {
 		fc.BlockedTenants = nil
 	}
+	if len(fc.Provider.Aurora.SecurityGroups) == 0 {
+		fc.Provider.Aurora.SecurityGroups = nil
+	}
+	if len(fc.Provider.RDS.SecurityGroups) == 0 {
+		fc.Provider.RDS.SecurityGroups = nil
+	}
 	fc.applyEnv(os.Getenv)
 	return fc, nil
 }
@@ -264,6 +275,8 @@ func (fc *Config) applyEnv(getenv func(string) string) {
 	set(&fc.Catalog.DSN, EnvCatalogDSN)
 	set(&fc.Catalog.Key, EnvCatalogKey)
 	set(&fc.Provider.Neon.APIKey, EnvNeonAPIKey)
+	set(&fc.Provider.Aurora.PasswordKey, EnvAWSPasswordKey) // aws.go
+	set(&fc.Provider.RDS.PasswordKey, EnvAWSPasswordKey)
 	set(&fc.Admin.Token, EnvAdminToken)
 	set(&fc.Cluster.Secret, EnvClusterSecret)
 	set(&fc.Cluster.Advertise, EnvClusterAdvertise)
@@ -324,8 +337,10 @@ func (fc *Config) Validate() error {
 		} else if err := nc.Validate(); err != nil {
 			errs = append(errs, fmt.Errorf("provider.neon: %w (the API key comes from %s)", err, EnvNeonAPIKey))
 		}
+	case "aurora", "rds":
+		errs = append(errs, fc.validateRDS(rds.Kind(fc.Provider.Kind))...) // aws.go
 	default:
-		errs = append(errs, fmt.Errorf("provider.kind: %q is not supported (supported: local, neon)", fc.Provider.Kind))
+		errs = append(errs, fmt.Errorf("provider.kind: %q is not supported (supported: local, neon, aurora, rds)", fc.Provider.Kind))
 	}
 	errs = append(errs, fc.Cluster.validate()...)   // cluster.go
 	errs = append(errs, fc.validateInstanceID()...) // cluster.go

@@ -21,6 +21,7 @@ import (
 	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/provision/local"
 	"github.com/pgtenant/pgtenant/provision/neon"
+	"github.com/pgtenant/pgtenant/provision/rds"
 	"github.com/pgtenant/pgtenant/proxy"
 	"github.com/pgtenant/pgtenant/resolver"
 )
@@ -88,6 +89,11 @@ func BuildUpstream(ctx context.Context, cfg Config, log *slog.Logger, ensureTemp
 		u.Close = p.CloseIdleConnections
 		if u.Proxy.ForwardParams == nil {
 			u.Proxy.ForwardParams = NeonPoolerParams
+		}
+		return u, nil
+	case "aurora", "rds":
+		if err := buildRDS(ctx, cfg, rds.Kind(cfg.Provider.Kind), log, u); err != nil { // aws.go
+			return nil, err
 		}
 		return u, nil
 	}

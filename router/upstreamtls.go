@@ -29,7 +29,7 @@ type UpstreamTLSChoice struct {
 
 // UpstreamTLS says which TLS mode the router uses toward upstreams:
 // upstream.tls when set; else verify-full for neon (which refuses
-// plaintext) and, for the local provider, verify-full when upstream.ca_file
+// plaintext), aurora and rds (remote, with RDS's CAs) and, for the local provider, verify-full when upstream.ca_file
 // is set, disable toward a loopback upstream (dev's own server, a PgBouncer
 // on the same host) and require toward any other, so that an unconfigured
 // router never sends tenants' traffic across a network in plaintext.
@@ -67,7 +67,7 @@ func (fc *Config) UpstreamTLS() (UpstreamTLSChoice, error) {
 	switch {
 	case fc.Upstream.TLS != "":
 		c.Mode, c.Explicit = fc.Upstream.TLS, true
-	case fc.Provider.Kind == "neon", fc.Upstream.CAFile != "":
+	case fc.Provider.Kind == "neon", fc.Provider.Kind == "aurora", fc.Provider.Kind == "rds", fc.Upstream.CAFile != "":
 		c.Mode = proxy.TLSVerifyFull
 	case c.Loopback:
 		c.Mode = proxy.TLSDisable
