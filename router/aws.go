@@ -127,6 +127,6 @@ func buildRDS(ctx context.Context, cfg Config, kind rds.Kind, log *slog.Logger, 
 			return errors.New("provider." + string(kind) + ".ca_file " + f + ": no PEM certificates in it")
 		}
 	}
-	u.Provider = p
+	u.Provider, u.Close = p, p.CloseIdleConnections
 	return nil
 }

@@ -37,6 +37,7 @@ func awsEnv(t *testing.T) {
 func TestAWSProvidersFromConfig(t *testing.T) {
 	for _, kind := range []string{"aurora", "rds"} {
 		t.Run(kind, func(t *testing.T) {
+			pgtest.CheckGoroutines(t)
 			awsEnv(t)
 			c := pgtest.Shared(t)
 			fake, err := rdstest.Start(t.Context(), rdstest.Config{AdminDSN: c.AdminDSN("postgres"), AccessKeyID: "AKIDROUTERTEST",

@@ -42,6 +42,8 @@ const (
 	DefaultPollInterval   = 15 * time.Second
 	DefaultRetryBudget    = 2 * time.Minute
 	DefaultRetryDelay     = 500 * time.Millisecond
+	// DefaultHTTPTimeout bounds one API request when Config.HTTPClient is nil.
+	DefaultHTTPTimeout = 30 * time.Second
 	// EnvPasswordKey is where the router reads PasswordKey from.
 	EnvPasswordKey = "PGTENANT_AWS_PASSWORD_KEY"
 )

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	awsrds "github.com/aws/aws-sdk-go-v2/service/rds"
 	"github.com/aws/aws-sdk-go-v2/service/rds/types"
@@ -26,9 +27,10 @@ import (
 // Provider creates a cluster (Aurora) or an instance (RDS) per tenant.
 // Safe for concurrent use.
 type Provider struct {
-	cfg Config
-	api *awsrds.Client
-	log *slog.Logger
+	cfg  Config
+	api  *awsrds.Client
+	http aws.HTTPClient
+	log  *slog.Logger
 }
 
 var (
@@ -58,7 +60,12 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	if err != nil {
 		return nil, fmt.Errorf("rds: AWS configuration: %w", err)
 	}
-	p := &Provider{cfg: cfg, log: cfg.Log}
+	if bc, ok := ac.HTTPClient.(*awshttp.BuildableClient); ok {
+		// Frozen into a plain *http.Client (keeping AWS_CA_BUNDLE if set),
+		// so CloseIdleConnections can reach its transport.
+		ac.HTTPClient = bc.WithTimeout(DefaultHTTPTimeout).Freeze()
+	}
+	p := &Provider{cfg: cfg, http: ac.HTTPClient, log: cfg.Log}
 	if p.log == nil {
 		p.log = slog.New(slog.DiscardHandler)
 	}
@@ -68,6 +75,14 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 		}
 	})
 	return p, nil
+}
+
+// CloseIdleConnections closes the API client's idle keep-alive
+// connections; the router calls it when it stops.
+func (p *Provider) CloseIdleConnections() {
+	if c, ok := p.http.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
 }
 
 // Name is the provider's kind: "aurora" or "rds".
