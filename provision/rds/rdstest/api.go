@@ -10,7 +10,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"time"
 )
 
 const apiVersion = "2014-10-31"
@@ -290,7 +289,7 @@ func (s *Server) createDBCluster(ctx context.Context, f map[string][]string) (an
 	}
 	c.local = newLocalNames("aurora", id, c.user, c.dbname)
 
-	now := time.Now()
+	now := s.now()
 	s.mu.Lock()
 	s.expireLocked(now)
 	if _, ok := s.mu.clusters[id]; ok {
@@ -326,7 +325,7 @@ func (s *Server) createDBInstance(ctx context.Context, f map[string][]string) (a
 		return nil, false, fault(400, "MissingParameter", "The request must contain the parameter DBInstanceClass")
 	}
 	var pw string
-	now := time.Now()
+	now := s.now()
 	if in.cluster != "" {
 		if in.engine != "aurora-postgresql" {
 			return nil, false, invalid("The engine of an instance in a DB cluster must be the cluster's (aurora-postgresql)")
@@ -402,7 +401,7 @@ func (s *Server) createDBInstance(ctx context.Context, f map[string][]string) (a
 
 func (s *Server) describeDBClusters(f map[string][]string) (any, *apiError) {
 	id := strings.ToLower(first(f, "DBClusterIdentifier"))
-	now := time.Now()
+	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.expireLocked(now)
@@ -425,7 +424,7 @@ func (s *Server) describeDBClusters(f map[string][]string) (any, *apiError) {
 
 func (s *Server) describeDBInstances(f map[string][]string) (any, *apiError) {
 	id := strings.ToLower(first(f, "DBInstanceIdentifier"))
-	now := time.Now()
+	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.expireLocked(now)
@@ -469,7 +468,7 @@ func (s *Server) deleteDBCluster(ctx context.Context, f map[string][]string) (an
 	if e != nil {
 		return nil, e
 	}
-	now := time.Now()
+	now := s.now()
 	s.mu.Lock()
 	s.expireLocked(now)
 	c, ok := s.mu.clusters[id]
@@ -503,7 +502,7 @@ func (s *Server) deleteDBCluster(ctx context.Context, f map[string][]string) (an
 
 func (s *Server) deleteDBInstance(ctx context.Context, f map[string][]string) (any, *apiError) {
 	id := strings.ToLower(first(f, "DBInstanceIdentifier"))
-	now := time.Now()
+	now := s.now()
 	s.mu.Lock()
 	s.expireLocked(now)
 	in, ok := s.mu.instances[id]

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,7 +18,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgtenant/pgtenant/internal/pgtest"
-	"github.com/pgtenant/pgtenant/internal/poll"
 	"github.com/pgtenant/pgtenant/provision/rds/rdstest"
 )
 
@@ -76,7 +76,23 @@ func createCluster(ctx context.Context, c *awsrds.Client, id string) (*awsrds.Cr
 // too; the SDK reads every field the provider uses; faults come back as
 // the SDK's typed errors.
 func TestClusterLifecycle(t *testing.T) {
-	s := start(t, nil)
+	var clock struct {
+		sync.Mutex
+		now time.Time
+	}
+	clock.now = time.Now()
+	now := func() time.Time { clock.Lock(); defer clock.Unlock(); return clock.now }
+	advance := func(d time.Duration) { clock.Lock(); defer clock.Unlock(); clock.now = clock.now.Add(d) }
+	s := start(t, func(c *rdstest.Config) {
+		c.CreateDelay, c.BackupDelay, c.DeleteDelay, c.Now = time.Minute, time.Minute, time.Minute, now
+	})
+	status := func() string {
+		d, err := client(s, keyID).DescribeDBClusters(t.Context(), &awsrds.DescribeDBClustersInput{DBClusterIdentifier: aws.String("my-cluster")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return aws.ToString(d.DBClusters[0].Status)
+	}
 	c := client(s, keyID)
 	ctx := t.Context()
 	out, err := createCluster(ctx, c, "My-Cluster")
@@ -113,18 +129,11 @@ func TestClusterLifecycle(t *testing.T) {
 	if w.DBInstance.Endpoint != nil {
 		t.Errorf("a creating instance has an endpoint: %+v", w.DBInstance.Endpoint)
 	}
-	seen := map[string]bool{}
-	poll.Until(t, 30*time.Second, "cluster available", func() bool {
-		d, err := c.DescribeDBClusters(ctx, &awsrds.DescribeDBClustersInput{DBClusterIdentifier: aws.String("my-cluster")})
-		if err != nil {
-			t.Fatal(err)
+	for _, want := range []string{"creating", "backing-up", "available"} {
+		if got := status(); got != want {
+			t.Errorf("status %q, want %q", got, want)
 		}
-		st := aws.ToString(d.DBClusters[0].Status)
-		seen[st] = true
-		return st == "available"
-	})
-	if !seen["backing-up"] && !seen["creating"] {
-		t.Errorf("statuses seen %v", seen)
+		advance(time.Minute)
 	}
 	d, err := c.DescribeDBClusters(ctx, &awsrds.DescribeDBClustersInput{DBClusterIdentifier: aws.String("my-cluster")})
 	if err != nil {
@@ -133,14 +142,13 @@ func TestClusterLifecycle(t *testing.T) {
 	if m := d.DBClusters[0].DBClusterMembers; len(m) != 1 || aws.ToString(m[0].DBInstanceIdentifier) != "my-writer" || !aws.ToBool(m[0].IsClusterWriter) {
 		t.Errorf("members %+v", m)
 	}
-	poll.Until(t, 30*time.Second, "writer available", func() bool {
-		d, err := c.DescribeDBInstances(ctx, &awsrds.DescribeDBInstancesInput{DBInstanceIdentifier: aws.String("my-writer")})
-		if err != nil {
-			t.Fatal(err)
-		}
-		in := d.DBInstances[0]
-		return aws.ToString(in.DBInstanceStatus) == "available" && in.Endpoint != nil && aws.ToInt32(in.Endpoint.Port) == 5432
-	})
+	wd, err := c.DescribeDBInstances(ctx, &awsrds.DescribeDBInstancesInput{DBInstanceIdentifier: aws.String("my-writer")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in := wd.DBInstances[0]; aws.ToString(in.DBInstanceStatus) != "available" || in.Endpoint == nil || aws.ToInt32(in.Endpoint.Port) != 5432 {
+		t.Errorf("writer %s, endpoint %+v; want available at port 5432", aws.ToString(in.DBInstanceStatus), in.Endpoint)
+	}
 
 	_, err = c.DeleteDBCluster(ctx, &awsrds.DeleteDBClusterInput{DBClusterIdentifier: aws.String("my-cluster"), SkipFinalSnapshot: aws.Bool(true)})
 	if code(err) != "InvalidDBClusterStateFault" {
@@ -157,13 +165,13 @@ func TestClusterLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if aws.ToString(del.DBCluster.Status) != "deleting" {
+	if aws.ToString(del.DBCluster.Status) != "deleting" || status() != "deleting" {
 		t.Errorf("status after delete %q", aws.ToString(del.DBCluster.Status))
 	}
-	poll.Until(t, 30*time.Second, "cluster gone", func() bool {
-		_, err := c.DescribeDBClusters(ctx, &awsrds.DescribeDBClustersInput{DBClusterIdentifier: aws.String("my-cluster")})
-		return errors.As(err, new(*types.DBClusterNotFoundFault))
-	})
+	advance(time.Minute)
+	if _, err := c.DescribeDBClusters(ctx, &awsrds.DescribeDBClustersInput{DBClusterIdentifier: aws.String("my-cluster")}); !errors.As(err, new(*types.DBClusterNotFoundFault)) {
+		t.Errorf("describe after the delete delay: %v, want DBClusterNotFoundFault", err)
+	}
 	if _, err := c.DescribeDBInstances(ctx, &awsrds.DescribeDBInstancesInput{DBInstanceIdentifier: aws.String("my-writer")}); err != nil && !errors.As(err, new(*types.DBInstanceNotFoundFault)) {
 		t.Errorf("describe deleted writer: %v", err)
 	}

@@ -57,6 +57,9 @@ type Config struct {
 	// ThrottleEvery, when positive, answers every ThrottleEvery-th request
 	// with 400 Throttling ("Rate exceeded") without performing it.
 	ThrottleEvery int
+	// Now is the fake's clock, which statuses follow. Nil means time.Now;
+	// tests step a clock of their own through the statuses.
+	Now func() time.Time
 	// Log receives request logs. Nil discards.
 	Log *slog.Logger
 }
@@ -166,6 +169,13 @@ func backendAddr(cc *pgconn.Config) (addr, network string) {
 	return net.JoinHostPort(cc.Host, strconv.Itoa(int(cc.Port))), "tcp"
 }
 
+func (s *Server) now() time.Time {
+	if s.cfg.Now != nil {
+		return s.cfg.Now()
+	}
+	return time.Now()
+}
+
 // domain is "<suffix>.<region>.rds.amazonaws.com".
 func (s *Server) domain() string {
 	return EndpointSuffix + "." + s.cfg.region() + ".rds.amazonaws.com"
@@ -214,7 +224,7 @@ func (s *Server) LoseCreateResponse(identifier string) {
 func (s *Server) Count(kind, identifier string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.expireLocked(time.Now())
+	s.expireLocked(s.now())
 	id := strings.ToLower(identifier)
 	if kind == "aurora" {
 		if c, ok := s.mu.clusters[id]; ok && !c.deleting() {

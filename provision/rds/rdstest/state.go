@@ -87,7 +87,7 @@ func (s *Server) expireLocked(now time.Time) {
 func (s *Server) target(host string) (localNames, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	now := time.Now()
+	now := s.now()
 	s.expireLocked(now)
 	for id, c := range s.mu.clusters {
 		if s.clusterHost(id) != host {
