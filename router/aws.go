@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pgtenant/pgtenant/provision/rds"
+	"github.com/pgtenant/pgtenant/proxy"
 )
 
 // EnvAWSPasswordKey derives the master passwords of the aurora and rds
@@ -101,7 +102,7 @@ func (fc *Config) validateRDS(kind rds.Kind) []error {
 	if err := c.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("%s: %w", key, err))
 	}
-	if fc.rdsSettings(kind).CAFile == "" && fc.Upstream.CAFile == "" && fc.Upstream.TLS != "disable" {
+	if fc.rdsSettings(kind).CAFile == "" && fc.Upstream.CAFile == "" && fc.Upstream.TLS != proxy.TLSDisable {
 		errs = append(errs, fmt.Errorf("%s.ca_file: empty: RDS certificates are signed by RDS's own CAs; download https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem and set ca_file to it", key))
 	}
 	return errs
