@@ -108,9 +108,10 @@ func (fc *Config) validateRDS(kind rds.Kind) []error {
 	return errs
 }
 
-// buildRDS makes the aurora or rds provider for BuildUpstream; the
-// provider's ca_file becomes the proxy's roots unless upstream.ca_file
-// already set them.
+// buildRDS makes the aurora or rds provider for BuildUpstream. The
+// provider's ca_file is added to the proxy's roots: to upstream.ca_file's
+// when set, else to a copy of the system roots, so that providers serving
+// side by side (provider.also) with public certificates (neon) still verify.
 func buildRDS(ctx context.Context, cfg Config, kind rds.Kind, log *slog.Logger, u *Upstream) error {
 	rc := cfg.RDSConfig(kind)
 	rc.Log = log
@@ -118,12 +119,16 @@ func buildRDS(ctx context.Context, cfg Config, kind rds.Kind, log *slog.Logger, 
 	if err != nil {
 		return fmt.Errorf("provider.%s: %w", kind, err)
 	}
-	if f := cfg.rdsSettings(kind).CAFile; f != "" && u.Proxy.RootCAs == nil {
+	if f := cfg.rdsSettings(kind).CAFile; f != "" {
 		pem, err := os.ReadFile(f)
 		if err != nil {
 			return fmt.Errorf("provider.%s.ca_file: %w", kind, err)
 		}
-		u.Proxy.RootCAs = x509.NewCertPool()
+		if u.Proxy.RootCAs == nil {
+			if u.Proxy.RootCAs, err = x509.SystemCertPool(); err != nil {
+				u.Proxy.RootCAs = x509.NewCertPool()
+			}
+		}
 		if !u.Proxy.RootCAs.AppendCertsFromPEM(pem) {
 			return errors.New("provider." + string(kind) + ".ca_file " + f + ": no PEM certificates in it")
 		}
