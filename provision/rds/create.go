@@ -307,40 +307,41 @@ func (p *Provider) deleteAurora(ctx context.Context, tenant, id string) error {
 	if err := checkTag(id, tenant, c.TagList); err != nil {
 		return err
 	}
-	for _, m := range c.DBClusterMembers {
-		mid := aws.ToString(m.DBInstanceIdentifier)
-		err := p.call(ctx, "DeleteDBInstance", func(ctx context.Context) error {
-			_, err := p.api.DeleteDBInstance(ctx, &awsrds.DeleteDBInstanceInput{DBInstanceIdentifier: aws.String(mid)})
-			return err
-		})
-		if err != nil && apiCode(err) != codeInstanceMissing && apiCode(err) != codeInstanceState {
-			return fmt.Errorf("rds: delete instance %s: %w", mid, err)
-		}
-	}
-	if aws.ToString(c.Status) != "deleting" {
-		skip, snap := p.finalSnapshot(id)
-		w := p.newPoller()
-		for {
-			err := p.call(ctx, "DeleteDBCluster", func(ctx context.Context) error {
-				_, err := p.api.DeleteDBCluster(ctx, &awsrds.DeleteDBClusterInput{
-					DBClusterIdentifier: aws.String(id), SkipFinalSnapshot: skip, FinalDBSnapshotIdentifier: snap,
-				})
+	skip, snap := p.finalSnapshot(id)
+	w := p.newPoller()
+	// Members first (§3.3). A member still creating refuses its delete
+	// (InvalidDBInstanceState), and the cluster refuses while it has live
+	// members: so both are tried again until the cluster is deleting.
+	for aws.ToString(c.Status) != "deleting" {
+		for _, m := range c.DBClusterMembers {
+			mid := aws.ToString(m.DBInstanceIdentifier)
+			err := p.call(ctx, "DeleteDBInstance", func(ctx context.Context) error {
+				_, err := p.api.DeleteDBInstance(ctx, &awsrds.DeleteDBInstanceInput{DBInstanceIdentifier: aws.String(mid)})
 				return err
 			})
-			if err == nil || apiCode(err) == codeClusterNotFound {
-				break
+			if err != nil && apiCode(err) != codeInstanceMissing && apiCode(err) != codeInstanceState {
+				return fmt.Errorf("rds: delete instance %s: %w", mid, err)
 			}
-			if apiCode(err) != codeClusterState {
-				return fmt.Errorf("rds: delete cluster %s: %w", id, err)
-			}
-			// Already deleting (an earlier answer was lost), or still
-			// creating, or its instances not yet deleting: look, retry.
-			if c, err := p.describeCluster(ctx, id); err != nil || aws.ToString(c.Status) == "deleting" {
-				break
-			}
-			if err := w.wait(ctx); err != nil {
-				return fmt.Errorf("rds: delete cluster %s: %w", id, err)
-			}
+		}
+		err := p.call(ctx, "DeleteDBCluster", func(ctx context.Context) error {
+			_, err := p.api.DeleteDBCluster(ctx, &awsrds.DeleteDBClusterInput{
+				DBClusterIdentifier: aws.String(id), SkipFinalSnapshot: skip, FinalDBSnapshotIdentifier: snap,
+			})
+			return err
+		})
+		if err == nil || apiCode(err) == codeClusterNotFound {
+			break
+		}
+		if apiCode(err) != codeClusterState {
+			return fmt.Errorf("rds: delete cluster %s: %w", id, err)
+		}
+		if err := w.wait(ctx); err != nil {
+			return fmt.Errorf("rds: delete cluster %s (%s): %w", id, aws.ToString(c.Status), err)
+		}
+		if c, err = p.describeCluster(ctx, id); errors.Is(err, provision.ErrTenantNotFound) {
+			return nil
+		} else if err != nil {
+			return err
 		}
 	}
 	return p.waitClusterGone(ctx, id)
@@ -354,28 +355,30 @@ func (p *Provider) deleteRDS(ctx context.Context, tenant, id string) error {
 	if err := checkTag(id, tenant, inst.TagList); err != nil {
 		return err
 	}
-	if aws.ToString(inst.DBInstanceStatus) != "deleting" {
-		skip, snap := p.finalSnapshot(id)
-		w := p.newPoller()
-		for {
-			err := p.call(ctx, "DeleteDBInstance", func(ctx context.Context) error {
-				_, err := p.api.DeleteDBInstance(ctx, &awsrds.DeleteDBInstanceInput{
-					DBInstanceIdentifier: aws.String(id), SkipFinalSnapshot: skip, FinalDBSnapshotIdentifier: snap,
-				})
-				return err
+	skip, snap := p.finalSnapshot(id)
+	w := p.newPoller()
+	for aws.ToString(inst.DBInstanceStatus) != "deleting" {
+		err := p.call(ctx, "DeleteDBInstance", func(ctx context.Context) error {
+			_, err := p.api.DeleteDBInstance(ctx, &awsrds.DeleteDBInstanceInput{
+				DBInstanceIdentifier: aws.String(id), SkipFinalSnapshot: skip, FinalDBSnapshotIdentifier: snap,
 			})
-			if err == nil || apiCode(err) == codeInstanceMissing {
-				break
-			}
-			if apiCode(err) != codeInstanceState {
-				return fmt.Errorf("rds: delete instance %s: %w", id, err)
-			}
-			if in, err := p.describeInstance(ctx, id); err != nil || aws.ToString(in.DBInstanceStatus) == "deleting" {
-				break
-			}
-			if err := w.wait(ctx); err != nil {
-				return fmt.Errorf("rds: delete instance %s: %w", id, err)
-			}
+			return err
+		})
+		if err == nil || apiCode(err) == codeInstanceMissing {
+			break
+		}
+		if apiCode(err) != codeInstanceState {
+			return fmt.Errorf("rds: delete instance %s: %w", id, err)
+		}
+		// Still creating or backing up, or already deleting (an earlier
+		// answer was lost): look again.
+		if err := w.wait(ctx); err != nil {
+			return fmt.Errorf("rds: delete instance %s (%s): %w", id, aws.ToString(inst.DBInstanceStatus), err)
+		}
+		if inst, err = p.describeInstance(ctx, id); errors.Is(err, provision.ErrTenantNotFound) {
+			return nil
+		} else if err != nil {
+			return err
 		}
 	}
 	return p.waitInstanceGone(ctx, id)

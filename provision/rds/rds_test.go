@@ -12,7 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	awsrds "github.com/aws/aws-sdk-go-v2/service/rds"
+	"github.com/aws/aws-sdk-go-v2/service/rds/types"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgtenant/pgtenant/internal/localca"
@@ -242,6 +245,30 @@ func TestDeleteFinalSnapshot(t *testing.T) {
 	snaps := s.Snapshots()
 	if len(snaps) != 1 || !strings.HasPrefix(snaps[0], "pgtenant-snap-final-") {
 		t.Errorf("snapshots %v, want one pgtenant-snap-final-...", snaps)
+	}
+}
+
+// Deleting an instance that is still being created, with a final
+// snapshot, meets InvalidDBInstanceState ("a final snapshot cannot be
+// taken") until it is available; Delete waits and tries again.
+func TestDeleteWhileCreating(t *testing.T) {
+	s := startFake(t, func(c *rdstest.Config) { c.CreateDelay = 300 * time.Millisecond })
+	p := newProvider(t, s, rds.KindRDS, func(c *rds.Config) { c.SkipFinalSnapshot = false })
+	api := awsrds.New(awsrds.Options{Region: s.Region(), BaseEndpoint: aws.String(s.URL()), Retryer: aws.NopRetryer{},
+		Credentials: credentials.NewStaticCredentialsProvider(testKeyID, "secret", "")})
+	_, err := api.CreateDBInstance(t.Context(), &awsrds.CreateDBInstanceInput{
+		DBInstanceIdentifier: aws.String("pgtenant-young"), DBInstanceClass: aws.String("db.t4g.micro"), Engine: aws.String("postgres"),
+		AllocatedStorage: aws.Int32(20), MasterUsername: aws.String("pgtenant"), MasterUserPassword: aws.String("password-1"),
+		Tags: []types.Tag{{Key: aws.String("pgtenant:tenant"), Value: aws.String("young")}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Delete(t.Context(), "young"); err != nil {
+		t.Fatalf("Delete while creating: %v", err)
+	}
+	if s.Count("rds", "pgtenant-young") != 0 || len(s.Snapshots()) != 1 {
+		t.Errorf("after Delete: count %d, snapshots %v", s.Count("rds", "pgtenant-young"), s.Snapshots())
 	}
 }
 

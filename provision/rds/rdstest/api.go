@@ -480,6 +480,10 @@ func (s *Server) deleteDBCluster(ctx context.Context, f map[string][]string) (an
 		s.mu.Unlock()
 		return nil, fault(400, "InvalidDBClusterStateFault", "DB cluster %s is already being deleted.", id)
 	}
+	if st := c.status(now); snap != "" && st != statusAvailable {
+		s.mu.Unlock()
+		return nil, fault(400, "InvalidDBClusterStateFault", "DB cluster %s is currently %s - a final snapshot cannot be taken.", id, st)
+	}
 	for _, in := range s.mu.instances {
 		if in.cluster == id && !in.deleting() {
 			s.mu.Unlock()
@@ -521,6 +525,10 @@ func (s *Server) deleteDBInstance(ctx context.Context, f map[string][]string) (a
 	if in.deleting() {
 		s.mu.Unlock()
 		return nil, fault(400, "InvalidDBInstanceState", "Instance %s is already being deleted.", id)
+	}
+	if st := in.status(now); snap != "" && st != statusAvailable {
+		s.mu.Unlock()
+		return nil, fault(400, "InvalidDBInstanceState", "Instance %s is currently %s - a final snapshot cannot be taken.", id, st)
 	}
 	in.deleteUntil = now.Add(delay(s.cfg.DeleteDelay, DefaultDeleteDelay))
 	if snap != "" {
