@@ -9,12 +9,12 @@ import (
 	"github.com/pgtenant/pgtenant/internal/pgtest"
 )
 
-// dev --provider aurora-fake|rds-fake creates the tenant's cluster or
-// instance through the fake RDS API with the real SDK and routes to it
-// with verify-full.
+// dev --provider aurora-fake creates the tenant's cluster through the fake
+// RDS API with the real SDK and routes to it with verify-full. (rds-fake
+// differs only in the kind; each dev run costs a cluster of its own.)
 func TestDevAWSFake(t *testing.T) {
 	pgtest.Shared(t)
-	for _, kind := range []string{"aurora", "rds"} {
+	for _, kind := range []string{"aurora"} {
 		t.Run(kind, func(t *testing.T) {
 			dir, err := os.MkdirTemp("", "pgtenant-awsfake-test-")
 			if err != nil {
