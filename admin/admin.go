@@ -125,6 +125,16 @@ type Config struct {
 	Router   Router
 	// Provider deletes tenants' databases. Nil: DELETE answers 501.
 	Provider Deprovisioner
+	// Providers, when not nil, are every configured provider by name
+	// (Provider too): DELETE goes to the provider the catalog records
+	// for the tenant, and refuses one not configured here.
+	Providers map[string]Deprovisioner
+	// Placements is the per-tenant choice of provider (placement.go).
+	// Nil: /v1/tenants/{id}/placement answers 501.
+	Placements Placements
+	// Routes registers routes to existing databases (placement.go). Nil:
+	// /v1/tenants/{id}/route answers 501.
+	Routes Routes
 	// Tenant is the proxy's tenant rule, so that the API takes exactly the
 	// IDs clients can connect as. The zero value is the proxy's default.
 	Tenant proxy.TenantConfig
@@ -185,7 +195,9 @@ func New(cfg Config) (*Handler, error) {
 	api.HandleFunc("/v1/tenants", h.tenants)
 	api.HandleFunc("/v1/tenants/{id}", h.tenant)
 	api.HandleFunc("/v1/tenants/{id}/pool-mode", h.tenantPoolMode)
-	api.HandleFunc("/v1/tenants/{id}/password", h.tenantPassword) // credentials.go
+	api.HandleFunc("/v1/tenants/{id}/password", h.tenantPassword)   // credentials.go
+	api.HandleFunc("/v1/tenants/{id}/placement", h.tenantPlacement) // placement.go
+	api.HandleFunc("/v1/tenants/{id}/route", h.tenantRoute)         // placement.go
 	api.HandleFunc("/v1/tenants/{id}/{action}", h.tenantAction)
 	api.HandleFunc("/v1/pools", h.pools)           // pools.go
 	api.HandleFunc("/v1/migrations", h.migrations) // migrations.go

@@ -41,3 +41,25 @@ func DeleteTenant(ctx context.Context, prov Deprovisioner, cat Deleter, tenant s
 	}
 	return d, nil
 }
+
+// recordedProvider is the provider that holds tenant, as the catalog
+// records it: Config.Provider with one provider, else the one of
+// Config.Providers the tenant's row names. A tenant recorded on a provider
+// this router does not have is refused: deleting it with another provider
+// could hit a namesake.
+func (h *Handler) recordedProvider(ctx context.Context, tenant string) (Deprovisioner, error) {
+	if h.cfg.Providers == nil {
+		return h.cfg.Provider, nil
+	}
+	ep, ok, err := h.cfg.Catalog.Lookup(ctx, tenant)
+	switch {
+	case err != nil:
+		return nil, err
+	case !ok || ep.Provider == "":
+		return h.cfg.Provider, nil // no live row: the default provider's leftovers, if any
+	}
+	if p := h.cfg.Providers[ep.Provider]; p != nil {
+		return p, nil
+	}
+	return nil, fmt.Errorf("%w: tenant %q lives on provider %s, which this router does not have: add it to provider.also to delete the tenant", ErrNoProvider, tenant, ep.Provider)
+}

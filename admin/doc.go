@@ -21,7 +21,12 @@
 //	DELETE /v1/tenants/{id}/pool-mode         clear it: the router's default applies again
 //	PUT    /v1/tenants/{id}/password          {"password": "..."} or {"verifier": "SCRAM-SHA-256$..."}: the tenant's own secret (auth.per_tenant), stored as a verifier, applied here
 //	DELETE /v1/tenants/{id}/password          remove it
-//	DELETE /v1/tenants/{id}?confirm={id}      end live sessions, delete at the provider, then in the catalog
+//	DELETE /v1/tenants/{id}?confirm={id}      end live sessions, delete at the provider the catalog records, then in the catalog
+//	GET    /v1/tenants/{id}/placement         the provider that creates (or created) the tenant: {"provider", "placed"}
+//	PUT    /v1/tenants/{id}/placement         {"provider": "rds"}: create the tenant there (provider.kind or one of provider.also); 409 once it exists elsewhere
+//	DELETE /v1/tenants/{id}/placement         remove the placement: the default provider creates it
+//	PUT    /v1/tenants/{id}/route             {"dsn": "..."} or {"host", "port", "database", "user", "password", "sslmode"}: a static route to an existing database, password encrypted in the catalog
+//	DELETE /v1/tenants/{id}/route             remove the registered route (ends live sessions here)
 //	GET    /v1/pools                          pooling on this router: mode, each pool (route), each upstream's budget
 //	POST   /v1/migrations                     {"action": "up", "to", "concurrency", "canary", "tenants", "max_fail_share", "dry_run"}: 202, the run starts in the background; 409 while one runs here
 //	GET    /v1/migrations                     the run started here (progress, then report) and the fleet's versions; POST {"action": "status"} too

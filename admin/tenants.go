@@ -50,10 +50,13 @@ type Route struct {
 	Database   string `json:"database"`
 	User       string `json:"user"`
 	ProviderID string `json:"provider_id"`
+	Provider   string `json:"provider,omitempty"` // the provider that holds it
+	TLS        string `json:"tls,omitempty"`      // the route's own upstream TLS mode (a static route's sslmode)
 }
 
 func routeOf(ep provision.Endpoint) *Route {
-	return &Route{Host: ep.Host, Port: ep.Port, Database: ep.Database, User: ep.User, ProviderID: ep.ProviderID}
+	return &Route{Host: ep.Host, Port: ep.Port, Database: ep.Database, User: ep.User, ProviderID: ep.ProviderID,
+		Provider: ep.Provider, TLS: ep.TLS}
 }
 
 // Session is a live routed session on this router.
@@ -359,9 +362,18 @@ func (h *Handler) deleteTenant(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
+	prov, err := h.recordedProvider(ctx, id) // delete.go
+	switch {
+	case errors.Is(err, ErrNoProvider):
+		writeError(w, http.StatusConflict, err.Error())
+		return
+	case err != nil:
+		h.internalError(w, "look up tenant", err)
+		return
+	}
 	closed := h.cfg.Router.CloseSessions(id, proxy.CodeAdminShutdown, fmt.Sprintf("terminating connection: tenant %q is being deleted", id))
 	h.cfg.Resolver.Invalidate(id)
-	d, err := DeleteTenant(ctx, h.cfg.Provider, h.cfg.Catalog, id)
+	d, err := DeleteTenant(ctx, prov, h.cfg.Catalog, id)
 	h.cfg.Resolver.Invalidate(id) // a fill that ran meanwhile may have cached the old route
 	switch {
 	case errors.Is(err, provision.ErrTenantNotFound):

@@ -166,6 +166,9 @@ func (c *Catalog) migrate(ctx context.Context, tx pgx.Tx) error {
 	if err := migrateMigrations(ctx, tx); err != nil { // migrations.go
 		return err
 	}
+	if err := migratePlacements(ctx, tx); err != nil { // placement.go
+		return err
+	}
 	// The first instance to get here records the key check; the rest compare.
 	if _, err := tx.Exec(ctx, `INSERT INTO pgtenant.meta (name, value) VALUES ('key_check', $1)
 		ON CONFLICT (name) DO NOTHING`, c.aead.Seal(nil, nil, []byte(keyCheck), []byte(keyCheckAD))); err != nil {
@@ -199,6 +202,9 @@ func (c *Catalog) Lookup(ctx context.Context, tenant string) (ep provision.Endpo
 // name before committing. So however many instances share the catalog, one
 // create runs per tenant at a time, and a tenant is created once.
 //
+// A tenant placed on another provider (Place) is not created: Ensure
+// returns a *PlacedError naming it, before create runs.
+//
 // With CreateLimits set, a creation beyond them is refused with a
 // *provision.LimitError before create runs.
 //
@@ -228,6 +234,13 @@ func (c *Catalog) Ensure(ctx context.Context, tenant, provider string,
 		}
 		return ep, false, err
 	}
+	if err := checkPlacement(ctx, tx, tenant, provider); err != nil { // placement.go
+		var pe *PlacedError
+		if !errors.As(err, &pe) {
+			err = fmt.Errorf("catalog ensure: %w", err)
+		}
+		return provision.Endpoint{}, false, err
+	}
 	if err := c.admit(ctx, tx); err != nil { // limits.go
 		var le *provision.LimitError
 		if !errors.As(err, &le) {
@@ -239,16 +252,17 @@ func (c *Catalog) Ensure(ctx context.Context, tenant, provider string,
 	if err != nil {
 		return provision.Endpoint{}, false, err
 	}
+	ep.Provider = provider
 	_, err = tx.Exec(ctx, `INSERT INTO pgtenant.tenants
-			(tenant, provider, provider_id, host, port, database, username, password_enc, state)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'ready')
+			(tenant, provider, provider_id, host, port, database, username, password_enc, tls, state)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'ready')
 		ON CONFLICT (tenant) DO UPDATE SET
 			provider = excluded.provider, provider_id = excluded.provider_id,
 			host = excluded.host, port = excluded.port, database = excluded.database,
-			username = excluded.username, password_enc = excluded.password_enc,
+			username = excluded.username, password_enc = excluded.password_enc, tls = excluded.tls,
 			state = 'ready', created_at = now(), updated_at = now()`,
 		tenant, provider, ep.ProviderID, ep.Host, int32(ep.Port), ep.Database, ep.User,
-		c.seal(tenant, ep.Password))
+		c.seal(tenant, ep.Password), ep.TLS)
 	if err == nil {
 		err = tx.Commit(ctx)
 	}
@@ -327,9 +341,9 @@ func (c *Catalog) lookup(ctx context.Context, q querier, tenant string) (provisi
 	var ep provision.Endpoint
 	var port int32
 	var enc []byte
-	err := q.QueryRow(ctx, `SELECT host, port, database, username, password_enc, provider_id
+	err := q.QueryRow(ctx, `SELECT host, port, database, username, password_enc, provider_id, provider, tls
 		FROM pgtenant.tenants WHERE tenant = $1 AND state = 'ready'`, tenant).
-		Scan(&ep.Host, &port, &ep.Database, &ep.User, &enc, &ep.ProviderID)
+		Scan(&ep.Host, &port, &ep.Database, &ep.User, &enc, &ep.ProviderID, &ep.Provider, &ep.TLS)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return provision.Endpoint{}, false, nil
 	}

@@ -30,6 +30,15 @@ type Endpoint struct {
 	// ProviderID names the tenant's resources at the provider (for local:
 	// the database name; for Neon: a branch or project id).
 	ProviderID string
+	// Provider is the name of the provider that holds the endpoint (the
+	// catalog's provider column). Providers leave it empty; the resolver
+	// fills it in. The proxy picks that provider's upstream settings by it,
+	// when several providers are configured.
+	Provider string
+	// TLS, when not empty, is the upstream TLS mode for this endpoint
+	// alone, overriding its provider's ("disable", "require" or
+	// "verify-full"): a static route's sslmode.
+	TLS string
 }
 
 // Addr returns host:port.

@@ -128,3 +128,16 @@ func createLimitError(tenant string, err error) *ClientError {
 	ce.Outcome = OutcomeLimit
 	return ce
 }
+
+// noRouteError answers a tenant its provider has no database for (the
+// static provider knows no route for it) with 28000, as Postgres answers
+// a role that does not exist: the tenant is named in the user name. The
+// client authenticated with the app secret first, as with tenant.create
+// auto, where any such client learns which tenants exist.
+func noRouteError(tenant string, err error) *ClientError {
+	ce := clientErr(codeInvalidAuthSpec,
+		fmt.Sprintf("tenant %q does not exist: no route to its database", tenant),
+		"The router routes this tenant only once an operator registers it: provider.static.routes, provider.static.template, or PUT /v1/tenants/{id}/route (pgtenant tenants route).", err)
+	ce.Outcome = OutcomeUnknownTenant
+	return ce
+}

@@ -89,7 +89,7 @@ func (s *Server) login(ctx context.Context, rt resolver.Route, params map[string
 	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 
-	tlsCfg := s.cfg.Upstream.tlsConfig(rt.Host)
+	tlsCfg := s.upstreamOf(rt).routeTLS(rt)
 	if tlsCfg != nil {
 		// Not conn, err = ...: a failed handshake returns a nil conn, which
 		// the deferred Close would call.

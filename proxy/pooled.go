@@ -54,8 +54,8 @@ type pooledClient struct {
 	rtAt time.Time
 	key  pool.Key
 	// tls is the upstream TLS configuration of rt's host (for cancels).
-	tls     *tls.Config
-	tlsHost string
+	tls                           *tls.Config
+	tlsHost, tlsProvider, tlsMode string
 
 	// current is the cancel target of the connection held now (nil: none),
 	// for the client's cancel key; targets, those of the connections held
@@ -428,8 +428,8 @@ func (pc *pooledClient) cancelTargetLocked(conn *pool.Conn, rt resolver.Route) *
 }
 
 func (pc *pooledClient) tlsConfig(rt resolver.Route) *tls.Config {
-	if pc.tlsHost != rt.Host || pc.tls == nil {
-		pc.tls, pc.tlsHost = pc.s.cfg.Upstream.tlsConfig(rt.Host), rt.Host
+	if pc.tlsHost != rt.Host || pc.tlsProvider != rt.Provider || pc.tlsMode != rt.TLS || pc.tls == nil {
+		pc.tls, pc.tlsHost, pc.tlsProvider, pc.tlsMode = pc.s.upstreamOf(rt).routeTLS(rt), rt.Host, rt.Provider, rt.TLS
 	}
 	return pc.tls
 }

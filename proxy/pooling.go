@@ -314,7 +314,7 @@ func (s *Server) acquire(ctx context.Context, tenant string, known *resolver.Rou
 		}
 		c, err := s.acquireChecked(ctx, key, func(ctx context.Context) (pool.Server, error) {
 			dialStart := time.Now()
-			hj, err := s.login(ctx, rt, s.cfg.Upstream.upstreamParams(nil, rt.Host))
+			hj, err := s.login(ctx, rt, s.upstreamOf(rt).upstreamParams(nil, rt.Host))
 			if err != nil {
 				return pool.Server{}, err
 			}

@@ -71,6 +71,10 @@ type Config struct {
 	DialUpstream func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Upstream says how to talk to upstreams (TLS, forwarded parameters).
 	Upstream UpstreamConfig
+	// Upstreams, when not nil, overrides Upstream for the routes of the
+	// providers it names (resolver.Route's Provider): several providers
+	// at once, each reached its own way (upstream.go).
+	Upstreams map[string]*UpstreamConfig
 	// Pool shares upstream server connections between clients (pooling.go).
 	// The zero value gives each client one of its own.
 	Pool PoolConfig
@@ -147,7 +151,7 @@ func New(cfg Config, r Resolver) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := cfg.Upstream.validate(); err != nil {
+	if err := cfg.validateUpstreams(); err != nil {
 		return nil, err
 	}
 	if err := cfg.Tenant.Validate(); err != nil {
@@ -820,7 +824,7 @@ func (s *Server) connectUpstream(ctx context.Context, tenant string, params map[
 			rt.Host = provision.DirectHost(rt.Host)
 		}
 		dialStart := time.Now()
-		hj, err := s.login(ctx, rt, s.cfg.Upstream.upstreamParams(params, rt.Host))
+		hj, err := s.login(ctx, rt, s.upstreamOf(rt).upstreamParams(params, rt.Host))
 		if err == nil {
 			s.cfg.Metrics.upstreamConnected(dialStart)
 		}
@@ -917,6 +921,8 @@ func resolveError(ctx context.Context, tenant string, err error) error {
 		return clientErr(codeCannotConnectNow,
 			fmt.Sprintf("the database of tenant %q is not ready yet", tenant),
 			"It is probably still being created; retry in a few seconds.", err)
+	case errors.Is(err, resolver.ErrUnknownTenant) && errors.Is(err, provision.ErrTenantNotFound):
+		return noRouteError(tenant, err) // errors.go
 	case errors.Is(err, resolver.ErrUnknownTenant):
 		return clientErr(codeInvalidAuthSpec,
 			fmt.Sprintf("tenant %q does not exist", tenant),

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/pgtenant/pgtenant/provision"
+	"github.com/pgtenant/pgtenant/resolver"
 )
 
 // Upstream TLS modes, as libpq's sslmode.
@@ -77,6 +78,50 @@ func (u *UpstreamConfig) tlsConfig(host string) *tls.Config {
 		}
 	}
 	return nil
+}
+
+// validateUpstreams checks Upstream and each of Upstreams.
+func (cfg *Config) validateUpstreams() error {
+	errs := []error{cfg.Upstream.validate()}
+	for name, u := range cfg.Upstreams {
+		if u == nil {
+			errs = append(errs, fmt.Errorf("proxy: upstream settings of provider %s: nil", name))
+		} else if err := u.validate(); err != nil {
+			errs = append(errs, fmt.Errorf("provider %s: %w", name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// upstreamOf returns how to reach rt: its provider's settings when
+// Upstreams has them, else Upstream. With one provider (Upstreams nil) the
+// lookup returns at once, allocating nothing.
+func (s *Server) upstreamOf(rt resolver.Route) *UpstreamConfig {
+	if u := s.cfg.Upstreams[rt.Provider]; u != nil {
+		return u
+	}
+	return &s.cfg.Upstream
+}
+
+// routeTLS is tlsConfig for rt, whose own TLS mode (a static route's
+// sslmode) overrides u's when set.
+func (u *UpstreamConfig) routeTLS(rt resolver.Route) *tls.Config {
+	if rt.TLS == "" || rt.TLS == u.TLS {
+		return u.tlsConfig(rt.Host)
+	}
+	v := *u
+	v.TLS = rt.TLS
+	if v.TLS == TLSDisable {
+		v.EndpointOption = false
+	}
+	return v.tlsConfig(rt.Host)
+}
+
+// RouteTLSConfig is the TLS configuration the router uses toward ep (its
+// own TLS mode over u's), for other sessions to the same upstreams
+// (pgtenant migrate).
+func (u *UpstreamConfig) RouteTLSConfig(ep provision.Endpoint) *tls.Config {
+	return u.routeTLS(resolver.Route{Endpoint: ep})
 }
 
 // TLSConfig returns the TLS configuration the router uses toward an

@@ -137,3 +137,33 @@ func TestDirectEndpointOption(t *testing.T) {
 		}
 	}
 }
+
+// With one provider (Upstreams nil) picking a route's upstream settings
+// allocates nothing; with several, its provider's settings and its own TLS
+// mode win.
+func TestUpstreamOf(t *testing.T) {
+	s := &Server{cfg: Config{Upstream: UpstreamConfig{TLS: TLSDisable}}}
+	rt := resolver.Route{Endpoint: provision.Endpoint{Host: "127.0.0.1", Port: 5432, Provider: "local"}}
+	if n := testing.AllocsPerRun(100, func() {
+		if s.upstreamOf(rt).routeTLS(rt) != nil {
+			t.Fatal("TLS toward a plaintext upstream")
+		}
+	}); n != 0 {
+		t.Errorf("one provider: %v allocations per route, want 0", n)
+	}
+	neon := &UpstreamConfig{TLS: TLSVerifyFull}
+	s.cfg.Upstreams = map[string]*UpstreamConfig{"local": &s.cfg.Upstream, "neon": neon}
+	rt.Provider, rt.Host = "neon", "ep-x-pooler.aws.neon.tech"
+	if c := s.upstreamOf(rt).routeTLS(rt); c == nil || c.ServerName != rt.Host || c.InsecureSkipVerify {
+		t.Errorf("neon route: %+v, want verify-full with SNI", c)
+	}
+	rt.Provider, rt.TLS = "static", TLSRequire // no settings of its own: the default's, with the route's mode
+	if c := s.upstreamOf(rt).routeTLS(rt); c == nil || !c.InsecureSkipVerify {
+		t.Errorf("static route with sslmode=require: %+v, want TLS without verification", c)
+	}
+	rt.TLS = TLSDisable
+	rt.Provider = "neon"
+	if c := s.upstreamOf(rt).routeTLS(rt); c != nil {
+		t.Errorf("route with sslmode=disable: %+v, want plaintext", c)
+	}
+}

@@ -16,7 +16,7 @@ var ErrNoAppSecret = errors.New("auth: no app secret configured: set a password 
 // same checks, so a configuration that validates is one New accepts unless
 // a file cannot be read. All problems are reported at once.
 func (cfg *Config) Validate() error {
-	return errors.Join(cfg.Auth.validate(), cfg.TLS.validate(), cfg.Tenant.Validate(), cfg.Upstream.validate(), cfg.Pool.validate())
+	return errors.Join(cfg.Auth.validate(), cfg.TLS.validate(), cfg.Tenant.Validate(), cfg.validateUpstreams(), cfg.Pool.validate())
 }
 
 func (a Auth) validate() error {

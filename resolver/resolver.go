@@ -26,7 +26,10 @@ var (
 	// timed out, wrong key, corrupt row).
 	ErrCatalog = errors.New("resolver: catalog error")
 	// ErrUnknownTenant means provisioning is disabled (New was given a nil
-	// Provisioner) and the catalog holds no route for the tenant.
+	// Provisioner) and the catalog holds no route for the tenant, or the
+	// provider's Create answered provision.ErrTenantNotFound (a provider
+	// that only finds existing databases, such as static, found none; the
+	// error then wraps that too).
 	ErrUnknownTenant = errors.New("resolver: unknown tenant")
 	// ErrClosed is returned by Resolve after Close, and to the waiters of a
 	// fill that Close cancelled.
@@ -140,6 +143,11 @@ type Config struct {
 	// FillTimeout; clients give up at their own deadline. Zero or negative:
 	// no cap. Change it at runtime with SetMaxConcurrentCreates.
 	MaxConcurrentCreates int
+	// Providers are the provisioners a tenant can be placed on, by name
+	// (the default one included). The store refuses to create a tenant
+	// placed elsewhere than the provisioner it is given; the Resolver then
+	// creates it with the one named here. Nil: placements fail.
+	Providers map[string]Provisioner
 	// Create says who may create a missing tenant: CreateAuto (the zero
 	// value), CreateAPI or CreateOff. The store applies the cluster-wide
 	// limits (max tenants, creates per minute) itself. Change it at
@@ -449,26 +457,25 @@ func (r *Resolver) fill(ctx context.Context, tenant string, byAPI bool) (Route, 
 		return Route{Endpoint: ep, Via: ViaCatalog}, nil
 	}
 
-	name := r.prov.Name()
-	var createErr error // set when the provider (not the store) failed
 	var limit *provision.LimitError
 	start := time.Now()
-	ep, created, err := r.ensure(ctx, tenant, name, func(ctx context.Context) (provision.Endpoint, error) {
-		pstart := time.Now()
-		ep, err := r.prov.Create(ctx, tenant)
-		switch {
-		case err != nil:
-			createErr = fmt.Errorf("provider %s: %w", name, err)
-		case ep.Host == "" || ep.Port == 0:
-			createErr = fmt.Errorf("provider %s returned an endpoint without host or port", name)
-		default:
-			r.cfg.Metrics.provisioned(pstart, nil)
-			return ep, nil
+	prov := r.prov
+	ep, created, createErr, err := r.create(ctx, tenant, prov)
+	var placed placedError
+	if errors.As(err, &placed) && createErr == nil {
+		// Placed on another provider: the store said so under the
+		// tenant's lock, so this is the provider to create it with.
+		name := placed.PlacedProvider()
+		if prov = r.cfg.Providers[name]; prov == nil {
+			return Route{}, fmt.Errorf("%w: tenant %q is placed on provider %s, which this router does not have (provider.kind, provider.also)", ErrProvision, tenant, name)
 		}
-		r.cfg.Metrics.provisioned(pstart, createErr)
-		return provision.Endpoint{}, createErr // never hand a password along with an error
-	})
+		ep, created, createErr, err = r.create(ctx, tenant, prov)
+	}
+	name := prov.Name()
 	switch {
+	case err != nil && errors.Is(createErr, provision.ErrTenantNotFound):
+		// A provider that only finds databases (static) found none.
+		return Route{}, fmt.Errorf("%w: tenant %q: %w", ErrUnknownTenant, tenant, createErr)
 	case err != nil && createErr != nil:
 		return Route{}, fmt.Errorf("%w: tenant %q: %w", ErrProvision, tenant, createErr)
 	case errors.Is(err, errCreateSlot):
@@ -486,4 +493,36 @@ func (r *Resolver) fill(ctx context.Context, tenant string, byAPI bool) (Route, 
 		slog.String("tenant", tenant), slog.String("provider", name),
 		slog.Any("endpoint", ep), slog.Duration("took", time.Since(start)))
 	return Route{Endpoint: ep, Via: ViaCreated}, nil
+}
+
+// placedError is the store's answer when the tenant is placed on another
+// provider than the one Ensure was given (*catalog.PlacedError).
+type placedError interface {
+	error
+	PlacedProvider() string
+}
+
+// create runs the store's Ensure with prov creating. createErr is set when
+// the provider (not the store) failed.
+func (r *Resolver) create(ctx context.Context, tenant string, prov Provisioner) (ep provision.Endpoint, created bool, createErr, err error) {
+	name := prov.Name()
+	ep, created, err = r.ensure(ctx, tenant, name, func(ctx context.Context) (provision.Endpoint, error) {
+		pstart := time.Now()
+		ep, err := prov.Create(ctx, tenant)
+		switch {
+		case err != nil:
+			createErr = fmt.Errorf("provider %s: %w", name, err)
+		case ep.Host == "" || ep.Port == 0:
+			createErr = fmt.Errorf("provider %s returned an endpoint without host or port", name)
+		default:
+			r.cfg.Metrics.provisioned(pstart, nil)
+			return ep, nil
+		}
+		r.cfg.Metrics.provisioned(pstart, createErr)
+		return provision.Endpoint{}, createErr // never hand a password along with an error
+	})
+	if err == nil {
+		ep.Provider = name
+	}
+	return ep, created, createErr, err
 }

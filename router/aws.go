@@ -91,13 +91,11 @@ func (fc *Config) RDSConfig(kind rds.Kind) rds.Config {
 	}
 }
 
-// validateRDS checks provider.<kind> when kind is in use.
+// validateRDS checks provider.<kind> when kind is in use (as
+// provider.kind or in provider.also; validateProviders checks catalog.dsn).
 func (fc *Config) validateRDS(kind rds.Kind) []error {
 	var errs []error
 	key := "provider." + string(kind)
-	if fc.Catalog.DSN == "" {
-		errs = append(errs, fmt.Errorf("catalog.dsn: the %s provider needs a catalog database: set %s", kind, EnvCatalogDSN))
-	}
 	c := fc.RDSConfig(kind)
 	if err := c.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("%s: %w", key, err))
@@ -108,31 +106,41 @@ func (fc *Config) validateRDS(kind rds.Kind) []error {
 	return errs
 }
 
-// buildRDS makes the aurora or rds provider for BuildUpstream. The
-// provider's ca_file is added to the proxy's roots: to upstream.ca_file's
-// when set, else to a copy of the system roots, so that providers serving
-// side by side (provider.also) with public certificates (neon) still verify.
-func buildRDS(ctx context.Context, cfg Config, kind rds.Kind, log *slog.Logger, u *Upstream) error {
+// buildRDS makes the aurora or rds provider for buildProvider.
+func buildRDS(ctx context.Context, cfg Config, kind rds.Kind, log *slog.Logger) (builtProvider, error) {
 	rc := cfg.RDSConfig(kind)
 	rc.Log = log
 	p, err := rds.New(ctx, rc)
 	if err != nil {
-		return fmt.Errorf("provider.%s: %w", kind, err)
+		return builtProvider{}, fmt.Errorf("provider.%s: %w", kind, err)
 	}
-	if f := cfg.rdsSettings(kind).CAFile; f != "" {
-		pem, err := os.ReadFile(f)
-		if err != nil {
-			return fmt.Errorf("provider.%s.ca_file: %w", kind, err)
-		}
-		if u.Proxy.RootCAs == nil {
-			if u.Proxy.RootCAs, err = x509.SystemCertPool(); err != nil {
-				u.Proxy.RootCAs = x509.NewCertPool()
-			}
-		}
-		if !u.Proxy.RootCAs.AppendCertsFromPEM(pem) {
-			return errors.New("provider." + string(kind) + ".ca_file " + f + ": no PEM certificates in it")
-		}
+	return builtProvider{provider: p, close: p.CloseIdleConnections}, nil
+}
+
+// rdsRoots are the roots toward the aurora or rds provider's endpoints:
+// base (upstream.ca_file's) or, when nil, the system roots, plus the
+// provider's ca_file, so that providers with public certificates (neon)
+// still verify beside it. Not kind's provider, or no ca_file: base.
+func (fc *Config) rdsRoots(kind string, base *x509.CertPool) (*x509.CertPool, error) {
+	if kind != string(rds.KindAurora) && kind != string(rds.KindRDS) {
+		return base, nil
 	}
-	u.Provider, u.Close = p, p.CloseIdleConnections
-	return nil
+	f := fc.rdsSettings(rds.Kind(kind)).CAFile
+	if f == "" {
+		return base, nil
+	}
+	pem, err := os.ReadFile(f)
+	if err != nil {
+		return nil, fmt.Errorf("provider.%s.ca_file: %w", kind, err)
+	}
+	var roots *x509.CertPool
+	if base != nil {
+		roots = base.Clone()
+	} else if roots, err = x509.SystemCertPool(); err != nil {
+		roots = x509.NewCertPool()
+	}
+	if !roots.AppendCertsFromPEM(pem) {
+		return nil, errors.New("provider." + kind + ".ca_file " + f + ": no PEM certificates in it")
+	}
+	return roots, nil
 }

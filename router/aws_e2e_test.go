@@ -132,3 +132,27 @@ provider:
 		})
 	}
 }
+
+// provider.also may name aurora and rds; their sections are validated as
+// when they are the default.
+func TestAWSProvidersAlsoValidated(t *testing.T) {
+	t.Setenv(router.EnvAWSPasswordKey, "")
+	cfg := router.DefaultConfig()
+	cfg.Auth.Password = "x"
+	cfg.Catalog.Key = catalog.NewKey()
+	cfg.Catalog.DSN = "postgres://localhost/cat"
+	cfg.Provider.Local.AdminDSN = "postgres://localhost/postgres"
+	cfg.Provider.Also = []string{"aurora", "rds"}
+	err := cfg.Validate()
+	for _, want := range []string{"provider.aurora: ", "provider.rds: ", "provider.aurora.ca_file", router.EnvAWSPasswordKey} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate: %v, want it to mention %q", err, want)
+		}
+	}
+	for _, s := range []*router.RDSSettings{&cfg.Provider.Aurora, &cfg.Provider.RDS} {
+		s.Region, s.PasswordKey, s.CAFile = "eu-central-1", "0123456789abcdef", "/etc/pgtenant/global-bundle.pem"
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("Validate with both sections filled: %v", err)
+	}
+}

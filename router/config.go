@@ -25,6 +25,9 @@ const (
 	EnvCatalogDSN = "PGTENANT_CATALOG_DSN" // catalog database (default: the admin DSN)
 	EnvCatalogKey = "PGTENANT_CATALOG_KEY" // base64 AES-256 key encrypting upstream passwords
 	EnvNeonAPIKey = "NEON_API_KEY"         // neon provider: API key
+	// EnvSupabaseToken is the supabase provider's Management API access
+	// token (the name the Supabase CLI uses).
+	EnvSupabaseToken = "SUPABASE_ACCESS_TOKEN"
 )
 
 // NeonSettings is provider.neon.
@@ -155,11 +158,15 @@ type Config struct {
 	Cluster ClusterSettings `yaml:"cluster"` // cluster.go
 
 	Provider struct {
-		Kind   string       `yaml:"kind"`
-		Neon   NeonSettings `yaml:"neon"`
-		Aurora RDSSettings  `yaml:"aurora"` // aws.go
-		RDS    RDSSettings  `yaml:"rds"`    // aws.go
-		Local  struct {
+		Kind string `yaml:"kind"`
+		// Also are more providers tenants can be placed on (providers.go).
+		Also     []string         `yaml:"also"`
+		Neon     NeonSettings     `yaml:"neon"`
+		Static   StaticSettings   `yaml:"static"`   // providers.go
+		Supabase SupabaseSettings `yaml:"supabase"` // supabase.go
+		Aurora   RDSSettings      `yaml:"aurora"`   // aws.go
+		RDS      RDSSettings      `yaml:"rds"`      // aws.go
+		Local    struct {
 			AdminDSN    string `yaml:"admin_dsn"`
 			Host        string `yaml:"host"`
 			Port        uint16 `yaml:"port"`
@@ -222,6 +229,7 @@ func DefaultConfig() Config {
 	n.RequestsPerMinute = neon.DefaultRequestsPerMinute
 	n.RetryBudget = neon.DefaultRetryBudget
 	n.OpTimeout = neon.DefaultOpTimeout
+	fc.Provider.Supabase = defaultSupabaseSettings()        // supabase.go
 	fc.Provider.Aurora = defaultRDSSettings(rds.KindAurora) // aws.go
 	fc.Provider.RDS = defaultRDSSettings(rds.KindRDS)
 	return fc
@@ -254,6 +262,12 @@ func LoadConfig(path string) (Config, error) {
 	if len(fc.BlockedTenants) == 0 {
 		fc.BlockedTenants = nil
 	}
+	if len(fc.Provider.Also) == 0 {
+		fc.Provider.Also = nil
+	}
+	if len(fc.Provider.Static.Routes) == 0 {
+		fc.Provider.Static.Routes = nil
+	}
 	if len(fc.Provider.Aurora.SecurityGroups) == 0 {
 		fc.Provider.Aurora.SecurityGroups = nil
 	}
@@ -275,6 +289,7 @@ func (fc *Config) applyEnv(getenv func(string) string) {
 	set(&fc.Catalog.DSN, EnvCatalogDSN)
 	set(&fc.Catalog.Key, EnvCatalogKey)
 	set(&fc.Provider.Neon.APIKey, EnvNeonAPIKey)
+	set(&fc.Provider.Supabase.AccessToken, EnvSupabaseToken)
 	set(&fc.Provider.Aurora.PasswordKey, EnvAWSPasswordKey) // aws.go
 	set(&fc.Provider.RDS.PasswordKey, EnvAWSPasswordKey)
 	set(&fc.Admin.Token, EnvAdminToken)
@@ -322,26 +337,7 @@ func (fc *Config) Validate() error {
 			errs = append(errs, err)
 		}
 	}
-	switch fc.Provider.Kind {
-	case "local":
-		if fc.Provider.Local.AdminDSN == "" {
-			errs = append(errs, fmt.Errorf("provider.local.admin_dsn: empty: set %s", EnvAdminDSN))
-		}
-		errs = append(errs, fc.validateNaming()...) // naming.go
-	case "neon":
-		if fc.Catalog.DSN == "" {
-			errs = append(errs, fmt.Errorf("catalog.dsn: the neon provider needs a catalog database: set %s", EnvCatalogDSN))
-		}
-		if nc, err := fc.NeonConfig(); err != nil {
-			errs = append(errs, err)
-		} else if err := nc.Validate(); err != nil {
-			errs = append(errs, fmt.Errorf("provider.neon: %w (the API key comes from %s)", err, EnvNeonAPIKey))
-		}
-	case "aurora", "rds":
-		errs = append(errs, fc.validateRDS(rds.Kind(fc.Provider.Kind))...) // aws.go
-	default:
-		errs = append(errs, fmt.Errorf("provider.kind: %q is not supported (supported: local, neon, aurora, rds)", fc.Provider.Kind))
-	}
+	errs = append(errs, fc.validateProviders()...)  // providers.go
 	errs = append(errs, fc.Cluster.validate()...)   // cluster.go
 	errs = append(errs, fc.validateInstanceID()...) // cluster.go
 	if fc.Admin.BlockedRefresh < 0 {

@@ -12,6 +12,7 @@ import (
 	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/provision/local"
 	"github.com/pgtenant/pgtenant/provision/neon"
+	"github.com/pgtenant/pgtenant/proxy"
 )
 
 // MigrateConfig is the migrate.Config for this upstream: the tenants'
@@ -38,13 +39,28 @@ func (u *Upstream) MigrateConfig(cat *catalog.Catalog, files []migrate.Migration
 // pooler runs in transaction mode, and a migration needs its session
 // (docs/neon-api.md §8.2).
 func (u *Upstream) MigrateConnect() func(ctx context.Context, tenant string, ep provision.Endpoint) (*pgx.Conn, error) {
-	_, direct := u.Provider.(*neon.Provider)
+	byName := u.Providers() // providers.go
 	return func(ctx context.Context, _ string, ep provision.Endpoint) (*pgx.Conn, error) {
-		if direct {
+		p := byName[ep.Provider]
+		if p == nil {
+			p = u.Provider
+		}
+		if _, direct := p.(*neon.Provider); direct {
 			ep.Host = provision.DirectHost(ep.Host)
 		}
 		return u.connect(ctx, ep)
 	}
+}
+
+// proxyFor is the upstream settings of provider (the default's when it is
+// not one of provider.also).
+func (u *Upstream) proxyFor(provider string) *proxy.UpstreamConfig {
+	for i := range u.Also {
+		if u.Also[i].Provider.Name() == provider {
+			return &u.Also[i].Proxy
+		}
+	}
+	return &u.Proxy
 }
 
 // connect logs in to ep as the proxy would reach it.
@@ -54,9 +70,10 @@ func (u *Upstream) connect(ctx context.Context, ep provision.Endpoint) (*pgx.Con
 		return nil, err
 	}
 	cfg.Host, cfg.Port, cfg.Database, cfg.User, cfg.Password = ep.Host, ep.Port, ep.Database, ep.User, ep.Password
-	cfg.TLSConfig = u.Proxy.TLSConfig(ep.Host)
+	pc := u.proxyFor(ep.Provider)
+	cfg.TLSConfig = pc.RouteTLSConfig(ep)
 	cfg.RuntimeParams["application_name"] = "pgtenant migrate"
-	if u.Proxy.EndpointOption {
+	if pc.EndpointOption && cfg.TLSConfig != nil {
 		// No SNI: the endpoint ID goes in options (docs/neon-api.md §8.3).
 		cfg.RuntimeParams["options"] = "endpoint=" + provision.EndpointID(ep.Host)
 	}

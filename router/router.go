@@ -22,6 +22,8 @@ import (
 	"github.com/pgtenant/pgtenant/provision/local"
 	"github.com/pgtenant/pgtenant/provision/neon"
 	"github.com/pgtenant/pgtenant/provision/rds"
+	"github.com/pgtenant/pgtenant/provision/static"
+	"github.com/pgtenant/pgtenant/provision/supabase"
 	"github.com/pgtenant/pgtenant/proxy"
 	"github.com/pgtenant/pgtenant/resolver"
 )
@@ -39,14 +41,18 @@ type Upstream struct {
 	CatalogDSN string
 	// Close releases what the provider holds; the router calls it last.
 	Close func()
+	// Also are the providers of provider.also, which tenants can be placed
+	// on (providers.go), each with its own upstream settings. Provider is
+	// the default.
+	Also []ProviderUpstream
 }
 
 // NeonPoolerParams are the startup parameters Neon's pooler (PgBouncer)
 // tracks; it refuses any other (docs/neon-api.md §8.2).
 var NeonPoolerParams = []string{"client_encoding", "datestyle", "timezone", "standard_conforming_strings", "application_name"}
 
-// BuildUpstream makes the provider cfg names and the upstream settings that
-// go with it. ensureTemplate (for serving) creates the local provider's
+// BuildUpstream makes the providers cfg names (provider.kind, the default,
+// and provider.also) and the upstream settings that go with each. ensureTemplate (for serving) creates the local provider's
 // template database when it is missing and keeps its spare databases
 // filled until Close.
 func BuildUpstream(ctx context.Context, cfg Config, log *slog.Logger, ensureTemplate bool) (*Upstream, error) {
@@ -74,28 +80,65 @@ func BuildUpstream(ctx context.Context, cfg Config, log *slog.Logger, ensureTemp
 		u.Dial = func(ctx context.Context, network, _ string) (net.Conn, error) { return d.DialContext(ctx, network, o) }
 	}
 
-	switch cfg.Provider.Kind {
+	one, err := buildProvider(ctx, cfg, cfg.Provider.Kind, log, ensureTemplate)
+	if err != nil {
+		return nil, err
+	}
+	u.Provider, u.CatalogDSN, u.Close = one.provider, one.catalogDSN, one.close
+	if cfg.Provider.Kind == "neon" && u.Proxy.ForwardParams == nil {
+		u.Proxy.ForwardParams = NeonPoolerParams
+	}
+	if u.Proxy.RootCAs, err = cfg.rdsRoots(cfg.Provider.Kind, u.Proxy.RootCAs); err != nil { // aws.go
+		u.Close()
+		return nil, err
+	}
+	if err := buildAlso(ctx, cfg, log, ensureTemplate, u); err != nil { // providers.go
+		u.Close()
+		return nil, err
+	}
+	return u, nil
+}
+
+// builtProvider is a provider buildProvider made, and what goes with it.
+type builtProvider struct {
+	provider   provision.Provider
+	catalogDSN string // the local provider's admin DSN; "" for the others
+	close      func()
+}
+
+// buildProvider makes the provider kind names from its section of cfg.
+func buildProvider(ctx context.Context, cfg Config, kind string, log *slog.Logger, ensureTemplate bool) (builtProvider, error) {
+	switch kind {
 	case "neon":
 		nc, err := cfg.NeonConfig()
 		if err != nil {
-			return nil, err
+			return builtProvider{}, err
 		}
 		nc.Log = log
 		p, err := neon.New(nc)
 		if err != nil {
-			return nil, err
+			return builtProvider{}, err
 		}
-		u.Provider = p
-		u.Close = p.CloseIdleConnections
-		if u.Proxy.ForwardParams == nil {
-			u.Proxy.ForwardParams = NeonPoolerParams
+		return builtProvider{provider: p, close: p.CloseIdleConnections}, nil
+	case static.Name:
+		p, err := static.New(cfg.StaticConfig())
+		if err != nil {
+			return builtProvider{}, fmt.Errorf("provider.static: %w", err)
 		}
-		return u, nil
+		return builtProvider{provider: p, close: func() {}}, nil
+	case "supabase":
+		sc := cfg.SupabaseConfig() // supabase.go
+		sc.Log = log
+		p, err := supabase.New(sc)
+		if err != nil {
+			return builtProvider{}, fmt.Errorf("provider.supabase: %w", err)
+		}
+		return builtProvider{provider: p, close: p.CloseIdleConnections}, nil
 	case "aurora", "rds":
-		if err := buildRDS(ctx, cfg, rds.Kind(cfg.Provider.Kind), log, u); err != nil { // aws.go
-			return nil, err
-		}
-		return u, nil
+		return buildRDS(ctx, cfg, rds.Kind(kind), log) // aws.go
+	case "local":
+	default:
+		return builtProvider{}, fmt.Errorf("provider %q is not supported (supported: %v)", kind, knownProviders)
 	}
 
 	lc := cfg.Provider.Local
@@ -103,7 +146,7 @@ func BuildUpstream(ctx context.Context, cfg Config, log *slog.Logger, ensureTemp
 	// scheme after provider.local.naming changed.
 	namingKey, err := cfg.NamingKey() // naming.go
 	if err != nil {
-		return nil, err
+		return builtProvider{}, err
 	}
 	lcfg := local.Config{
 		Host:      lc.Host,
@@ -116,30 +159,30 @@ func BuildUpstream(ctx context.Context, cfg Config, log *slog.Logger, ensureTemp
 		Spares:    lc.Spares,
 	}
 	if err := lcfg.Validate(); err != nil {
-		return nil, fmt.Errorf("provider.local: %w", err)
+		return builtProvider{}, fmt.Errorf("provider.local: %w", err)
 	}
 	admin, err := OpenPool(ctx, "provider.local.admin_dsn", lc.AdminDSN, lc.MaxConns)
 	if err != nil {
-		return nil, err
+		return builtProvider{}, err
 	}
 	prov := local.New(lcfg, admin)
-	u.Provider, u.CatalogDSN, u.Close = prov, lc.AdminDSN, admin.Close
+	b := builtProvider{provider: prov, catalogDSN: lc.AdminDSN, close: admin.Close}
 	if !ensureTemplate {
-		return u, nil
+		return b, nil
 	}
 	var setupSQL string
 	if lc.TemplateSQL != "" {
-		b, err := os.ReadFile(lc.TemplateSQL)
+		sql, err := os.ReadFile(lc.TemplateSQL)
 		if err != nil {
 			admin.Close()
-			return nil, fmt.Errorf("template SQL: %w", err)
+			return builtProvider{}, fmt.Errorf("template SQL: %w", err)
 		}
-		setupSQL = string(b)
+		setupSQL = string(sql)
 	}
 	created, err := prov.EnsureTemplate(ctx, setupSQL)
 	if err != nil {
 		admin.Close()
-		return nil, err
+		return builtProvider{}, err
 	}
 	switch {
 	case created:
@@ -153,9 +196,9 @@ func BuildUpstream(ctx context.Context, cfg Config, log *slog.Logger, ensureTemp
 		sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		done := make(chan struct{})
 		go func() { defer close(done); prov.RunSpares(sctx, log) }()
-		u.Close = func() { cancel(); <-done; admin.Close() }
+		b.close = func() { cancel(); <-done; admin.Close() }
 	}
-	return u, nil
+	return b, nil
 }
 
 // Options are what New takes besides the Config.
@@ -253,6 +296,7 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Router, err error) {
 		return nil, err
 	}
 	r.cat.SetCreateLimits(cfg.CreateLimits()) // tenants.go
+	r.upstream.attachCatalog(r.cat)           // static routes registered through the admin API (providers.go)
 
 	r.reg = NewRegistry(opts.Version)
 	// Registered (a duplicate instance_id refused) before any cancel key
@@ -269,7 +313,8 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Router, err error) {
 		Log:         r.log,
 
 		MaxConcurrentCreates: cfg.Limits.MaxConcurrentCreates,
-		Create:               cfg.CreateMode(), // tenants.go
+		Create:               cfg.CreateMode(),          // tenants.go
+		Providers:            r.upstream.provisioners(), // providers.go
 	}, r.cat, r.upstream.Provider)
 
 	// Files checked against the catalog before the router serves anyone.
@@ -284,6 +329,7 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Router, err error) {
 	pcfg.Log = r.log
 	pcfg.Metrics = proxy.NewMetrics(r.reg)
 	pcfg.Upstream = r.upstream.Proxy
+	pcfg.Upstreams = r.upstream.proxyUpstreams() // nil with one provider (providers.go)
 	pcfg.DialUpstream = r.upstream.Dial
 	if r.cluster != nil {
 		pcfg.Forward = r.cluster.forwarding()
@@ -324,7 +370,7 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Router, err error) {
 	if r.surface, err = r.startSurface(ctx, cfg, pcfg, opts.AdminHook); err != nil {
 		return nil, err
 	}
-	r.log.Info("router listening", "addr", r.ln.Addr().String(), "auth", pcfg.Auth.String(), "provider", r.upstream.Provider.Name(),
+	r.log.Info("router listening", "addr", r.ln.Addr().String(), "auth", pcfg.Auth.String(), "provider", r.upstream.Provider.Name(), "also", len(r.upstream.Also),
 		"pool", r.PoolMode())
 	return r, nil
 }

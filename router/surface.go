@@ -172,6 +172,7 @@ func (r *Router) startSurface(ctx context.Context, cfg Config, pcfg proxy.Config
 		Resolver:    r.res,
 		Router:      r.srv,
 		Provider:    r.upstream.Provider,
+		Providers:   r.upstream.deprovisioners(), // providers.go; nil with one provider
 		Tenant:      pcfg.Tenant,
 		PoolMode:    poolModeName(pcfg.Pool.Mode),
 		Log:         r.log.With("component", "admin"),
@@ -179,6 +180,8 @@ func (r *Router) startSurface(ctx context.Context, cfg Config, pcfg proxy.Config
 	if pcfg.Pool.Manager != nil {
 		acfg.Pools = pcfg.Pool.Manager
 	}
+	pl := newPlacements(r.cat, r.res, r.upstream) // placement.go
+	acfg.Placements, acfg.Routes = pl, pl
 	key, err := catalog.ParseKey(cfg.Catalog.Key) // New checked it
 	if err != nil {
 		s.cancel()

@@ -29,13 +29,20 @@ type UpstreamTLSChoice struct {
 
 // UpstreamTLS says which TLS mode the router uses toward upstreams:
 // upstream.tls when set; else verify-full for neon (which refuses
-// plaintext), aurora and rds (remote, with RDS's CAs) and, for the local provider, verify-full when upstream.ca_file
+// plaintext), supabase (docs/supabase-api.md §7), aurora and rds (remote, with RDS's CAs) and, for the local provider, verify-full when upstream.ca_file
 // is set, disable toward a loopback upstream (dev's own server, a PgBouncer
 // on the same host) and require toward any other, so that an unconfigured
 // router never sends tenants' traffic across a network in plaintext.
 // Nothing is dialled or resolved: a host name other than "localhost" counts
 // as remote.
 func (fc *Config) UpstreamTLS() (UpstreamTLSChoice, error) {
+	return fc.upstreamTLSFor(fc.Provider.Kind, true)
+}
+
+// upstreamTLSFor is UpstreamTLS for provider kind; upstream.tls and
+// upstream.ca_file choose the mode only for the default provider (dflt).
+// A static route's own sslmode overrides what is chosen here.
+func (fc *Config) upstreamTLSFor(kind string, dflt bool) (UpstreamTLSChoice, error) {
 	var c UpstreamTLSChoice
 	switch {
 	case fc.Upstream.DialOverride != "":
@@ -44,7 +51,7 @@ func (fc *Config) UpstreamTLS() (UpstreamTLSChoice, error) {
 			return c, fmt.Errorf("upstream.dial_override: %w", err)
 		}
 		c.Upstream, c.Loopback = fc.Upstream.DialOverride, isLoopback(host)
-	case fc.Provider.Kind == "local":
+	case kind == "local":
 		host, port := fc.Provider.Local.Host, fc.Provider.Local.Port
 		if host == "" || port == 0 {
 			// Never in an error: the DSN holds the admin password.
@@ -65,9 +72,9 @@ func (fc *Config) UpstreamTLS() (UpstreamTLSChoice, error) {
 		}
 	}
 	switch {
-	case fc.Upstream.TLS != "":
+	case dflt && fc.Upstream.TLS != "":
 		c.Mode, c.Explicit = fc.Upstream.TLS, true
-	case fc.Provider.Kind == "neon", fc.Provider.Kind == "aurora", fc.Provider.Kind == "rds", fc.Upstream.CAFile != "":
+	case kind == "neon", kind == "supabase", kind == "aurora", kind == "rds", dflt && fc.Upstream.CAFile != "":
 		c.Mode = proxy.TLSVerifyFull
 	case c.Loopback:
 		c.Mode = proxy.TLSDisable

@@ -38,8 +38,9 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	password := fs.String("password", devPassword, "app secret clients log in with (or "+router.EnvPassword+")")
 	templateSQL := fs.String("template-sql", "", "SQL file run once in the template database when it is created (later changes: --migrations)")
 	migrations := fs.String("migrations", "", "directory of migration files NNNN_name.sql: applied at start to the template and every tenant, and to a tenant behind on its connect (migrations.on_connect migrate)")
-	provider := fs.String("provider", "local", "local: a database per tenant on the local Postgres; neon-fake: a branch per tenant through an in-process fake of the Neon API (backed by the local Postgres, reached over TLS with SNI), with the real Neon client; aurora-fake, rds-fake: a cluster or instance per tenant through an in-process fake of the RDS API (devaws.go), with the real AWS SDK")
+	provider := fs.String("provider", "local", "local: a database per tenant on the local Postgres; neon-fake: a branch per tenant through an in-process fake of the Neon API (backed by the local Postgres, reached over TLS with SNI), with the real Neon client; supabase-fake: a Supabase project per tenant through an in-process fake of the Management API and pooler, with the real Supabase client; aurora-fake, rds-fake: a cluster or instance per tenant through an in-process fake of the RDS API (devaws.go), with the real AWS SDK")
 	opDelay := fs.Duration("neon-op-delay", 200*time.Millisecond, "neon-fake: how long each simulated Neon operation (create_branch, start_compute) takes")
+	sbDelay := fs.Duration("supabase-create-delay", 2*time.Second, "supabase-fake: how long a new project stays COMING_UP")
 	awsDelay := fs.Duration("aws-create-delay", 3*time.Second, "aurora-fake, rds-fake: how long a simulated cluster or instance takes to become available (real ones: about 10-15 minutes)")
 	pgPort := fs.Int("pg-port", 0, "port of the local Postgres (0: the one used last time, else a free one)")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
@@ -70,9 +71,9 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return fmt.Errorf("--pool-mode %q: want off, session or transaction", *poolMode)
 	}
 	switch *provider {
-	case "local", "neon-fake", "aurora-fake", "rds-fake":
+	case "local", "neon-fake", "supabase-fake", "aurora-fake", "rds-fake":
 	default:
-		return fmt.Errorf("--provider %q: want local, neon-fake, aurora-fake or rds-fake", *provider)
+		return fmt.Errorf("--provider %q: want local, neon-fake, supabase-fake, aurora-fake or rds-fake", *provider)
 	}
 	log, _, err := router.NewLogger(stderr, *logFormat, *logLevel)
 	if err != nil {
@@ -172,6 +173,14 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		defer nf.close()
 		fake, parts = nf, nf.parts
 	}
+	var sbFake *supabaseFake // devsupabase.go
+	if *provider == "supabase-fake" {
+		if sbFake, err = startSupabaseFake(ctx, cl, *sbDelay, log); err != nil {
+			return err
+		}
+		defer sbFake.close()
+		parts = sbFake.parts
+	}
 
 	// If Postgres dies, stop the router and say so.
 	rctx, cancel := context.WithCancel(ctx)
@@ -191,7 +200,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 	}
 	if err == nil {
-		printDevBanner(stdout, cl, dir, r.Addr().String(), *password, fake, adminAddr, fc.Admin.Token, fc.Pool)
+		printDevBanner(stdout, cl, dir, r.Addr().String(), *password, fake, sbFake, adminAddr, fc.Admin.Token, fc.Pool)
 		err = r.Serve(rctx)
 	}
 	select {
@@ -202,7 +211,9 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	default:
 	}
 	if err == nil {
-		if fake != nil {
+		if sbFake != nil {
+			fmt.Fprintln(stdout, "pgtenant dev: stopped; the supabase-fake kept its projects in memory, so its tenants and their data are gone (the next run starts with none)")
+		} else if fake != nil {
 			fmt.Fprintf(stdout, "pgtenant dev: stopped; the %s kept its tenants in memory, so the tenants and their data are gone (the next run starts with none)\n", *provider)
 		} else {
 			fmt.Fprintln(stdout, "pgtenant dev: stopped; tenants and their data stay in", dir)
@@ -237,14 +248,14 @@ func selfName() string {
 }
 
 // devFake is an in-process fake provider API dev runs (neon-fake,
-// aurora-fake, rds-fake).
+// aurora-fake, rds-fake; supabase-fake has its own parameter).
 type devFake interface {
 	banner(w io.Writer) // one line describing it
 	what() string       // what a tenant gets, for the banner
 	close()
 }
 
-func printDevBanner(w io.Writer, cl *localproc.Cluster, dir, addr, password string, fake devFake, adminAddr, adminToken string, pool router.PoolSettings) {
+func printDevBanner(w io.Writer, cl *localproc.Cluster, dir, addr, password string, fake devFake, sbFake *supabaseFake, adminAddr, adminToken string, pool router.PoolSettings) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\npgtenant dev is running.\n")
 	fmt.Fprintf(&b, "  router    %s   (app secret: %s)\n", addr, password)
@@ -266,6 +277,10 @@ func printDevBanner(w io.Writer, cl *localproc.Cluster, dir, addr, password stri
 	if fake != nil {
 		fake.banner(&b)
 		what = fake.what()
+	}
+	if sbFake != nil {
+		sbFake.banner(&b)
+		what = "Supabase project (fake, in memory: gone when dev stops)"
 	}
 	fmt.Fprintf(&b, "\nConnect as a tenant; its %s is created on the first connect:\n\n", what)
 	fmt.Fprintf(&b, "  psql %s\n\n", quote(fmt.Sprintf("postgres://tenant_42:%s@%s/app", password, addr)))

@@ -18,8 +18,8 @@ import (
 	"github.com/pgtenant/pgtenant/router"
 )
 
-const tenantsUsage = `Usage: pgtenant tenants <list|show|passwd|delete> --config FILE [flags]
-       pgtenant tenants <list|show|warm|evict|block|unblock|pool-mode|passwd|delete> --admin URL [flags]
+const tenantsUsage = `Usage: pgtenant tenants <list|show|passwd|place|route|delete> --config FILE [flags]
+       pgtenant tenants <list|show|warm|evict|block|unblock|pool-mode|passwd|place|route|delete> --admin URL [flags]
 
   list [--after TENANT] [--limit N]   tenants in the catalog, in ID order (no secrets)
   show TENANT                         the tenant's route and, for neon, its branch/project at Neon
@@ -32,6 +32,12 @@ const tenantsUsage = `Usage: pgtenant tenants <list|show|passwd|delete> --config
                                       session, transaction, off (unpooled), or default (the router's pool.mode)
   passwd TENANT                       set the tenant's own secret (auth.per_tenant), which opens this tenant only:
                                       asked for on the terminal, or --password-stdin, or --verifier; --delete removes it
+  place TENANT PROVIDER               create the tenant on PROVIDER (provider.kind or one of provider.also) rather than
+                                      the default; refused once it exists elsewhere; PROVIDER default removes the placement
+  route TENANT --dsn-stdin | --dsn DSN
+                                      register the tenant's route to an existing database (static provider), the
+                                      password encrypted in the catalog; --delete removes it. Prefer --dsn-stdin: a DSN
+                                      on the command line shows its password to ps and shell history
 
 Without --admin it uses the same configuration (file and environment) as
 'pgtenant serve' and works on the catalog and provider directly. With
@@ -48,6 +54,8 @@ type tenantsFlags struct {
 	limit                 *int
 	yes                   *bool
 	passwd                passwdFlags
+	dsn                   *string
+	dsnStdin              *bool
 }
 
 // newTenantsFlags defines them on a new flag set whose usage is the verbs
@@ -62,7 +70,9 @@ func newTenantsFlags(name string, stderr io.Writer) *tenantsFlags {
 	f.yes = fs.Bool("yes", false, "delete: confirm")
 	f.passwd.stdin = fs.Bool("password-stdin", false, "passwd: read the password from standard input (its first line)")
 	f.passwd.verifier = fs.String("verifier", "", "passwd: store this SCRAM-SHA-256 verifier (SCRAM-SHA-256$4096:<salt>$<StoredKey>:<ServerKey>)")
-	f.passwd.delete = fs.Bool("delete", false, "passwd: remove the tenant's own secret")
+	f.passwd.delete = fs.Bool("delete", false, "passwd: remove the tenant's own secret; route: remove the registered route")
+	f.dsn = fs.String("dsn", "", "route: the tenant's DSN (libpq URL or keyword form; its sslmode is the route's upstream TLS)")
+	f.dsnStdin = fs.Bool("dsn-stdin", false, "route: read the DSN from standard input (its first line)")
 	f.adminURL = fs.String("admin", "", "URL of a router's admin listener, e.g. http://127.0.0.1:9090 (instead of --config)")
 	f.token = fs.String("token", "", "admin API token (prefer "+router.EnvAdminToken+")")
 	fs.Usage = func() { fmt.Fprint(stderr, tenantsUsage, "\nFlags:\n", fs.FlagUsages()) }
@@ -96,6 +106,16 @@ func runTenants(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			return fmt.Errorf("%w: tenants %s takes one tenant ID", errUsage, verb)
 		}
 		tenant = fs.Arg(0)
+	case "route":
+		if fs.NArg() != 1 {
+			return fmt.Errorf("%w: tenants route takes one tenant ID", errUsage)
+		}
+		tenant = fs.Arg(0)
+	case "place":
+		if fs.NArg() != 2 {
+			return fmt.Errorf("%w: tenants place takes a tenant ID and a provider (or default)", errUsage)
+		}
+		tenant, mode = fs.Arg(0), fs.Arg(1)
 	case "pool-mode":
 		if fs.NArg() != 2 {
 			return fmt.Errorf("%w: tenants pool-mode takes a tenant ID and a mode (session, transaction, off or default)", errUsage)
@@ -132,7 +152,17 @@ func runTenants(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			}
 		}
 	}
+	var dsn string // route's; "" deletes
+	if verb == "route" {
+		var err error
+		if dsn, err = routeDSN(f, os.Stdin); err != nil { // route.go
+			return err
+		}
+	}
 	if *adminURL != "" { // tenants_api.go
+		if verb == "route" || verb == "place" {
+			return placeAPI(ctx, stdout, apiClient{base: *adminURL, token: cmp.Or(*token, os.Getenv(router.EnvAdminToken))}, verb, tenant, mode, dsn) // route.go
+		}
 		if verb == "passwd" {
 			return passwdAPI(ctx, stdout, apiClient{base: *adminURL, token: cmp.Or(*token, os.Getenv(router.EnvAdminToken))}, tenant, verifier)
 		}
@@ -170,6 +200,8 @@ func runTenants(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return a.show(ctx, stdout, tenant)
 	case "passwd":
 		return passwdCatalog(ctx, stdout, a.cat, fc.Auth.PerTenant, tenant, verifier)
+	case "place", "route":
+		return placeCatalog(ctx, stdout, a.cat, fc, verb, tenant, mode, dsn) // route.go
 	}
 	return a.delete(ctx, stdout, tenant)
 }
@@ -257,13 +289,22 @@ func (a *admin) show(ctx context.Context, w io.Writer, tenant string) error {
 	return nil
 }
 
-// delete deletes the tenant in the one order admin.DeleteTenant keeps.
+// delete deletes the tenant in the one order admin.DeleteTenant keeps,
+// at the provider the catalog records for it.
 func (a *admin) delete(ctx context.Context, w io.Writer, tenant string) error {
-	d, err := adminapi.DeleteTenant(ctx, a.parts.Provider, a.cat, tenant)
+	prov := a.parts.Provider
+	if ep, ok, err := a.cat.Lookup(ctx, tenant); err != nil {
+		return err
+	} else if ok && ep.Provider != "" && ep.Provider != prov.Name() {
+		if prov = a.parts.Providers()[ep.Provider]; prov == nil {
+			return fmt.Errorf("tenant %q lives on provider %s, which this configuration does not have: add it to provider.also", tenant, ep.Provider)
+		}
+	}
+	d, err := adminapi.DeleteTenant(ctx, prov, a.cat, tenant)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "tenant %s deleted (provider %s: %s; catalog: %s)\n", tenant, a.parts.Provider.Name(),
+	fmt.Fprintf(w, "tenant %s deleted (provider %s: %s; catalog: %s)\n", tenant, prov.Name(),
 		done(d.Provider), done(d.Catalog))
 	return nil
 }
