@@ -12,6 +12,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/provision/local"
 	"github.com/pgtenant/pgtenant/provision/neon"
+	"github.com/pgtenant/pgtenant/provision/rds"
 	"github.com/pgtenant/pgtenant/proxy"
 	"github.com/pgtenant/pgtenant/resolver"
 )
@@ -167,6 +168,8 @@ type Config struct {
 		Neon     NeonSettings     `yaml:"neon"`
 		Static   StaticSettings   `yaml:"static"`   // providers.go
 		Supabase SupabaseSettings `yaml:"supabase"` // supabase.go
+		Aurora   RDSSettings      `yaml:"aurora"`   // aws.go
+		RDS      RDSSettings      `yaml:"rds"`      // aws.go
 		Local    struct {
 			AdminDSN    string `yaml:"admin_dsn"`
 			Host        string `yaml:"host"`
@@ -233,7 +236,9 @@ func DefaultConfig() Config {
 	n.RequestsPerMinute = neon.DefaultRequestsPerMinute
 	n.RetryBudget = neon.DefaultRetryBudget
 	n.OpTimeout = neon.DefaultOpTimeout
-	fc.Provider.Supabase = defaultSupabaseSettings() // supabase.go
+	fc.Provider.Supabase = defaultSupabaseSettings()        // supabase.go
+	fc.Provider.Aurora = defaultRDSSettings(rds.KindAurora) // aws.go
+	fc.Provider.RDS = defaultRDSSettings(rds.KindRDS)
 	return fc
 }
 
@@ -270,6 +275,12 @@ func LoadConfig(path string) (Config, error) {
 	if len(fc.Provider.Static.Routes) == 0 {
 		fc.Provider.Static.Routes = nil
 	}
+	if len(fc.Provider.Aurora.SecurityGroups) == 0 {
+		fc.Provider.Aurora.SecurityGroups = nil
+	}
+	if len(fc.Provider.RDS.SecurityGroups) == 0 {
+		fc.Provider.RDS.SecurityGroups = nil
+	}
 	fc.applyEnv(os.Getenv)
 	return fc, nil
 }
@@ -286,6 +297,8 @@ func (fc *Config) applyEnv(getenv func(string) string) {
 	set(&fc.Catalog.Key, EnvCatalogKey)
 	set(&fc.Provider.Neon.APIKey, EnvNeonAPIKey)
 	set(&fc.Provider.Supabase.AccessToken, EnvSupabaseToken)
+	set(&fc.Provider.Aurora.PasswordKey, EnvAWSPasswordKey) // aws.go
+	set(&fc.Provider.RDS.PasswordKey, EnvAWSPasswordKey)
 	set(&fc.Admin.Token, EnvAdminToken)
 	set(&fc.Cluster.Secret, EnvClusterSecret)
 	set(&fc.Cluster.Advertise, EnvClusterAdvertise)

@@ -13,7 +13,7 @@ import (
 // The example file documents the defaults: loading it must give exactly
 // what an empty file gives.
 func TestExampleConfigMatchesDefaults(t *testing.T) {
-	for _, k := range []string{EnvPassword, EnvAdminDSN, EnvCatalogDSN, EnvCatalogKey, EnvClusterAdvertise} {
+	for _, k := range []string{EnvPassword, EnvAdminDSN, EnvCatalogDSN, EnvCatalogKey, EnvClusterAdvertise, EnvAWSPasswordKey} {
 		t.Setenv(k, "")
 	}
 	got, err := LoadConfig("../config.example.yaml")

@@ -10,6 +10,7 @@ import (
 	adminapi "github.com/pgtenant/pgtenant/admin"
 	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/provision"
+	"github.com/pgtenant/pgtenant/provision/rds"
 	"github.com/pgtenant/pgtenant/provision/static"
 	"github.com/pgtenant/pgtenant/proxy"
 	"github.com/pgtenant/pgtenant/resolver"
@@ -34,7 +35,7 @@ func (fc *Config) StaticConfig() static.Config {
 
 // knownProviders are the provider.kind and provider.also values this
 // build supports.
-var knownProviders = []string{"local", "neon", static.Name, "supabase"}
+var knownProviders = []string{"local", "neon", static.Name, "supabase", "aurora", "rds"}
 
 // ProviderNames returns the configured providers: provider.kind first,
 // then provider.also.
@@ -89,6 +90,8 @@ func (fc *Config) validateProvider(name string) []error {
 		}
 	case "supabase":
 		errs = append(errs, fc.validateSupabase()...) // supabase.go
+	case "aurora", "rds":
+		errs = append(errs, fc.validateRDS(rds.Kind(name))...) // aws.go
 	}
 	return errs
 }
@@ -130,6 +133,9 @@ func buildAlso(ctx context.Context, cfg Config, log *slog.Logger, ensureTemplate
 		}
 		pu, err := cfg.providerTLS(kind, u.Proxy.RootCAs)
 		if err != nil {
+			return err
+		}
+		if pu.RootCAs, err = cfg.rdsRoots(kind, pu.RootCAs); err != nil { // aws.go
 			return err
 		}
 		pu.EndpointOption = false

@@ -21,6 +21,7 @@ import (
 	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/provision/local"
 	"github.com/pgtenant/pgtenant/provision/neon"
+	"github.com/pgtenant/pgtenant/provision/rds"
 	"github.com/pgtenant/pgtenant/provision/static"
 	"github.com/pgtenant/pgtenant/provision/supabase"
 	"github.com/pgtenant/pgtenant/proxy"
@@ -87,6 +88,10 @@ func BuildUpstream(ctx context.Context, cfg Config, log *slog.Logger, ensureTemp
 	if cfg.Provider.Kind == "neon" && u.Proxy.ForwardParams == nil {
 		u.Proxy.ForwardParams = NeonPoolerParams
 	}
+	if u.Proxy.RootCAs, err = cfg.rdsRoots(cfg.Provider.Kind, u.Proxy.RootCAs); err != nil { // aws.go
+		u.Close()
+		return nil, err
+	}
 	if err := buildAlso(ctx, cfg, log, ensureTemplate, u); err != nil { // providers.go
 		u.Close()
 		return nil, err
@@ -129,6 +134,8 @@ func buildProvider(ctx context.Context, cfg Config, kind string, log *slog.Logge
 			return builtProvider{}, fmt.Errorf("provider.supabase: %w", err)
 		}
 		return builtProvider{provider: p, close: p.CloseIdleConnections}, nil
+	case "aurora", "rds":
+		return buildRDS(ctx, cfg, rds.Kind(kind), log) // aws.go
 	case "local":
 	default:
 		return builtProvider{}, fmt.Errorf("provider %q is not supported (supported: %v)", kind, knownProviders)

@@ -29,7 +29,7 @@ type UpstreamTLSChoice struct {
 
 // UpstreamTLS says which TLS mode the router uses toward upstreams:
 // upstream.tls when set; else verify-full for neon (which refuses
-// plaintext) and supabase (docs/supabase-api.md §7) and, for the local provider, verify-full when upstream.ca_file
+// plaintext), supabase (docs/supabase-api.md §7), aurora and rds (remote, with RDS's CAs) and, for the local provider, verify-full when upstream.ca_file
 // is set, disable toward a loopback upstream (dev's own server, a PgBouncer
 // on the same host) and require toward any other, so that an unconfigured
 // router never sends tenants' traffic across a network in plaintext.
@@ -74,7 +74,7 @@ func (fc *Config) upstreamTLSFor(kind string, dflt bool) (UpstreamTLSChoice, err
 	switch {
 	case dflt && fc.Upstream.TLS != "":
 		c.Mode, c.Explicit = fc.Upstream.TLS, true
-	case kind == "neon", kind == "supabase", dflt && fc.Upstream.CAFile != "":
+	case kind == "neon", kind == "supabase", kind == "aurora", kind == "rds", dflt && fc.Upstream.CAFile != "":
 		c.Mode = proxy.TLSVerifyFull
 	case c.Loopback:
 		c.Mode = proxy.TLSDisable

@@ -21,6 +21,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/catalog"
 	"github.com/pgtenant/pgtenant/migrate"
+	"github.com/pgtenant/pgtenant/provision/rds"
 	"github.com/pgtenant/pgtenant/proxy"
 	"github.com/pgtenant/pgtenant/router"
 )
@@ -37,9 +38,10 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	password := fs.String("password", devPassword, "app secret clients log in with (or "+router.EnvPassword+")")
 	templateSQL := fs.String("template-sql", "", "SQL file run once in the template database when it is created (later changes: --migrations)")
 	migrations := fs.String("migrations", "", "directory of migration files NNNN_name.sql: applied at start to the template and every tenant, and to a tenant behind on its connect (migrations.on_connect migrate)")
-	provider := fs.String("provider", "local", "local: a database per tenant on the local Postgres; neon-fake: a branch per tenant through an in-process fake of the Neon API (backed by the local Postgres, reached over TLS with SNI), with the real Neon client; supabase-fake: a Supabase project per tenant through an in-process fake of the Management API and pooler, with the real Supabase client")
+	provider := fs.String("provider", "local", "local: a database per tenant on the local Postgres; neon-fake: a branch per tenant through an in-process fake of the Neon API (backed by the local Postgres, reached over TLS with SNI), with the real Neon client; supabase-fake: a Supabase project per tenant through an in-process fake of the Management API and pooler, with the real Supabase client; aurora-fake, rds-fake: a cluster or instance per tenant through an in-process fake of the RDS API (devaws.go), with the real AWS SDK")
 	opDelay := fs.Duration("neon-op-delay", 200*time.Millisecond, "neon-fake: how long each simulated Neon operation (create_branch, start_compute) takes")
 	sbDelay := fs.Duration("supabase-create-delay", 2*time.Second, "supabase-fake: how long a new project stays COMING_UP")
+	awsDelay := fs.Duration("aws-create-delay", 3*time.Second, "aurora-fake, rds-fake: how long a simulated cluster or instance takes to become available (real ones: about 10-15 minutes)")
 	pgPort := fs.Int("pg-port", 0, "port of the local Postgres (0: the one used last time, else a free one)")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
@@ -68,8 +70,10 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	default:
 		return fmt.Errorf("--pool-mode %q: want off, session or transaction", *poolMode)
 	}
-	if *provider != "local" && *provider != "neon-fake" && *provider != "supabase-fake" {
-		return fmt.Errorf("--provider %q: want local, neon-fake or supabase-fake", *provider)
+	switch *provider {
+	case "local", "neon-fake", "supabase-fake", "aurora-fake", "rds-fake":
+	default:
+		return fmt.Errorf("--provider %q: want local, neon-fake, supabase-fake, aurora-fake or rds-fake", *provider)
 	}
 	log, _, err := router.NewLogger(stderr, *logFormat, *logLevel)
 	if err != nil {
@@ -144,8 +148,16 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fc.TLS.Mode = proxy.TLSModeAllow
 
 	var parts *router.Upstream
-	var fake *neonFake
-	if *provider == "neon-fake" {
+	var fake devFake
+	switch *provider {
+	case "aurora-fake", "rds-fake":
+		af, err := startAWSFake(ctx, cl, rds.Kind(strings.TrimSuffix(*provider, "-fake")), *awsDelay, log) // devaws.go
+		if err != nil {
+			return err
+		}
+		defer af.close()
+		fake, parts = af, af.parts
+	case "neon-fake":
 		var sql string
 		if *templateSQL != "" {
 			b, err := os.ReadFile(*templateSQL)
@@ -154,11 +166,12 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			}
 			sql = string(b)
 		}
-		if fake, err = startNeonFake(ctx, cl, sql, *opDelay, log); err != nil {
+		nf, err := startNeonFake(ctx, cl, sql, *opDelay, log)
+		if err != nil {
 			return err
 		}
-		defer fake.close()
-		parts = fake.parts
+		defer nf.close()
+		fake, parts = nf, nf.parts
 	}
 	var sbFake *supabaseFake // devsupabase.go
 	if *provider == "supabase-fake" {
@@ -201,7 +214,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		if sbFake != nil {
 			fmt.Fprintln(stdout, "pgtenant dev: stopped; the supabase-fake kept its projects in memory, so its tenants and their data are gone (the next run starts with none)")
 		} else if fake != nil {
-			fmt.Fprintln(stdout, "pgtenant dev: stopped; the neon-fake kept its branches in memory, so its tenants and their data are gone (the next run starts with none)")
+			fmt.Fprintf(stdout, "pgtenant dev: stopped; the %s kept its tenants in memory, so the tenants and their data are gone (the next run starts with none)\n", *provider)
 		} else {
 			fmt.Fprintln(stdout, "pgtenant dev: stopped; tenants and their data stay in", dir)
 		}
@@ -234,7 +247,15 @@ func selfName() string {
 	return quote(os.Args[0])
 }
 
-func printDevBanner(w io.Writer, cl *localproc.Cluster, dir, addr, password string, fake *neonFake, sbFake *supabaseFake, adminAddr, adminToken string, pool router.PoolSettings) {
+// devFake is an in-process fake provider API dev runs (neon-fake,
+// aurora-fake, rds-fake; supabase-fake has its own parameter).
+type devFake interface {
+	banner(w io.Writer) // one line describing it
+	what() string       // what a tenant gets, for the banner
+	close()
+}
+
+func printDevBanner(w io.Writer, cl *localproc.Cluster, dir, addr, password string, fake devFake, sbFake *supabaseFake, adminAddr, adminToken string, pool router.PoolSettings) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\npgtenant dev is running.\n")
 	fmt.Fprintf(&b, "  router    %s   (app secret: %s)\n", addr, password)
@@ -255,7 +276,7 @@ func printDevBanner(w io.Writer, cl *localproc.Cluster, dir, addr, password stri
 	what := "database"
 	if fake != nil {
 		fake.banner(&b)
-		what = "Neon branch (fake, in memory: gone when dev stops)"
+		what = fake.what()
 	}
 	if sbFake != nil {
 		sbFake.banner(&b)

@@ -101,6 +101,8 @@ func (f *neonFake) close() {
 	f.backend.Close()
 }
 
+func (f *neonFake) what() string { return "Neon branch (fake, in memory: gone when dev stops)" }
+
 func (f *neonFake) banner(w io.Writer) {
 	fmt.Fprintf(w, "  neon-fake %s   (API key: %s; template project %s, up to %d branches)\n",
 		f.srv.URL(), f.apiKey, f.project, devBranchLimit)
