@@ -203,10 +203,30 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		_ = ln.Close()
 		return fmt.Errorf("proxy: trust authentication is only allowed on a loopback listener, not %s", ln.Addr())
 	}
+	// Idle plaintext sessions wait in an epoll set rather than on
+	// goroutines (evrelay_linux.go); nil elsewhere than on Linux.
+	poll, err := newPoller()
+	if err != nil {
+		_ = ln.Close()
+		return fmt.Errorf("proxy: %w", err)
+	}
+	if poll != nil {
+		defer poll.close() // deferred first, so it runs after the drain: no session is left on it
+	}
 	defer s.startSweeper()() // idle timeout, old auth failures (idle.go)
 	// Sessions outlive ctx by the drain; connCtx closes what is left after.
 	connCtx, hardStop := context.WithCancel(context.WithoutCancel(ctx))
 	defer hardStop()
+	// The event-relayed sessions have no goroutine of their own to see
+	// connCtx end: one hook for all of them ends them (ServeConn's
+	// per-connection one covers the rest).
+	defer context.AfterFunc(connCtx, func() {
+		s.live.each("", func(ls *liveSession) {
+			if ls.ev.p == poll && poll != nil {
+				ls.ev.abort()
+			}
+		})
+	})()
 	// When ctx ends the listener stays open for the drain: a client that
 	// connects meanwhile is told 57P03 (as Postgres tells it during a
 	// shutdown), not "connection refused", and its CancelRequests still
@@ -243,7 +263,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		if s.draining.Load() {
 			wg = &refusing
 		}
-		wg.Go(func() { _ = s.ServeConn(connCtx, c) })
+		wg.Add(1) // Done when the session ends, which may be after serveConn returns
+		go func() { _ = s.serveConn(connCtx, c, poll, wg) }()
 		s.connMu.Unlock()
 	}
 }
@@ -327,6 +348,10 @@ type session struct {
 
 	killedBy *ClientError // why the router ended the routed session, if it did (metrics)
 
+	// poll, when set, is the Serve's epoll set, where the session may wait
+	// between messages without a goroutine (evrelay_linux.go).
+	poll *poller
+
 	// client and live are set once the client has its ReadyForQuery:
 	// ServeConn then relays the session (see there why not serve).
 	client net.Conn
@@ -353,13 +378,20 @@ func (s *session) end() {
 // until either peer hangs up or ctx ends. The returned error is the one the
 // session ended with (also logged); nil for a clean end.
 func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
-	defer c.Close()
-	stop := context.AfterFunc(ctx, func() { _ = c.Close() })
-	defer stop()
+	return s.serveConn(ctx, c, nil, nil)
+}
 
+// serveConn is ServeConn for Serve. With poll set, a plaintext session is
+// handed to the event relay after its handshake and serveConn returns nil
+// at once; with wg set, wg.Done runs when the session has ended, whenever
+// that is. Serve's own hook, not ctx, then ends such a session on a hard
+// stop.
+func (s *Server) serveConn(ctx context.Context, c net.Conn, poll *poller, wg *sync.WaitGroup) error {
+	stop := context.AfterFunc(ctx, func() { _ = c.Close() })
 	start := time.Now()
-	var sess session
+	sess := &session{poll: poll}
 	var log *slog.Logger
+	id := s.nextConn.Add(1)
 	// The handshake (TLS, SCRAM, the upstream login, logging) runs deep
 	// call chains. Run on this goroutine, they would grow its stack, which
 	// then stays that size for the whole session; with many held, idle
@@ -367,10 +399,33 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 	// goroutine that ends with it, and this one relays on a stack that
 	// stayed small.
 	err := onFreshStack(func() error {
-		log = s.log.With("conn", s.nextConn.Add(1), "remote", c.RemoteAddr().String())
+		log = s.log.With("conn", id, "remote", c.RemoteAddr().String())
 		s.cfg.Metrics.connOpened()
-		return s.serve(ctx, c, &sess, log)
+		return s.serve(ctx, c, sess, log)
 	})
+	if err == nil && sess.live != nil && sess.live.ev.p != nil {
+		// No goroutine waits for the session from here: the last of its
+		// directions to end runs what follows relay below.
+		stop() // if ctx ended already, c is closed and the relay ends at once
+		ls := sess.live
+		ls.ev.start(func(err error) {
+			sess.killedBy = ls.killed.Load()
+			_ = c.Close()
+			// The session's logger is made again rather than held.
+			_ = s.ended(ctx, sess, s.log.With("conn", id, "remote", ls.remote), start, err)
+			if wg != nil {
+				wg.Done()
+			}
+		}, ctx.Err() != nil)
+		return nil
+	}
+	defer func() {
+		stop()
+		_ = c.Close()
+		if wg != nil {
+			wg.Done()
+		}
+	}()
 	switch {
 	case err == nil && sess.pooled != nil:
 		err = sess.pooled.run(ctx)
@@ -379,7 +434,7 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 		err = relay(sess.client, sess.live.upstream, sess.live)
 		sess.killedBy = sess.live.killed.Load() // why the router ended it, if it did (metrics)
 	}
-	return s.ended(ctx, &sess, log, start, err)
+	return s.ended(ctx, sess, log, start, err)
 }
 
 // ended releases what the session held, counts it and logs it. It is not
@@ -577,10 +632,16 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	// Held sessions are most of the router's memory: nothing below keeps
 	// up (its parameter map) alive past the greeting, only the connection.
 	upConn := up.Conn
-	stopUp := context.AfterFunc(ctx, func() { _ = upConn.Close() })
-	sess.onEnd(func() { stopUp(); _ = upConn.Close() })
-	sess.routed, sess.via, sess.upPID = true, rt.Via, up.PID
 	ls := &liveSession{session: sess, remote: c.RemoteAddr().String(), start: time.Now(), upstream: upConn}
+	if canEventRelay(sess.poll, c, upConn) {
+		// Serve's hook closes it on a hard stop (serveConn).
+		ls.ev.init(sess.poll, ls, c, upConn)
+		sess.onEnd(func() { _ = upConn.Close() })
+	} else {
+		stopUp := context.AfterFunc(ctx, func() { _ = upConn.Close() })
+		sess.onEnd(func() { stopUp(); _ = upConn.Close() })
+	}
+	sess.routed, sess.via, sess.upPID = true, rt.Via, up.PID
 	sess.onEnd(s.live.add(ls))
 	if s.draining.Load() { // started draining while we connected
 		return s.fail(c, errShuttingDown())
