@@ -3,6 +3,7 @@
 package proxy
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -28,6 +29,8 @@ import (
 
 // poller is one Serve's epoll set and the goroutine that waits on it.
 type poller struct {
+	srv  *Server
+	ctx  context.Context // Serve's connCtx
 	epfd int
 	evfd int // an eventfd in the set, written by close to end the loop
 
@@ -40,7 +43,7 @@ type poller struct {
 	runs    sync.WaitGroup // goroutines that may still touch the set (see run)
 }
 
-func newPoller() (*poller, error) {
+func newPoller(s *Server, ctx context.Context) (*poller, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, os.NewSyscallError("epoll_create1", err)
@@ -57,7 +60,7 @@ func newPoller() (*poller, error) {
 		_ = unix.Close(evfd)
 		return nil, os.NewSyscallError("epoll_ctl", err)
 	}
-	p := &poller{epfd: epfd, evfd: evfd}
+	p := &poller{srv: s, ctx: ctx, epfd: epfd, evfd: evfd}
 	p.loopWG.Go(p.loop)
 	return p, nil
 }
@@ -121,22 +124,18 @@ const (
 type pumpDir struct {
 	ev       *evRelay
 	toClient bool
-	src, dst net.Conn
+	src      net.Conn        // the other direction's src is where it writes
 	raw      syscall.RawConn // of src
 	fd       int32           // src's, for the poller's table
 	gen      uint32          // this registration's generation
 	state    atomic.Int32
-	err      error // why it ended; read by the session's end
+	// err is why d ended (read by the session's end), or, set before d
+	// ever ran, why it could not be registered.
+	err error
 
-	f        framer // toClient: the message framing, to stop at a boundary when killed
-	readFn   func(fd uintptr)
-	bp       *[]byte // the buffer of the read in progress (bufPool)
-	n        int
-	serr     error
-	armFn    func(fd uintptr)
-	regFn    func(fd uintptr)
-	unregFn  func(fd uintptr)
-	regFault error
+	bp   *[]byte // the buffer of the read in progress (bufPool)
+	n    int32
+	serr syscall.Errno
 }
 
 // evRelay is the event-relayed part of a liveSession. Its zero value (p nil)
@@ -146,9 +145,15 @@ type evRelay struct {
 	p       *poller
 	ls      *liveSession
 	in, out pumpDir      // client → upstream, upstream → client
+	f       framer       // of out: to stop at a message boundary when killed
 	left    atomic.Int32 // directions not yet ended
 	ending  atomic.Bool  // the session is ending: every direction stops
-	fin     func(err error)
+
+	// What end needs of serveConn, which returned long before (the rest
+	// is the same for all of a Serve's sessions: poller.srv, poller.ctx).
+	begin time.Time
+	id    uint64
+	wg    *sync.WaitGroup
 }
 
 // errWouldBlock is a read's "nothing to read now".
@@ -176,37 +181,44 @@ func (ev *evRelay) init(p *poller, ls *liveSession, client, upstream net.Conn) {
 }
 
 func (d *pumpDir) setup(ev *evRelay, toClient bool, src, dst net.Conn) {
-	d.ev, d.toClient, d.src, d.dst = ev, toClient, src, dst
-	d.readFn, d.armFn, d.regFn, d.unregFn = d.readFD, d.armFD, d.registerFD, d.unregisterFD
+	d.ev, d.toClient, d.src = ev, toClient, src
 	d.state.Store(dirRunning) // the starter's until it parks it
 	raw, err := src.(*net.TCPConn).SyscallConn()
 	if err != nil {
-		d.regFault = err
+		d.err = err
 		return
 	}
 	d.raw = raw
 }
 
-// start hands the session to the poller: from now on fin(err) runs exactly
-// once, when both directions have ended, on the goroutine of the last one.
-// abort, if set, is true when the session must end at once (its Serve's
-// hard stop came first).
-func (ev *evRelay) start(fin func(err error), abort bool) {
-	ev.fin = fin
+// dst is where d writes: the other direction's source.
+func (d *pumpDir) dst() net.Conn {
+	if d.toClient {
+		return d.ev.in.src
+	}
+	return d.ev.out.src
+}
+
+// start hands the session to the poller: from now on end runs exactly
+// once, when both directions have ended, on the goroutine of the last one;
+// it does what serveConn does after relay. The session must end at once
+// if ctx ended already (Serve's hook may have missed it).
+func (ev *evRelay) start(begin time.Time, id uint64, wg *sync.WaitGroup) {
+	ev.begin, ev.id, ev.wg = begin, id, wg
 	ev.p.runs.Add(1) // this goroutine arms the set below
 	defer ev.p.runs.Done()
 	for _, d := range []*pumpDir{&ev.in, &ev.out} {
-		if d.regFault == nil {
-			if err := d.raw.Control(d.regFn); err != nil {
-				d.regFault = err
+		if d.err == nil {
+			if err := d.raw.Control(func(fd uintptr) { d.registerFD(fd) }); err != nil {
+				d.err = err
 			}
 		}
 	}
-	if abort {
+	if ev.p.ctx.Err() != nil {
 		ev.ending.Store(true)
 	}
 	for _, d := range []*pumpDir{&ev.in, &ev.out} {
-		if d.regFault != nil {
+		if d.err != nil {
 			d.state.Store(dirParked)
 			d.schedule() // runs, fails on the socket and ends the session
 			continue
@@ -237,12 +249,8 @@ func (d *pumpDir) registerFD(fd uintptr) {
 	// or hang-up, reported unasked, is reported once per arming too.
 	e := unix.EpollEvent{Events: unix.EPOLLONESHOT, Fd: int32(fd), Pad: int32(d.gen)}
 	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &e); err != nil {
-		d.regFault = os.NewSyscallError("epoll_ctl", err)
+		d.err = os.NewSyscallError("epoll_ctl", err)
 	}
-}
-
-func (d *pumpDir) unregisterFD(fd uintptr) {
-	_ = unix.EpollCtl(d.p().epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
 }
 
 // unregister takes d out of the poller's table and its socket out of the
@@ -257,7 +265,8 @@ func (d *pumpDir) unregister() {
 		p.mu.Unlock()
 	}
 	if d.raw != nil {
-		_ = d.raw.Control(d.unregFn)
+		epfd := d.p().epfd
+		_ = d.raw.Control(func(fd uintptr) { _ = unix.EpollCtl(epfd, unix.EPOLL_CTL_DEL, int(fd), nil) })
 	}
 }
 
@@ -289,7 +298,7 @@ func (d *pumpDir) park() bool {
 	}
 	// Data that came since the read that would block is reported at once:
 	// epoll reports readiness, not its change.
-	if err := d.raw.Control(d.armFn); err != nil {
+	if err := d.raw.Control(func(fd uintptr) { d.armFD(fd) }); err != nil {
 		// The socket was closed under us: the session is ending.
 		return !d.state.CompareAndSwap(dirParked, dirRunning)
 	}
@@ -300,11 +309,18 @@ func (d *pumpDir) park() bool {
 // is data.
 func (d *pumpDir) readFD(fd uintptr) {
 	d.bp = bufPool.Get().(*[]byte)
+	var n int
+	var err error
 	for {
-		d.n, d.serr = syscall.Read(int(fd), *d.bp)
-		if d.serr != syscall.EINTR {
+		n, err = syscall.Read(int(fd), *d.bp)
+		if err != syscall.EINTR {
 			break
 		}
+	}
+	d.n = int32(n)
+	d.serr = 0
+	if err != nil {
+		d.serr = err.(syscall.Errno) // syscall.Read returns no other error
 	}
 	if d.serr == syscall.EAGAIN {
 		bufPool.Put(d.bp)
@@ -315,14 +331,14 @@ func (d *pumpDir) readFD(fd uintptr) {
 // read returns what src has now, errWouldBlock if nothing, or its end.
 func (d *pumpDir) read() ([]byte, error) {
 	d.done()
-	if err := d.raw.Control(d.readFn); err != nil { // closed
+	if err := d.raw.Control(func(fd uintptr) { d.readFD(fd) }); err != nil { // closed
 		d.done()
 		return nil, err
 	}
 	switch {
 	case d.serr == syscall.EAGAIN:
 		return nil, errWouldBlock
-	case d.serr != nil:
+	case d.serr != 0:
 		d.done()
 		return nil, os.NewSyscallError("read", d.serr)
 	case d.n <= 0:
@@ -348,8 +364,8 @@ func (d *pumpDir) run() {
 			d.finish(nil)
 			return
 		}
-		if d.regFault != nil {
-			d.finish(d.regFault)
+		if d.err != nil { // could not be registered
+			d.finish(d.err)
 			return
 		}
 		b, rerr := d.read()
@@ -365,12 +381,13 @@ func (d *pumpDir) run() {
 		}
 		if len(b) > 0 {
 			if d.toClient {
-				d.f.feed(b)
-				if d.f.ready != 0 { // before the write: the client cannot have answered yet
-					ls.noteReady(d.f.ready)
-					d.f.ready = 0
+				f := &d.ev.f
+				f.feed(b)
+				if f.ready != 0 { // before the write: the client cannot have answered yet
+					ls.noteReady(f.ready)
+					f.ready = 0
 				}
-				nw, werr := d.dst.Write(b)
+				nw, werr := d.dst().Write(b)
 				d.done()
 				ls.bytesOut.Add(int64(nw))
 				if werr != nil {
@@ -381,7 +398,7 @@ func (d *pumpDir) run() {
 				// Counted before the write: the upstream may answer (and
 				// the idle tracker compare) before Write returns.
 				ls.bytesIn.Add(int64(len(b)))
-				nw, werr := d.dst.Write(b)
+				nw, werr := d.dst().Write(b)
 				d.done()
 				if werr != nil {
 					ls.bytesIn.Add(int64(nw - len(b)))
@@ -397,7 +414,7 @@ func (d *pumpDir) run() {
 			d.finish(rerr)
 			return
 		}
-		if d.toClient && ls.killed.Load() != nil && d.f.atBoundary() {
+		if d.toClient && ls.killed.Load() != nil && d.ev.f.atBoundary() {
 			d.finish(d.killAtBoundary())
 			return
 		}
@@ -409,16 +426,16 @@ func (d *pumpDir) run() {
 // upstream finish the message first, for at most a second, reading as the
 // goroutine relay does (a kill is rare; this goroutine may block).
 func (d *pumpDir) killAtBoundary() error {
-	ls := d.ev.ls
-	if !d.f.atBoundary() {
+	ls, f := d.ev.ls, &d.ev.f
+	if !f.atBoundary() {
 		_ = d.src.SetReadDeadline(time.Now().Add(time.Second))
 		r := lazyReader{conn: d.src}
 		defer r.done()
-		for !d.f.atBoundary() {
+		for !f.atBoundary() {
 			b, err := r.read()
 			if len(b) > 0 {
-				d.f.feed(b)
-				nw, werr := d.dst.Write(b)
+				f.feed(b)
+				nw, werr := d.dst().Write(b)
 				ls.bytesOut.Add(int64(nw))
 				if werr != nil {
 					return werr
@@ -429,7 +446,7 @@ func (d *pumpDir) killAtBoundary() error {
 			}
 		}
 	}
-	_ = writeMsgs(d.dst, toErrorResponse(ls.killed.Load()))
+	_ = writeMsgs(d.dst(), toErrorResponse(ls.killed.Load()))
 	return errKilled
 }
 
@@ -462,7 +479,19 @@ func (d *pumpDir) finish(err error) {
 		ev.in.unregister()
 		ev.out.unregister()
 		_ = client.Close()
-		ev.fin(ev.result())
+		ev.end(ev.result())
+	}
+}
+
+// end is what serveConn does after relay: release, count and log the
+// session, and tell Serve it is over.
+func (ev *evRelay) end(err error) {
+	ls, s := ev.ls, ev.p.srv
+	ls.killedBy = ls.killed.Load() // why the router ended it, if it did (metrics)
+	// The session's logger is made again rather than held while it idles.
+	_ = s.ended(ev.p.ctx, ls.session, s.log.With("conn", ev.id, "remote", ls.remote), ev.begin, err)
+	if ev.wg != nil {
+		ev.wg.Done()
 	}
 }
 

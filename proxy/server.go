@@ -203,20 +203,20 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		_ = ln.Close()
 		return fmt.Errorf("proxy: trust authentication is only allowed on a loopback listener, not %s", ln.Addr())
 	}
+	// Sessions outlive ctx by the drain; connCtx closes what is left after.
+	connCtx, hardStop := context.WithCancel(context.WithoutCancel(ctx))
+	defer hardStop()
 	// Idle plaintext sessions wait in an epoll set rather than on
 	// goroutines (evrelay_linux.go); nil elsewhere than on Linux.
-	poll, err := newPoller()
+	poll, err := newPoller(s, connCtx)
 	if err != nil {
 		_ = ln.Close()
 		return fmt.Errorf("proxy: %w", err)
 	}
 	if poll != nil {
-		defer poll.close() // deferred first, so it runs after the drain: no session is left on it
+		defer poll.close() // runs after the drain (deferred before finish runs): no session is left on it
 	}
 	defer s.startSweeper()() // idle timeout, old auth failures (idle.go)
-	// Sessions outlive ctx by the drain; connCtx closes what is left after.
-	connCtx, hardStop := context.WithCancel(context.WithoutCancel(ctx))
-	defer hardStop()
 	// The event-relayed sessions have no goroutine of their own to see
 	// connCtx end: one hook for all of them ends them (ServeConn's
 	// per-connection one covers the rest).
@@ -357,6 +357,10 @@ type session struct {
 	client net.Conn
 	live   *liveSession
 	pooled *pooledClient // set instead of a relay for a pooled session (pooled.go)
+	// liveStore is live's memory for an unpooled session: allocated with
+	// the session, as held sessions are most of the router's memory.
+	liveStore liveSession
+	cancel    issued // the session's entry in the cancel registry (unpooled)
 	// ends are what the session holds (its connection slot, upstream
 	// connection, cancel key, place in the registry), released in reverse
 	// order by ServeConn once the session is over.
@@ -405,18 +409,9 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, poll *poller, wg *sy
 	})
 	if err == nil && sess.live != nil && sess.live.ev.p != nil {
 		// No goroutine waits for the session from here: the last of its
-		// directions to end runs what follows relay below.
+		// directions to end does what follows relay below (evRelay.end).
 		stop() // if ctx ended already, c is closed and the relay ends at once
-		ls := sess.live
-		ls.ev.start(func(err error) {
-			sess.killedBy = ls.killed.Load()
-			_ = c.Close()
-			// The session's logger is made again rather than held.
-			_ = s.ended(ctx, sess, s.log.With("conn", id, "remote", ls.remote), start, err)
-			if wg != nil {
-				wg.Done()
-			}
-		}, ctx.Err() != nil)
+		sess.live.ev.start(start, id, wg)
 		return nil
 	}
 	defer func() {
@@ -632,7 +627,8 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	// Held sessions are most of the router's memory: nothing below keeps
 	// up (its parameter map) alive past the greeting, only the connection.
 	upConn := up.Conn
-	ls := &liveSession{session: sess, remote: c.RemoteAddr().String(), start: time.Now(), upstream: upConn}
+	ls := &sess.liveStore // one allocation for both
+	ls.session, ls.remote, ls.start, ls.upstream = sess, c.RemoteAddr().String(), time.Now(), upConn
 	if canEventRelay(sess.poll, c, upConn) {
 		// Serve's hook closes it on a hard stop (serveConn).
 		ls.ev.init(sess.poll, ls, c, upConn)
@@ -650,13 +646,14 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 		return s.fail(c, blockedError(tenant))
 	}
 
-	key, release := s.cancels.register(cancelTarget{
+	sess.cancel.target = cancelTarget{
 		addr:      rt.Addr(),
 		pid:       up.PID,
 		secret:    up.SecretKey,
 		tlsConfig: up.TLSConfig,
 		dial:      s.dial,
-	}, sess.secretLen)
+	}
+	key, release := s.cancels.registerIn(&sess.cancel, sess.secretLen)
 	sess.onEnd(release)
 
 	if err := greet(c, sess.authFinal, up.ParameterStatuses, key, up.TxStatus); err != nil {
