@@ -21,10 +21,10 @@ import (
 // goroutine of its own while it is idle. Each direction (client → upstream,
 // upstream → client) runs on a goroutine only while its source socket has
 // data: it reads the socket without blocking, writes on with the ordinary
-// (blocking) Write, and once the socket has nothing more it parks: it arms
-// the socket in the Serve's epoll set and its goroutine returns. The
-// poller's one goroutine starts a direction again when its socket is
-// readable. The last direction to end runs the session's end (ended) as a
+// (blocking) Write, and once the socket has nothing more it parks: its
+// goroutine returns. The socket stays in the Serve's epoll set
+// (edge-triggered, so parking costs no system call), and the poller's one
+// goroutine starts the direction again when more data comes. The last direction to end runs the session's end (ended) as a
 // continuation. BENCHMARKS.md §11 has what this saves.
 
 // poller is one Serve's epoll set and the goroutine that waits on it.
@@ -129,6 +129,7 @@ type pumpDir struct {
 	fd       int32           // src's, for the poller's table
 	gen      uint32          // this registration's generation
 	state    atomic.Int32
+	notified atomic.Bool // an edge (or a wake) came: see park
 	// err is why d ended (read by the session's end), or, set before d
 	// ever ran, why it could not be registered.
 	err error
@@ -245,9 +246,10 @@ func (d *pumpDir) registerFD(fd uintptr) {
 	d.fd, d.gen = int32(fd), p.gen
 	p.dirs[fd] = d
 	p.mu.Unlock()
-	// Disarmed (no EPOLLIN): park arms it. EPOLLONESHOT, so that an error
-	// or hang-up, reported unasked, is reported once per arming too.
-	e := unix.EpollEvent{Events: unix.EPOLLONESHOT, Fd: int32(fd), Pad: int32(d.gen)}
+	// Edge-triggered, armed once: a park costs no epoll_ctl. An edge that
+	// comes while d runs is kept in notified (schedule, park). Data there
+	// already is reported at once.
+	e := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd), Pad: int32(d.gen)}
 	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &e); err != nil {
 		d.err = os.NewSyscallError("epoll_ctl", err)
 	}
@@ -270,16 +272,10 @@ func (d *pumpDir) unregister() {
 	}
 }
 
-// armFD arms d's socket. It may run while another goroutine already runs
-// d (see park), so it writes nothing of d. It cannot fail: the socket is
-// open (Control holds it) and in the set (registerFD).
-func (d *pumpDir) armFD(fd uintptr) {
-	e := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(fd), Pad: int32(d.gen)}
-	_ = unix.EpollCtl(d.p().epfd, unix.EPOLL_CTL_MOD, int(fd), &e)
-}
-
-// schedule starts d on a goroutine if it is parked.
+// schedule starts d on a goroutine if it is parked, and otherwise leaves
+// word in notified that it must not park on what it read so far.
 func (d *pumpDir) schedule() {
+	d.notified.Store(true)
 	if d.state.CompareAndSwap(dirParked, dirRunning) {
 		d.p().runs.Add(1)
 		go d.run()
@@ -291,15 +287,11 @@ func (d *pumpDir) schedule() {
 // ending or was killed, and nobody else took d meanwhile.
 func (d *pumpDir) park() bool {
 	d.state.Store(dirParked)
-	// After the store: kill and end set their flag, then schedule, which
-	// sees parked; or we see their flag here.
-	if d.ev.ending.Load() || d.toClient && d.ev.ls.killed.Load() != nil {
-		return !d.state.CompareAndSwap(dirParked, dirRunning)
-	}
-	// Data that came since the read that would block is reported at once:
-	// epoll reports readiness, not its change.
-	if err := d.raw.Control(func(fd uintptr) { d.armFD(fd) }); err != nil {
-		// The socket was closed under us: the session is ending.
+	// After the store: the poller, kill and end set their flag, then
+	// schedule, which sees parked; or we see their flag here. (An edge
+	// that came before the read that would block leaves notified set for
+	// nothing: one more read, which would block too.)
+	if d.notified.Swap(false) || d.ev.ending.Load() || d.toClient && d.ev.ls.killed.Load() != nil {
 		return !d.state.CompareAndSwap(dirParked, dirRunning)
 	}
 	return true
