@@ -102,13 +102,16 @@ type cancelRegistry struct {
 	instance byte
 	mu       struct {
 		sync.Mutex
-		keys map[uint32]issued // by the key's process ID; guarded by mu
+		// By the key's process ID; guarded by mu. Pointers, to the
+		// sessions' own memory (registerIn): a held session then costs
+		// the map a pointer, not the entry.
+		keys map[uint32]*issued
 	}
 }
 
 func newCancelRegistry(instance byte) *cancelRegistry {
 	r := &cancelRegistry{instance: instance}
-	r.mu.keys = make(map[uint32]issued)
+	r.mu.keys = make(map[uint32]*issued)
 	return r
 }
 
@@ -116,7 +119,14 @@ func newCancelRegistry(instance byte) *cancelRegistry {
 // (shortSecret or longSecret). The caller must call release when the
 // session ends.
 func (r *cancelRegistry) register(t cancelTarget, secretLen int) (key cancelKey, release func()) {
+	return r.registerIn(&issued{target: t}, secretLen)
+}
+
+// registerIn is register for the target in it, which the registry keeps
+// (and sets the secret of) until release.
+func (r *cancelRegistry) registerIn(it *issued, secretLen int) (key cancelKey, release func()) {
 	key.secret = newSecret(max(secretLen, shortSecret))
+	it.secret = key.secret
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for { // a process ID unique among this instance's live keys
@@ -125,7 +135,7 @@ func (r *cancelRegistry) register(t cancelTarget, secretLen int) (key cancelKey,
 			break
 		}
 	}
-	r.mu.keys[key.pid] = issued{secret: key.secret, target: t}
+	r.mu.keys[key.pid] = it
 	return key, func() {
 		r.mu.Lock()
 		delete(r.mu.keys, key.pid)
@@ -139,11 +149,15 @@ func (r *cancelRegistry) register(t cancelTarget, secretLen int) (key cancelKey,
 func (r *cancelRegistry) lookup(pid uint32, secret []byte) (cancelTarget, bool) {
 	r.mu.Lock()
 	k, ok := r.mu.keys[pid]
+	var it issued
+	if ok {
+		it = *k // under the lock: the session may end meanwhile
+	}
 	r.mu.Unlock()
-	if !ok || subtle.ConstantTimeCompare(k.secret, secret) != 1 {
+	if !ok || subtle.ConstantTimeCompare(it.secret, secret) != 1 {
 		return cancelTarget{}, false
 	}
-	return k.target, true
+	return it.target, true
 }
 
 func (r *cancelRegistry) len() int {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 
@@ -27,17 +28,23 @@ import (
 // transaction mode, where an idle session holds no server connection; the
 // pool's few connections are not counted per session (all share them).
 func BenchmarkIdleSession(b *testing.B) {
-	b.Run("unpooled", func(b *testing.B) { benchIdleSession(b) })
+	b.Run("unpooled", func(b *testing.B) { benchIdleSession(b, "") })
+	// TLS sessions keep the goroutine relay (a TLS connection buffers what
+	// it decrypted, which epoll cannot see). The client's own TLS state is
+	// not subtracted: its direct connections are plaintext.
+	b.Run("unpooled-tls", func(b *testing.B) {
+		benchIdleSession(b, "sslmode=require", withTLS(proxy.TLSModeAllow, newTestTLS(b)))
+	})
 	// (Session mode holds a server connection per session, as unpooled;
 	// its pooled connections would also outlast each round, over the test
 	// server's max_connections.)
 	b.Run("pooled-transaction", func(b *testing.B) {
 		opt, _ := withPool(b, proxy.PoolTransaction, pool.Config{})
-		benchIdleSession(b, opt)
+		benchIdleSession(b, "", opt)
 	})
 }
 
-func benchIdleSession(b *testing.B, opts ...routerOpt) {
+func benchIdleSession(b *testing.B, extra string, opts ...routerOpt) {
 	const sessions = 200
 	// As in production: metrics on, logs at info.
 	r := startRouter(b, newCatalogDB(b), append([]routerOpt{func(c *proxy.Config) {
@@ -47,6 +54,9 @@ func benchIdleSession(b *testing.B, opts ...routerOpt) {
 	tenant := newTenant("idle")
 	direct := r.cluster.AdminDSN("postgres")
 	routed := r.dsn(tenant, appSecret)
+	if extra != "" {
+		routed = strings.Replace(routed, "sslmode=disable", extra, 1)
+	}
 	ctx := context.Background()
 	hold := func(dsn string) (stack, heap float64, closeAll func()) {
 		conns := make([]*pgconn.PgConn, 0, sessions)
@@ -76,7 +86,9 @@ func benchIdleSession(b *testing.B, opts ...routerOpt) {
 			b.Fatal(err)
 		}
 		s1, h1 := memNow()
-		return float64(s1-s0) / sessions, float64(h1-h0) / sessions, closeAll
+		// As signed differences: with sessions that hold no goroutine,
+		// the stacks may shrink meanwhile.
+		return float64(int64(s1)-int64(s0)) / sessions, float64(int64(h1)-int64(h0)) / sessions, closeAll
 	}
 	// The tenant exists before measuring.
 	_, _, c := hold(routed)

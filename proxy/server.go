@@ -207,10 +207,30 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		_ = ln.Close()
 		return fmt.Errorf("proxy: trust authentication is only allowed on a loopback listener, not %s", ln.Addr())
 	}
-	defer s.startSweeper()() // idle timeout, old auth failures (idle.go)
 	// Sessions outlive ctx by the drain; connCtx closes what is left after.
 	connCtx, hardStop := context.WithCancel(context.WithoutCancel(ctx))
 	defer hardStop()
+	// Idle plaintext sessions wait in an epoll set rather than on
+	// goroutines (evrelay_linux.go); nil elsewhere than on Linux.
+	poll, err := newPoller(s, connCtx)
+	if err != nil {
+		_ = ln.Close()
+		return fmt.Errorf("proxy: %w", err)
+	}
+	if poll != nil {
+		defer poll.close() // runs after the drain (deferred before finish runs): no session is left on it
+	}
+	defer s.startSweeper()() // idle timeout, old auth failures (idle.go)
+	// The event-relayed sessions have no goroutine of their own to see
+	// connCtx end: one hook for all of them ends them (ServeConn's
+	// per-connection one covers the rest).
+	defer context.AfterFunc(connCtx, func() {
+		s.live.each("", func(ls *liveSession) {
+			if ls.ev.p == poll && poll != nil {
+				ls.ev.abort()
+			}
+		})
+	})()
 	// When ctx ends the listener stays open for the drain: a client that
 	// connects meanwhile is told 57P03 (as Postgres tells it during a
 	// shutdown), not "connection refused", and its CancelRequests still
@@ -247,7 +267,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		if s.draining.Load() {
 			wg = &refusing
 		}
-		wg.Go(func() { _ = s.ServeConn(connCtx, c) })
+		wg.Add(1) // Done when the session ends, which may be after serveConn returns
+		go func() { _ = s.serveConn(connCtx, c, poll, wg) }()
 		s.connMu.Unlock()
 	}
 }
@@ -331,11 +352,19 @@ type session struct {
 
 	killedBy *ClientError // why the router ended the routed session, if it did (metrics)
 
+	// poll, when set, is the Serve's epoll set, where the session may wait
+	// between messages without a goroutine (evrelay_linux.go).
+	poll *poller
+
 	// client and live are set once the client has its ReadyForQuery:
 	// ServeConn then relays the session (see there why not serve).
 	client net.Conn
 	live   *liveSession
 	pooled *pooledClient // set instead of a relay for a pooled session (pooled.go)
+	// liveStore is live's memory for an unpooled session: allocated with
+	// the session, as held sessions are most of the router's memory.
+	liveStore liveSession
+	cancel    issued // the session's entry in the cancel registry (unpooled)
 	// ends are what the session holds (its connection slot, upstream
 	// connection, cancel key, place in the registry), released in reverse
 	// order by ServeConn once the session is over.
@@ -357,13 +386,20 @@ func (s *session) end() {
 // until either peer hangs up or ctx ends. The returned error is the one the
 // session ended with (also logged); nil for a clean end.
 func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
-	defer c.Close()
-	stop := context.AfterFunc(ctx, func() { _ = c.Close() })
-	defer stop()
+	return s.serveConn(ctx, c, nil, nil)
+}
 
+// serveConn is ServeConn for Serve. With poll set, a plaintext session is
+// handed to the event relay after its handshake and serveConn returns nil
+// at once; with wg set, wg.Done runs when the session has ended, whenever
+// that is. Serve's own hook, not ctx, then ends such a session on a hard
+// stop.
+func (s *Server) serveConn(ctx context.Context, c net.Conn, poll *poller, wg *sync.WaitGroup) error {
+	stop := context.AfterFunc(ctx, func() { _ = c.Close() })
 	start := time.Now()
-	var sess session
+	sess := &session{poll: poll}
 	var log *slog.Logger
+	id := s.nextConn.Add(1)
 	// The handshake (TLS, SCRAM, the upstream login, logging) runs deep
 	// call chains. Run on this goroutine, they would grow its stack, which
 	// then stays that size for the whole session; with many held, idle
@@ -371,10 +407,24 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 	// goroutine that ends with it, and this one relays on a stack that
 	// stayed small.
 	err := onFreshStack(func() error {
-		log = s.log.With("conn", s.nextConn.Add(1), "remote", c.RemoteAddr().String())
+		log = s.log.With("conn", id, "remote", c.RemoteAddr().String())
 		s.cfg.Metrics.connOpened()
-		return s.serve(ctx, c, &sess, log)
+		return s.serve(ctx, c, sess, log)
 	})
+	if err == nil && sess.live != nil && sess.live.ev.p != nil {
+		// No goroutine waits for the session from here: the last of its
+		// directions to end does what follows relay below (evRelay.end).
+		stop() // if ctx ended already, c is closed and the relay ends at once
+		sess.live.ev.start(start, id, wg)
+		return nil
+	}
+	defer func() {
+		stop()
+		_ = c.Close()
+		if wg != nil {
+			wg.Done()
+		}
+	}()
 	switch {
 	case err == nil && sess.pooled != nil:
 		err = sess.pooled.run(ctx)
@@ -383,7 +433,7 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 		err = relay(sess.client, sess.live.upstream, sess.live)
 		sess.killedBy = sess.live.killed.Load() // why the router ended it, if it did (metrics)
 	}
-	return s.ended(ctx, &sess, log, start, err)
+	return s.ended(ctx, sess, log, start, err)
 }
 
 // ended releases what the session held, counts it and logs it. It is not
@@ -581,10 +631,17 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	// Held sessions are most of the router's memory: nothing below keeps
 	// up (its parameter map) alive past the greeting, only the connection.
 	upConn := up.Conn
-	stopUp := context.AfterFunc(ctx, func() { _ = upConn.Close() })
-	sess.onEnd(func() { stopUp(); _ = upConn.Close() })
+	ls := &sess.liveStore // one allocation for both
+	ls.session, ls.remote, ls.start, ls.upstream = sess, c.RemoteAddr().String(), time.Now(), upConn
+	if canEventRelay(sess.poll, c, upConn) {
+		// Serve's hook closes it on a hard stop (serveConn).
+		ls.ev.init(sess.poll, ls, c, upConn)
+		sess.onEnd(func() { _ = upConn.Close() })
+	} else {
+		stopUp := context.AfterFunc(ctx, func() { _ = upConn.Close() })
+		sess.onEnd(func() { stopUp(); _ = upConn.Close() })
+	}
 	sess.routed, sess.via, sess.upPID = true, rt.Via, up.PID
-	ls := &liveSession{session: sess, remote: c.RemoteAddr().String(), start: time.Now(), upstream: upConn}
 	sess.onEnd(s.live.add(ls))
 	if s.draining.Load() { // started draining while we connected
 		return s.fail(c, errShuttingDown())
@@ -593,13 +650,14 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 		return s.fail(c, blockedError(tenant))
 	}
 
-	key, release := s.cancels.register(cancelTarget{
+	sess.cancel.target = cancelTarget{
 		addr:      rt.Addr(),
 		pid:       up.PID,
 		secret:    up.SecretKey,
 		tlsConfig: up.TLSConfig,
 		dial:      s.dial,
-	}, sess.secretLen)
+	}
+	key, release := s.cancels.registerIn(&sess.cancel, sess.secretLen)
 	sess.onEnd(release)
 
 	if err := greet(c, sess.authFinal, up.ParameterStatuses, key, up.TxStatus); err != nil {

@@ -39,6 +39,8 @@ type liveSession struct {
 	killed   atomic.Pointer[ClientError]
 
 	idle idleState // for Limits.IdleTimeout (idle.go)
+
+	ev evRelay // set up (ev.p set) when the session is event-relayed (evrelay_linux.go)
 }
 
 // kill asks the session to end with err; it returns at once.
@@ -47,6 +49,10 @@ func (ls *liveSession) kill(err *ClientError) {
 		ls.killed.Store(err)
 		// Interrupt a pump blocked reading the upstream; it then finishes the
 		// message in flight, sends err and ends the session.
+		if ls.ev.p != nil { // parked: start the direction toward the client
+			ls.ev.wakeOut()
+			return
+		}
 		if ls.wake != nil {
 			ls.wake()
 			return

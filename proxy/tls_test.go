@@ -35,7 +35,7 @@ type testTLS struct {
 	certFile, keyFile, caFile string
 }
 
-func newTestTLS(t *testing.T) *testTLS {
+func newTestTLS(t testing.TB) *testTLS {
 	t.Helper()
 	ca, err := localca.New()
 	if err != nil {
@@ -51,7 +51,7 @@ func newTestTLS(t *testing.T) *testTLS {
 }
 
 // issue writes a certificate for the loopback names from ca to the files.
-func (tt *testTLS) issue(t *testing.T, ca *localca.CA) *localca.Cert {
+func (tt *testTLS) issue(t testing.TB, ca *localca.CA) *localca.Cert {
 	t.Helper()
 	c, err := ca.Issue("localhost", "127.0.0.1", "::1")
 	if err != nil {

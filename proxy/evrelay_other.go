@@ -1,0 +1,31 @@
+//go:build !linux
+
+package proxy
+
+import (
+	"context"
+	"net"
+	"sync"
+	"time"
+)
+
+// Elsewhere than on Linux every session relays on goroutines (relay); these
+// stand in for the event relay of evrelay_linux.go.
+
+type poller struct{}
+
+func newPoller(*Server, context.Context) (*poller, error) { return nil, nil }
+
+func (p *poller) close() {}
+
+type evRelay struct{ p *poller }
+
+func canEventRelay(*poller, net.Conn, net.Conn) bool { return false }
+
+func (ev *evRelay) init(*poller, *liveSession, net.Conn, net.Conn) {}
+
+func (ev *evRelay) start(time.Time, uint64, *sync.WaitGroup) {}
+
+func (ev *evRelay) wakeOut() {}
+
+func (ev *evRelay) abort() {}
