@@ -10,21 +10,19 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	mrand "math/rand/v2"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/pgtenant/pgtenant/provision/internal/backoff"
 )
 
 const (
 	// maxBody caps how much of an answer is read. Lists are searched by
 	// name, so real answers are far smaller.
 	maxBody = 16 << 20
-	// maxBackoffFactor caps the backoff ceiling at this multiple of
-	// Config.RetryDelay.
-	maxBackoffFactor = 32
 )
 
 // client sends API requests through the limiter, with retries. Safe for
@@ -115,14 +113,14 @@ func (c *client) do(ctx context.Context, r request, out any) (int, error) {
 		default:
 			return status, fmt.Errorf("%s %s: %w", r.method, r.path(), err)
 		}
-		d := max(backoff(attempt, c.delay), retryAfter)
+		d := max(backoff.Full(attempt, c.delay), retryAfter)
 		if elapsed := time.Since(start); elapsed+d > c.budget {
 			return status, fmt.Errorf("%s %s: gave up after %d attempts in %v: %w",
 				r.method, r.path(), attempt+1, elapsed.Round(time.Millisecond), err)
 		}
 		c.log.Debug("neon api: retrying", "call", r.name(), "path", r.path(), "status", status,
 			"attempt", attempt+1, "delay", d, "err", err)
-		if err := sleep(ctx, d); err != nil {
+		if err := backoff.Sleep(ctx, d); err != nil {
 			return status, fmt.Errorf("%s %s: %w", r.method, r.path(), err)
 		}
 	}
@@ -185,32 +183,6 @@ func (e *decodeError) Error() string {
 }
 
 func (e *decodeError) Unwrap() error { return e.err }
-
-// backoff returns the delay before retry number attempt+1: uniform in
-// [0, base*2^attempt], the ceiling capped at maxBackoffFactor*base ("full
-// jitter").
-func backoff(attempt int, base time.Duration) time.Duration {
-	ceil := base * maxBackoffFactor
-	if attempt < 5 {
-		ceil = base << attempt
-	}
-	return time.Duration(mrand.Int64N(int64(ceil) + 1))
-}
-
-// sleep waits for d or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
 
 func newRequestID() string {
 	b := make([]byte, 12)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/pgtenant/pgtenant/provision/internal/backoff"
 )
 
 // limiter keeps the provider's requests under two limits at once: at most
@@ -98,5 +100,5 @@ func (l *limiter) reserve(route string, now time.Time) time.Time {
 
 // wait blocks until a request to route may be sent, or ctx ends.
 func (l *limiter) wait(ctx context.Context, route string) error {
-	return sleep(ctx, time.Until(l.reserve(route, time.Now())))
+	return backoff.Sleep(ctx, time.Until(l.reserve(route, time.Now())))
 }

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/pgtenant/pgtenant/provision"
+	"github.com/pgtenant/pgtenant/provision/internal/backoff"
 )
 
 const (
@@ -578,7 +579,7 @@ func (p *Provider) rollback(ctx context.Context, loc location, err error) error 
 func (p *Provider) findAfterLost(ctx context.Context, name string, find func(context.Context) ([]location, error)) (location, bool, error) {
 	for i := range lostLookups {
 		if i > 0 {
-			if err := sleep(ctx, p.cfg.retryDelay()<<i); err != nil {
+			if err := backoff.Sleep(ctx, p.cfg.retryDelay()<<i); err != nil {
 				return location{}, false, err
 			}
 		}
@@ -820,7 +821,7 @@ func (p *Provider) waitOps(ctx context.Context, pid string, ops []apiOperation) 
 		if time.Now().Add(delay).After(deadline) {
 			return fmt.Errorf("operations not finished within %v: %s", p.cfg.opTimeout(), describeOps(pending))
 		}
-		if err := sleep(ctx, delay); err != nil {
+		if err := backoff.Sleep(ctx, delay); err != nil {
 			return err
 		}
 		delay = min(delay*3/2, 4*poll)

@@ -185,24 +185,6 @@ func TestConfigMasksKey(t *testing.T) {
 	}
 }
 
-func TestBackoff(t *testing.T) {
-	base := 100 * time.Millisecond
-	for attempt, ceil := range []time.Duration{100, 200, 400, 800, 1600, 3200, 3200, 3200} {
-		ceil *= time.Millisecond
-		var maxSeen time.Duration
-		for range 200 {
-			d := backoff(attempt, base)
-			if d < 0 || d > ceil {
-				t.Fatalf("backoff(%d) = %v, want within [0, %v]", attempt, d, ceil)
-			}
-			maxSeen = max(maxSeen, d)
-		}
-		if maxSeen < ceil/2 { // full jitter spreads over the whole range
-			t.Errorf("backoff(%d): max of 200 draws %v, want near %v", attempt, maxSeen, ceil)
-		}
-	}
-}
-
 func TestRequestPath(t *testing.T) {
 	r := request{route: "/projects/{}/branches/{}/roles/{}/reveal_password", args: []string{"p-1", "br-2", "a/b c"}}
 	if got, want := r.path(), "/projects/p-1/branches/br-2/roles/a%2Fb%20c/reveal_password"; got != want {

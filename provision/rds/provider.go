@@ -22,6 +22,7 @@ import (
 	"github.com/aws/smithy-go"
 
 	"github.com/pgtenant/pgtenant/provision"
+	"github.com/pgtenant/pgtenant/provision/internal/backoff"
 )
 
 // Provider creates a cluster (Aurora) or an instance (RDS) per tenant.
@@ -194,21 +195,10 @@ func (p *Provider) call(ctx context.Context, op string, f func(context.Context) 
 			return fmt.Errorf("%s: gave up after %d attempts: %w", op, attempt, err)
 		}
 		p.log.Debug("rds: retrying", "op", op, "attempt", attempt, "err", err)
-		if err := sleep(ctx, d); err != nil {
+		if err := backoff.Sleep(ctx, d); err != nil {
 			return fmt.Errorf("%s: %w", op, err)
 		}
 		wait = min(wait*2, 20*time.Second)
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
 	}
 }
 
@@ -224,7 +214,7 @@ func (p *Provider) newPoller() *poller {
 func (w *poller) wait(ctx context.Context) error {
 	d := w.cur
 	w.cur = min(w.cur*3/2, w.max)
-	return sleep(ctx, d)
+	return backoff.Sleep(ctx, d)
 }
 
 // StatusError says a cluster or instance is in a state it will not leave

@@ -8,19 +8,19 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	mrand "math/rand/v2"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/pgtenant/pgtenant/provision/internal/backoff"
 )
 
 const (
-	maxBody          = 16 << 20
-	maxErrorMessage  = 500
-	maxBackoffFactor = 32
+	maxBody         = 16 << 20
+	maxErrorMessage = 500
 )
 
 // APIError is an error answer of the Management API: its status and the
@@ -121,12 +121,12 @@ func (c *client) do(ctx context.Context, r call, out any) error {
 		default:
 			return fmt.Errorf("%s: %w", r.name(), err)
 		}
-		d := max(backoff(attempt, c.delay), retryAfter)
+		d := max(backoff.Full(attempt, c.delay), retryAfter)
 		if elapsed := time.Since(start); elapsed+d > c.budget {
 			return fmt.Errorf("%s: gave up after %d attempts in %v: %w", r.name(), attempt+1, elapsed.Round(time.Millisecond), err)
 		}
 		c.log.Debug("supabase api: retrying", "call", r.name(), "attempt", attempt+1, "delay", d, "err", err)
-		if err := sleep(ctx, d); err != nil {
+		if err := backoff.Sleep(ctx, d); err != nil {
 			return fmt.Errorf("%s: %w", r.name(), err)
 		}
 	}
@@ -200,28 +200,6 @@ func decodeAPIError(status int, body []byte) *APIError {
 	return e
 }
 
-func backoff(attempt int, base time.Duration) time.Duration {
-	ceil := base * maxBackoffFactor
-	if attempt < 5 {
-		ceil = base << attempt
-	}
-	return time.Duration(mrand.Int64N(int64(ceil) + 1))
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
 // Rate-limit scopes (§8).
 const scopeAccount = "account"
 
@@ -266,5 +244,5 @@ func (l *limiter) reserve(scope string, now time.Time) time.Time {
 }
 
 func (l *limiter) wait(ctx context.Context, scope string) error {
-	return sleep(ctx, time.Until(l.reserve(scope, time.Now())))
+	return backoff.Sleep(ctx, time.Until(l.reserve(scope, time.Now())))
 }

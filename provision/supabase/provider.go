@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pgtenant/pgtenant/provision"
+	"github.com/pgtenant/pgtenant/provision/internal/backoff"
 )
 
 // Provider creates a Supabase project per tenant. Safe for concurrent use;
@@ -228,7 +229,7 @@ func (p *Provider) createProject(ctx context.Context, name, password string) (pr
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return pr, fmt.Errorf("supabase: create project %q: no project appeared after the answer was lost: %w", name, err)
 		}
-		if serr := sleep(ctx, orDefault(p.cfg.PollInterval, DefaultPollInterval)); serr != nil {
+		if serr := backoff.Sleep(ctx, orDefault(p.cfg.PollInterval, DefaultPollInterval)); serr != nil {
 			return pr, fmt.Errorf("supabase: create project %q: %w (after: %w)", name, serr, err)
 		}
 	}
@@ -261,7 +262,7 @@ func (p *Provider) waitHealthy(ctx context.Context, ref string) (project, error)
 		case !pendingStatus[pr.Status]:
 			return pr, fmt.Errorf("project status is %s, not ACTIVE_HEALTHY: see the Supabase dashboard", pr.Status)
 		}
-		if err := sleep(ctx, interval); err != nil {
+		if err := backoff.Sleep(ctx, interval); err != nil {
 			return pr, fmt.Errorf("wait until healthy (status %s): %w", pr.Status, err)
 		}
 	}
