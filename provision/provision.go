@@ -85,3 +85,12 @@ type Estimator interface {
 	// CreateEstimate is how long a typical Create takes.
 	CreateEstimate() time.Duration
 }
+
+// SessionRouter is implemented by providers whose routes go through a
+// transaction-mode pooler (Neon's -pooler host, Supabase's pooler port
+// 6543). Migrations need a whole session (SET, advisory locks, DDL in a
+// transaction), which such a pooler does not keep; SessionEndpoint returns
+// where the same database, as the same user, keeps one.
+type SessionRouter interface {
+	SessionEndpoint(ep Endpoint) Endpoint
+}

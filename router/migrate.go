@@ -34,10 +34,10 @@ func (u *Upstream) MigrateConfig(cat *catalog.Catalog, files []migrate.Migration
 // MigrateConnect returns how migration sessions log in to a tenant's
 // database with its route's credentials (migrate.Config.ConnectTenant): as
 // the proxy reaches it (upstream TLS and server name,
-// upstream.dial_override, upstream.endpoint_option), except that a Neon
-// route's pooled host is replaced by the endpoint's direct host: Neon's
-// pooler runs in transaction mode, and a migration needs its session
-// (docs/neon-api.md §8.2).
+// upstream.dial_override, upstream.endpoint_option), except that a route
+// through a transaction-mode pooler (Neon's -pooler host, Supabase's port
+// 6543) goes where its provider keeps a session (provision.SessionRouter):
+// a migration needs one (docs/neon-api.md §8.2).
 func (u *Upstream) MigrateConnect() func(ctx context.Context, tenant string, ep provision.Endpoint) (*pgx.Conn, error) {
 	byName := u.Providers() // providers.go
 	return func(ctx context.Context, _ string, ep provision.Endpoint) (*pgx.Conn, error) {
@@ -45,8 +45,8 @@ func (u *Upstream) MigrateConnect() func(ctx context.Context, tenant string, ep 
 		if p == nil {
 			p = u.Provider
 		}
-		if _, direct := p.(*neon.Provider); direct {
-			ep.Host = provision.DirectHost(ep.Host)
+		if sr, ok := p.(provision.SessionRouter); ok {
+			ep = sr.SessionEndpoint(ep)
 		}
 		return u.connect(ctx, ep)
 	}

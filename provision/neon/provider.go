@@ -907,3 +907,11 @@ func wrap(verb, tenant string, err error) error {
 	}
 	return fmt.Errorf("neon: %s tenant %q: %w", verb, tenant, err)
 }
+
+// SessionEndpoint implements provision.SessionRouter: the endpoint's
+// direct host instead of its -pooler one, which runs PgBouncer in
+// transaction mode (docs/neon-api.md §8.2).
+func (p *Provider) SessionEndpoint(ep provision.Endpoint) provision.Endpoint {
+	ep.Host = provision.DirectHost(ep.Host)
+	return ep
+}

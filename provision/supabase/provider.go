@@ -328,3 +328,14 @@ func (p *Provider) CountProjects(ctx context.Context, tenant string) (int, error
 	found, err := p.find(ctx, p.ProjectName(tenant))
 	return len(found), err
 }
+
+// SessionEndpoint implements provision.SessionRouter: a route through
+// the pooler's transaction port goes to its session port instead (same
+// host and user, docs/supabase-api.md); session-mode and direct routes
+// keep a session already.
+func (p *Provider) SessionEndpoint(ep provision.Endpoint) provision.Endpoint {
+	if p.cfg.endpoint() == EndpointPooler && ep.Port == portOr(p.cfg.TransactionPort, DefaultTransactionPort) {
+		ep.Port = portOr(p.cfg.SessionPort, DefaultSessionPort)
+	}
+	return ep
+}
