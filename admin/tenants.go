@@ -236,6 +236,14 @@ func (h *Handler) tenant(w http.ResponseWriter, r *http.Request) {
 		}
 		if found {
 			st.Creation = h.creation(cr)
+		} else if ep, ok, err = h.cfg.Catalog.Lookup(r.Context(), id); err != nil {
+			// A creation that finished between the two reads left the
+			// creations table after its route reached the catalog: look
+			// again, or the answer says neither (warm would start over).
+			h.internalError(w, "look up tenant", err)
+			return
+		} else if ok {
+			st.InCatalog, st.Route = true, routeOf(ep)
 		}
 	}
 	if !st.InCatalog && !st.Blocked && st.PoolMode == "" && !st.OwnSecret && !st.Cached && len(st.Sessions) == 0 && st.Creation == nil {

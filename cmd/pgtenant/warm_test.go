@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -22,7 +23,9 @@ func startSlowRouter(t *testing.T) (*slowprov.Provider, string) {
 	t.Helper()
 	c := pgtest.Shared(t)
 	pool := pgtest.NewPool(t, c.AdminDSN("postgres"))
-	lp := local.New(local.Config{Prefix: "warm_"}, pool)
+	// A prefix of its own per run: tenant databases outlive the test in
+	// the shared cluster, and -count=N would find the last run's.
+	lp := local.New(local.Config{Prefix: fmt.Sprintf("warm%d_", time.Now().UnixNano()%1e6)}, pool)
 	if _, err := lp.EnsureTemplate(t.Context(), ""); err != nil {
 		t.Fatal(err)
 	}
