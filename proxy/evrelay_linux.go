@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"io"
 	"net"
 	"os"
 	"sync"
@@ -19,13 +18,23 @@ import (
 
 // The event relay: a plaintext session that Serve started relays without a
 // goroutine of its own while it is idle. Each direction (client → upstream,
-// upstream → client) runs on a goroutine only while its source socket has
-// data: it reads the socket without blocking, writes on with the ordinary
-// (blocking) Write, and once the socket has nothing more it parks: its
-// goroutine returns. The socket stays in the Serve's epoll set
-// (edge-triggered, so parking costs no system call), and the poller's one
-// goroutine starts the direction again when more data comes. The last direction to end runs the session's end (ended) as a
-// continuation. BENCHMARKS.md §11 has what this saves.
+// upstream → client) runs on a goroutine only while its source socket is in
+// use: started by data, it relays as the goroutine relay does (a read that
+// waits in the runtime's poller, an ordinary Write) and stays for as long as
+// data keeps coming, checked every hotFor; after a hotFor without any it
+// parks: its goroutine returns and the socket is armed, once (EPOLLONESHOT,
+// level-triggered), in the Serve's epoll set, whose one goroutine starts the
+// direction again when data comes. So a busy session costs what the
+// goroutine relay costs (no epoll wake, no goroutine start per message: the
+// first version parked after every read and lost a quarter of the steady
+// throughput), and an idle one costs no goroutine. The last direction to
+// end runs the session's end (ended) as a continuation. BENCHMARKS.md §11
+// has what this saves.
+
+// hotFor is how long a direction waits for data in its goroutine before it
+// parks. Longer keeps bursty sessions on the fast path; shorter gives idle
+// sessions' stacks back sooner.
+const hotFor = time.Second
 
 // poller is one Serve's epoll set and the goroutine that waits on it.
 type poller struct {
@@ -129,14 +138,12 @@ type pumpDir struct {
 	fd       int32           // src's, for the poller's table
 	gen      uint32          // this registration's generation
 	state    atomic.Int32
-	notified atomic.Bool // an edge (or a wake) came: see park
 	// err is why d ended (read by the session's end), or, set before d
 	// ever ran, why it could not be registered.
 	err error
 
-	bp   *[]byte // the buffer of the read in progress (bufPool)
-	n    int32
-	serr syscall.Errno
+	r      lazyReader // reads src while d runs; holds a buffer only while relaying one
+	active bool       // d relayed something since its read deadline was last set
 }
 
 // evRelay is the event-relayed part of a liveSession. Its zero value (p nil)
@@ -157,9 +164,6 @@ type evRelay struct {
 	wg    *sync.WaitGroup
 }
 
-// errWouldBlock is a read's "nothing to read now".
-var errWouldBlock = errors.New("would block")
-
 // canEventRelay reports whether the connections can be event-relayed: plain
 // TCP both ways (a TLS connection buffers what it decrypted, which epoll
 // cannot see).
@@ -172,24 +176,26 @@ func canEventRelay(p *poller, client, upstream net.Conn) bool {
 	return ok1 && ok2
 }
 
-// initEv prepares ev to relay client and upstream on p (before the session
+// init prepares ev to relay client and upstream on p (before the session
 // is visible to kill: see start).
 func (ev *evRelay) init(p *poller, ls *liveSession, client, upstream net.Conn) {
 	ev.p, ev.ls = p, ls
-	ev.in.setup(ev, false, client, upstream)
-	ev.out.setup(ev, true, upstream, client)
+	ev.in.setup(ev, false, client)
+	ev.out.setup(ev, true, upstream)
 	ev.left.Store(2)
 }
 
-func (d *pumpDir) setup(ev *evRelay, toClient bool, src, dst net.Conn) {
+func (d *pumpDir) setup(ev *evRelay, toClient bool, src net.Conn) {
 	d.ev, d.toClient, d.src = ev, toClient, src
-	d.state.Store(dirRunning) // the starter's until it parks it
+	d.state.Store(dirRunning) // the starter's until it registers it
 	raw, err := src.(*net.TCPConn).SyscallConn()
 	if err != nil {
 		d.err = err
 		return
 	}
 	d.raw = raw
+	d.r = lazyReader{conn: src, raw: raw}
+	d.r.fn = d.r.readFD // a method value made once: no allocation per read
 }
 
 // dst is where d writes: the other direction's source.
@@ -202,38 +208,49 @@ func (d *pumpDir) dst() net.Conn {
 
 // start hands the session to the poller: from now on end runs exactly
 // once, when both directions have ended, on the goroutine of the last one;
-// it does what serveConn does after relay. The session must end at once
-// if ctx ended already (Serve's hook may have missed it).
+// it does what serveConn does after relay. Both directions start parked
+// (the client was just greeted: nothing is on its way yet). The session
+// must end at once if ctx ended already (Serve's hook may have missed it).
 func (ev *evRelay) start(begin time.Time, id uint64, wg *sync.WaitGroup) {
 	ev.begin, ev.id, ev.wg = begin, id, wg
 	ev.p.runs.Add(1) // this goroutine arms the set below
 	defer ev.p.runs.Done()
+	// Once armed, a direction may run (and write its fields) at once: what
+	// failed is noted here, not read back from it.
+	var failed []*pumpDir
 	for _, d := range []*pumpDir{&ev.in, &ev.out} {
-		if d.err == nil {
-			if err := d.raw.Control(func(fd uintptr) { d.registerFD(fd) }); err != nil {
-				d.err = err
+		err := d.err
+		if err == nil {
+			if cerr := d.raw.Control(func(fd uintptr) { err = d.registerFD(fd) }); cerr != nil {
+				err = cerr
 			}
+		}
+		if err != nil { // not armed: still ours
+			d.err = err
+			failed = append(failed, d)
 		}
 	}
 	if ev.p.ctx.Err() != nil {
-		ev.ending.Store(true)
+		ev.abort()
 	}
-	for _, d := range []*pumpDir{&ev.in, &ev.out} {
-		if d.err != nil {
-			d.state.Store(dirParked)
-			d.schedule() // runs, fails on the socket and ends the session
-			continue
-		}
-		if !d.park() {
-			d.p().runs.Add(1)
-			go d.run()
-		}
+	if ev.ls.killed.Load() != nil { // killed before it was armed
+		ev.wakeOut()
+	}
+	for _, d := range failed {
+		d.state.Store(dirParked)
+		d.schedule() // runs, fails and ends the session
 	}
 }
 
 func (d *pumpDir) p() *poller { return d.ev.p }
 
-func (d *pumpDir) registerFD(fd uintptr) {
+// armEvents is what a parked direction waits for: once (the poller's event
+// disarms it, so a running direction costs the poller nothing), and level-
+// triggered (arming reports data that came before).
+const armEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
+
+// registerFD enters d in the poller's table and arms fd, its socket.
+func (d *pumpDir) registerFD(fd uintptr) error {
 	p := d.p()
 	p.mu.Lock()
 	if int(fd) >= len(p.dirs) {
@@ -246,13 +263,13 @@ func (d *pumpDir) registerFD(fd uintptr) {
 	d.fd, d.gen = int32(fd), p.gen
 	p.dirs[fd] = d
 	p.mu.Unlock()
-	// Edge-triggered, armed once: a park costs no epoll_ctl. An edge that
-	// comes while d runs is kept in notified (schedule, park). Data there
-	// already is reported at once.
-	e := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd), Pad: int32(d.gen)}
+	d.state.Store(dirParked) // before arming: the event may come at once
+	e := unix.EpollEvent{Events: armEvents, Fd: int32(fd), Pad: int32(d.gen)}
 	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &e); err != nil {
-		d.err = os.NewSyscallError("epoll_ctl", err)
+		d.state.Store(dirRunning)
+		return os.NewSyscallError("epoll_ctl", err)
 	}
+	return nil
 }
 
 // unregister takes d out of the poller's table and its socket out of the
@@ -272,10 +289,10 @@ func (d *pumpDir) unregister() {
 	}
 }
 
-// schedule starts d on a goroutine if it is parked, and otherwise leaves
-// word in notified that it must not park on what it read so far.
+// schedule starts d on a goroutine if it is parked. A running d sees what
+// its waker wants through the read deadline the waker set (kill, abort)
+// or the data it reads.
 func (d *pumpDir) schedule() {
-	d.notified.Store(true)
 	if d.state.CompareAndSwap(dirParked, dirRunning) {
 		d.p().runs.Add(1)
 		go d.run()
@@ -283,95 +300,73 @@ func (d *pumpDir) schedule() {
 }
 
 // park hands d to the poller and reports true, or reports false when d
-// must go on running (on its caller's goroutine) instead: the session is
-// ending or was killed, and nobody else took d meanwhile.
+// must go on running (on its caller's goroutine) instead: its socket could
+// not be armed, or the session is ending or was killed and nobody else took
+// d meanwhile.
 func (d *pumpDir) park() bool {
 	d.state.Store(dirParked)
-	// After the store: the poller, kill and end set their flag, then
-	// schedule, which sees parked; or we see their flag here. (An edge
-	// that came before the read that would block leaves notified set for
-	// nothing: one more read, which would block too.)
-	if d.notified.Swap(false) || d.ev.ending.Load() || d.toClient && d.ev.ls.killed.Load() != nil {
+	// After the store: an event of the arming below sees parked. The
+	// flags are set before their setters call schedule, which sees parked
+	// too, or are seen here.
+	var aerr error
+	cerr := d.raw.Control(func(fd uintptr) {
+		e := unix.EpollEvent{Events: armEvents, Fd: int32(fd), Pad: int32(d.gen)}
+		aerr = unix.EpollCtl(d.p().epfd, unix.EPOLL_CTL_MOD, int(fd), &e)
+	})
+	if cerr != nil || aerr != nil || d.ev.ending.Load() || d.toClient && d.ev.ls.killed.Load() != nil {
 		return !d.state.CompareAndSwap(dirParked, dirRunning)
 	}
 	return true
 }
 
-// readFD reads without blocking into a pooled buffer, taken only when there
-// is data.
-func (d *pumpDir) readFD(fd uintptr) {
-	d.bp = bufPool.Get().(*[]byte)
-	var n int
-	var err error
-	for {
-		n, err = syscall.Read(int(fd), *d.bp)
-		if err != syscall.EINTR {
-			break
-		}
-	}
-	d.n = int32(n)
-	d.serr = 0
-	if err != nil {
-		d.serr = err.(syscall.Errno) // syscall.Read returns no other error
-	}
-	if d.serr == syscall.EAGAIN {
-		bufPool.Put(d.bp)
-		d.bp = nil
-	}
-}
-
-// read returns what src has now, errWouldBlock if nothing, or its end.
-func (d *pumpDir) read() ([]byte, error) {
-	d.done()
-	if err := d.raw.Control(func(fd uintptr) { d.readFD(fd) }); err != nil { // closed
-		d.done()
-		return nil, err
-	}
+// stopping reports why d must stop reading now, if it must: the session
+// is ending (nil error, ok) or, toward the client, was killed.
+func (d *pumpDir) stopping() (stop bool, err error) {
 	switch {
-	case d.serr == syscall.EAGAIN:
-		return nil, errWouldBlock
-	case d.serr != 0:
-		d.done()
-		return nil, os.NewSyscallError("read", d.serr)
-	case d.n <= 0:
-		d.done()
-		return nil, io.EOF
+	case d.ev.ending.Load():
+		return true, nil
+	case d.toClient && d.ev.ls.killed.Load() != nil:
+		return true, d.killAtBoundary()
 	}
-	return (*d.bp)[:d.n], nil
+	return false, nil
 }
 
-func (d *pumpDir) done() {
-	if d.bp != nil {
-		bufPool.Put(d.bp)
-		d.bp = nil
-	}
-}
-
-// run pumps while src has data, then parks d (or ends it).
+// run relays while src keeps having data, then parks d (or ends it).
 func (d *pumpDir) run() {
 	defer d.p().runs.Done()
+	if d.err != nil { // could not be registered
+		d.finish(d.err)
+		return
+	}
 	ls := d.ev.ls
+	// A fresh deadline: the last one passed (that parked d) or was set by a
+	// waker, whose flag the loop checks first.
+	_ = d.src.SetReadDeadline(time.Now().Add(hotFor))
+	d.active = false
 	for {
-		if d.ev.ending.Load() {
-			d.finish(nil)
+		if stop, err := d.stopping(); stop {
+			d.finish(err)
 			return
 		}
-		if d.err != nil { // could not be registered
-			d.finish(d.err)
-			return
-		}
-		b, rerr := d.read()
-		if rerr == errWouldBlock {
-			if d.toClient && ls.killed.Load() != nil {
-				d.finish(d.killAtBoundary())
+		b, rerr := d.r.read()
+		if errors.Is(rerr, os.ErrDeadlineExceeded) {
+			if stop, err := d.stopping(); stop {
+				d.finish(err)
 				return
+			}
+			if d.active { // busy: wait on in the goroutine
+				d.active = false
+				_ = d.src.SetReadDeadline(time.Now().Add(hotFor))
+				continue // the loop's check sees a waker that came before this deadline
 			}
 			if d.park() {
 				return
 			}
+			_ = d.src.SetReadDeadline(time.Now().Add(hotFor))
 			continue
 		}
 		if len(b) > 0 {
+			d.active = true
 			if d.toClient {
 				f := &d.ev.f
 				f.feed(b)
@@ -380,7 +375,7 @@ func (d *pumpDir) run() {
 					f.ready = 0
 				}
 				nw, werr := d.dst().Write(b)
-				d.done()
+				d.r.done()
 				ls.bytesOut.Add(int64(nw))
 				if werr != nil {
 					d.finish(werr)
@@ -391,7 +386,7 @@ func (d *pumpDir) run() {
 				// the idle tracker compare) before Write returns.
 				ls.bytesIn.Add(int64(len(b)))
 				nw, werr := d.dst().Write(b)
-				d.done()
+				d.r.done()
 				if werr != nil {
 					ls.bytesIn.Add(int64(nw - len(b)))
 					d.finish(werr)
@@ -400,7 +395,10 @@ func (d *pumpDir) run() {
 			}
 		}
 		if rerr != nil {
-			if d.toClient && ls.killed.Load() != nil {
+			switch {
+			case d.ev.ending.Load():
+				rerr = nil // the other direction closed src: its error is the session's
+			case d.toClient && ls.killed.Load() != nil:
 				rerr = errKilled // could not reach a boundary: just close
 			}
 			d.finish(rerr)
@@ -447,7 +445,7 @@ func (d *pumpDir) killAtBoundary() error {
 // ends itself on its failing socket or the ending flag if running.
 func (d *pumpDir) finish(err error) {
 	ev := d.ev
-	d.done()
+	d.r.done()
 	d.err = err
 	d.state.Store(dirEnded)
 	ev.ending.Store(true)
@@ -502,13 +500,18 @@ func (ev *evRelay) result() error {
 	return err
 }
 
-// wakeOut starts the upstream → client direction if it is parked, to
-// see a kill.
-func (ev *evRelay) wakeOut() { ev.out.schedule() }
+// wakeOut makes the upstream → client direction see a kill: it interrupts
+// its read if it runs, and starts it if it is parked.
+func (ev *evRelay) wakeOut() {
+	_ = ev.out.src.SetReadDeadline(time.Now())
+	ev.out.schedule()
+}
 
 // abort ends the session at once (Serve's hard stop).
 func (ev *evRelay) abort() {
 	ev.ending.Store(true)
-	ev.in.schedule()
-	ev.out.schedule()
+	for _, d := range []*pumpDir{&ev.in, &ev.out} {
+		_ = d.src.SetReadDeadline(time.Now())
+		d.schedule()
+	}
 }
