@@ -152,10 +152,11 @@ type pumpDir struct {
 type evRelay struct {
 	p       *poller
 	ls      *liveSession
-	in, out pumpDir      // client → upstream, upstream → client
-	f       framer       // of out: to stop at a message boundary when killed
-	left    atomic.Int32 // directions not yet ended
-	ending  atomic.Bool  // the session is ending: every direction stops
+	in, out pumpDir       // client → upstream, upstream → client
+	pc      *pooledClient // set for a pooled session: in reads its client, out is unused
+	f       framer        // of out: to stop at a message boundary when killed
+	left    atomic.Int32  // directions not yet ended
+	ending  atomic.Bool   // the session is ending: every direction stops
 
 	// What end needs of serveConn, which returned long before (the rest
 	// is the same for all of a Serve's sessions: poller.srv, poller.ctx).
@@ -183,6 +184,22 @@ func (ev *evRelay) init(p *poller, ls *liveSession, client, upstream net.Conn) {
 	ev.in.setup(ev, false, client)
 	ev.out.setup(ev, true, upstream)
 	ev.left.Store(2)
+}
+
+// initPooled prepares ev to read a pooled client's messages on p (its
+// server connections' replies are pumped as ever: pooled.go); only in runs.
+func (ev *evRelay) initPooled(p *poller, ls *liveSession, pc *pooledClient) {
+	ev.p, ev.ls, ev.pc = p, ls, pc
+	ev.in.setup(ev, false, pc.client)
+	ev.left.Store(1)
+}
+
+// dirs are the directions ev runs.
+func (ev *evRelay) dirs() []*pumpDir {
+	if ev.pc != nil {
+		return []*pumpDir{&ev.in}
+	}
+	return []*pumpDir{&ev.in, &ev.out}
 }
 
 func (d *pumpDir) setup(ev *evRelay, toClient bool, src net.Conn) {
@@ -218,7 +235,7 @@ func (ev *evRelay) start(begin time.Time, id uint64, wg *sync.WaitGroup) {
 	// Once armed, a direction may run (and write its fields) at once: what
 	// failed is noted here, not read back from it.
 	var failed []*pumpDir
-	for _, d := range []*pumpDir{&ev.in, &ev.out} {
+	for _, d := range ev.dirs() {
 		err := d.err
 		if err == nil {
 			if cerr := d.raw.Control(func(fd uintptr) { err = d.registerFD(fd) }); cerr != nil {
@@ -234,7 +251,11 @@ func (ev *evRelay) start(begin time.Time, id uint64, wg *sync.WaitGroup) {
 		ev.abort()
 	}
 	if ev.ls.killed.Load() != nil { // killed before it was armed
-		ev.wakeOut()
+		if ev.pc != nil {
+			ev.pc.wake()
+		} else {
+			ev.wakeOut()
+		}
 	}
 	for _, d := range failed {
 		d.state.Store(dirParked)
@@ -313,10 +334,24 @@ func (d *pumpDir) park() bool {
 		e := unix.EpollEvent{Events: armEvents, Fd: int32(fd), Pad: int32(d.gen)}
 		aerr = unix.EpollCtl(d.p().epfd, unix.EPOLL_CTL_MOD, int(fd), &e)
 	})
-	if cerr != nil || aerr != nil || d.ev.ending.Load() || d.toClient && d.ev.ls.killed.Load() != nil {
+	if cerr != nil || aerr != nil || d.woken() {
 		return !d.state.CompareAndSwap(dirParked, dirRunning)
 	}
 	return true
+}
+
+// woken reports whether someone wants d to stop waiting for data: the
+// session is ending, or was killed (toward the client, or a pooled
+// client's reader), or a pooled client's server pump ended it.
+func (d *pumpDir) woken() bool {
+	ev := d.ev
+	if ev.ending.Load() {
+		return true
+	}
+	if pc := ev.pc; pc != nil {
+		return ev.ls.killed.Load() != nil || pc.stopRead.Load()
+	}
+	return d.toClient && ev.ls.killed.Load() != nil
 }
 
 // stopping reports why d must stop reading now, if it must: the session
@@ -334,6 +369,10 @@ func (d *pumpDir) stopping() (stop bool, err error) {
 // run relays while src keeps having data, then parks d (or ends it).
 func (d *pumpDir) run() {
 	defer d.p().runs.Done()
+	if d.ev.pc != nil {
+		d.runPooled()
+		return
+	}
 	if d.err != nil { // could not be registered
 		d.finish(d.err)
 		return
@@ -409,6 +448,61 @@ func (d *pumpDir) run() {
 			return
 		}
 	}
+}
+
+// runPooled is run for a pooled client: it forwards the client's messages
+// (pooled.go) while they keep coming, then parks; whatever ends the
+// session makes the read fail (a close) or time out with a flag set (a
+// kill, the server pump's end, a hard stop: woken).
+func (d *pumpDir) runPooled() {
+	if d.err != nil { // could not be registered
+		d.endPooled(d.err)
+		return
+	}
+	pc, ls := d.ev.pc, d.ev.ls
+	_ = d.src.SetReadDeadline(time.Now().Add(hotFor))
+	d.active = false
+	for {
+		b, rerr := d.r.read()
+		if len(b) > 0 {
+			d.active = true
+			ls.bytesIn.Add(int64(len(b)))
+			err := pc.forward(d.p().ctx, b)
+			d.r.done()
+			if err != nil {
+				d.endPooled(err)
+				return
+			}
+		}
+		if rerr == nil {
+			continue
+		}
+		if !errors.Is(rerr, os.ErrDeadlineExceeded) || d.woken() {
+			d.endPooled(rerr)
+			return
+		}
+		// Our own deadline: wait on, or park.
+		if !d.active && d.park() {
+			return
+		}
+		d.active = false
+		_ = d.src.SetReadDeadline(time.Now().Add(hotFor))
+		if d.woken() { // its waker's deadline came before ours
+			d.endPooled(rerr)
+			return
+		}
+	}
+}
+
+// endPooled ends a pooled session as ServeConn does after pooledClient.run.
+func (d *pumpDir) endPooled(cause error) {
+	pc := d.ev.pc
+	err := pc.finish(cause)
+	d.r.done()
+	d.state.Store(dirEnded)
+	d.unregister()
+	_ = pc.client.Close()
+	d.ev.end(err)
 }
 
 // killAtBoundary ends a killed session's upstream → client direction: at a
@@ -503,14 +597,31 @@ func (ev *evRelay) result() error {
 // wakeOut makes the upstream → client direction see a kill: it interrupts
 // its read if it runs, and starts it if it is parked.
 func (ev *evRelay) wakeOut() {
+	if ev.pc != nil { // a pooled session: the pump or the reader, whichever waits
+		ev.pc.wake()
+		return
+	}
 	_ = ev.out.src.SetReadDeadline(time.Now())
 	ev.out.schedule()
+}
+
+// wakeIn starts a parked pooled client's reader, to see that its session
+// must end (its waker set a deadline or closed the client).
+func (ev *evRelay) wakeIn() {
+	if ev.p != nil {
+		ev.in.schedule()
+	}
 }
 
 // abort ends the session at once (Serve's hard stop).
 func (ev *evRelay) abort() {
 	ev.ending.Store(true)
-	for _, d := range []*pumpDir{&ev.in, &ev.out} {
+	if ev.pc != nil { // as the goroutine path, whose hook closes the client
+		_ = ev.pc.client.Close()
+		ev.in.schedule()
+		return
+	}
+	for _, d := range ev.dirs() {
 		_ = d.src.SetReadDeadline(time.Now())
 		d.schedule()
 	}

@@ -26,6 +26,10 @@ func (ev *evRelay) init(*poller, *liveSession, net.Conn, net.Conn) {}
 
 func (ev *evRelay) start(time.Time, uint64, *sync.WaitGroup) {}
 
+func (ev *evRelay) initPooled(*poller, *liveSession, *pooledClient) {}
+
 func (ev *evRelay) wakeOut() {}
+
+func (ev *evRelay) wakeIn() {}
 
 func (ev *evRelay) abort() {}

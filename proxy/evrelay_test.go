@@ -20,6 +20,7 @@ import (
 	"github.com/pgtenant/pgtenant/internal/localproc"
 	"github.com/pgtenant/pgtenant/internal/pgtest"
 	"github.com/pgtenant/pgtenant/internal/poll"
+	"github.com/pgtenant/pgtenant/pool"
 	"github.com/pgtenant/pgtenant/provision"
 	"github.com/pgtenant/pgtenant/proxy"
 	"github.com/pgtenant/pgtenant/resolver"
@@ -146,16 +147,35 @@ func selectOne(c *pgconn.PgConn) error {
 	return err
 }
 
+// relayModes are the sessions the event relay holds without a goroutine:
+// unpooled plaintext ones, and pooled ones in transaction mode (between
+// transactions).
+func relayModes(t *testing.T) map[string]func() []routerOpt {
+	return map[string]func() []routerOpt{
+		"unpooled": func() []routerOpt { return nil },
+		"pooled-transaction": func() []routerOpt {
+			opt, _ := withPool(t, proxy.PoolTransaction, pool.Config{})
+			return []routerOpt{opt}
+		},
+	}
+}
+
 // TestIdleSessionsHoldNoGoroutine holds 5,000 idle sessions (300 under
-// the race detector) through the router (issue 15): the router's
-// goroutines must not grow with them. (The
-// test process holds 3 descriptors per session: client, and the router's
-// two.)
+// the race detector) through the router (issue 15), unpooled and pooled:
+// the router's goroutines must not grow with them, nor stay grown after
+// the sessions ran a query. (The test process holds 3 descriptors per
+// unpooled session: client, and the router's two.)
 func TestIdleSessionsHoldNoGoroutine(t *testing.T) {
 	if testing.Short() {
 		t.Skip("5,000 sessions: not in -short")
 	}
 	pgtest.CheckGoroutines(t)
+	for name, opts := range relayModes(t) {
+		t.Run(name, func(t *testing.T) { testIdleHoldNoGoroutine(t, opts()...) })
+	}
+}
+
+func testIdleHoldNoGoroutine(t *testing.T, opts ...routerOpt) {
 	n := 5000
 	if raceEnabled {
 		// 5,000 logins under the race detector take minutes on a small
@@ -163,7 +183,7 @@ func TestIdleSessionsHoldNoGoroutine(t *testing.T) {
 		// few could leave (the goroutine relay held two per session).
 		n = 300
 	}
-	br := startBouncerRouter(t, n)
+	br := startBouncerRouter(t, n, opts...)
 	tenant := newTenant("idle")
 	warm := br.open(t, tenant, 1) // the poller and the pools are up
 	if err := selectOne(warm[0]); err != nil {
@@ -185,12 +205,16 @@ func TestIdleSessionsHoldNoGoroutine(t *testing.T) {
 	if got := len(br.srv.Sessions("")); got != n+1 {
 		t.Fatalf("Sessions = %d, want %d", got, n+1)
 	}
-	// Every session still works, and parks again after its query.
+	// Every session still works, and parks again after its query (once
+	// it has waited hotFor for more).
 	for i := 0; i < n; i += 97 {
 		if err := selectOne(conns[i]); err != nil {
 			t.Fatalf("session %d: %v", i, err)
 		}
 	}
+	poll.Until(t, time.Minute, "the sessions that ran a query to park again", func() bool {
+		return settle()-before < min(100, n/10)
+	})
 	for _, c := range conns {
 		_ = c.Close(context.Background())
 	}
@@ -200,30 +224,34 @@ func TestIdleSessionsHoldNoGoroutine(t *testing.T) {
 	}
 }
 
-// TestParkedSessionsKilled ends idle (parked) sessions with CloseSessions:
-// each client is told why, each session ends once, and no goroutine is
-// left behind.
+// TestParkedSessionsKilled ends idle (parked) sessions with CloseSessions,
+// unpooled and pooled: each client is told why, each session ends once,
+// and no goroutine is left behind.
 func TestParkedSessionsKilled(t *testing.T) {
 	pgtest.CheckGoroutines(t)
-	br := startBouncerRouter(t, 50)
-	tenant := newTenant("kill")
-	conns := br.open(t, tenant, 20)
-	if n := br.srv.CloseSessions(tenant, "57P01", "terminating connection: tenant blocked"); n != 20 {
-		t.Fatalf("CloseSessions = %d", n)
-	}
-	for i, c := range conns {
-		err := selectOne(c)
-		if pgCode(err) != "57P01" {
-			t.Fatalf("session %d after the kill: %v, want 57P01", i, err)
-		}
-	}
-	poll.Until(t, time.Minute, "the sessions to end", func() bool { return len(br.srv.Sessions("")) == 0 })
-	// Ended exactly once each: the gauge back at zero, not below.
-	if got := testutil.ToFloat64(br.metrics.ConnectionsActive); got != 0 {
-		t.Errorf("ConnectionsActive = %v, want 0", got)
-	}
-	if got := testutil.ToFloat64(br.metrics.ConnectionsFinished.WithLabelValues(proxy.OutcomeKilled)); got != 20 {
-		t.Errorf("finished killed = %v, want 20", got)
+	for name, opts := range relayModes(t) {
+		t.Run(name, func(t *testing.T) {
+			br := startBouncerRouter(t, 50, opts()...)
+			tenant := newTenant("kill")
+			conns := br.open(t, tenant, 20)
+			if n := br.srv.CloseSessions(tenant, "57P01", "terminating connection: tenant blocked"); n != 20 {
+				t.Fatalf("CloseSessions = %d", n)
+			}
+			for i, c := range conns {
+				err := selectOne(c)
+				if pgCode(err) != "57P01" {
+					t.Fatalf("session %d after the kill: %v, want 57P01", i, err)
+				}
+			}
+			poll.Until(t, time.Minute, "the sessions to end", func() bool { return len(br.srv.Sessions("")) == 0 })
+			// Ended exactly once each: the gauge back at zero, not below.
+			if got := testutil.ToFloat64(br.metrics.ConnectionsActive); got != 0 {
+				t.Errorf("ConnectionsActive = %v, want 0", got)
+			}
+			if got := testutil.ToFloat64(br.metrics.ConnectionsFinished.WithLabelValues(proxy.OutcomeKilled)); got != 20 {
+				t.Errorf("finished killed = %v, want 20", got)
+			}
+		})
 	}
 }
 

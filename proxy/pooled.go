@@ -85,6 +85,10 @@ type pooledClient struct {
 	scratch   []byte
 	need      []*statement
 	bctx      *borrowCtx // the last borrow's context, reused if nothing waited on it
+
+	// stopRead tells the client's reader, when the event relay runs it
+	// (evrelay_linux.go), that the deadline it hit was endClient's.
+	stopRead atomic.Bool
 }
 
 // serverEnd is why a pumpServer ended.
@@ -180,8 +184,15 @@ func (s *Server) servePooled(ctx context.Context, c net.Conn, sess *session, log
 	}
 	pc.tag = 0
 	sess.routed, sess.via, sess.upPID = true, rt.Via, g.pid
-	ls := &liveSession{session: sess, remote: c.RemoteAddr().String(), start: time.Now(), wake: pc.wake}
+	ls := &sess.liveStore // one allocation for both
+	ls.session, ls.remote, ls.start, ls.wake = sess, c.RemoteAddr().String(), time.Now(), pc.wake
 	pc.ls = ls
+	// In transaction mode the client's reader may wait without a goroutine
+	// (a session-mode client holds a server connection, and its pump's
+	// goroutine, throughout). Set up before kill can see the session.
+	if mode == PoolTransaction && canEventRelay(sess.poll, c, c) {
+		ls.ev.initPooled(sess.poll, ls, pc)
+	}
 	sess.onEnd(s.live.add(ls))
 	giveBack := func() {
 		if conn != nil {
@@ -474,6 +485,7 @@ func (pc *pooledClient) wake() {
 		return
 	}
 	_ = pc.client.SetReadDeadline(time.Now())
+	pc.ls.ev.wakeIn()
 }
 
 // pumpServer copies conn's replies to the client until the session ends,
@@ -489,6 +501,7 @@ func (pc *pooledClient) pumpServer(conn *pool.Conn, done chan<- serverEnd) {
 			r.done()
 			if werr != nil {
 				_ = pc.client.Close() // wakes run
+				pc.ls.ev.wakeIn()
 				done <- serverEnd{endClientGone, werr}
 				return
 			}
@@ -522,6 +535,7 @@ func (pc *pooledClient) pumpServer(conn *pool.Conn, done chan<- serverEnd) {
 			}
 			if rerr != nil {
 				_ = pc.client.Close()
+				pc.ls.ev.wakeIn()
 				done <- serverEnd{kind: endKilled}
 				return
 			}
@@ -558,7 +572,9 @@ func (pc *pooledClient) endClient() {
 	if tc, ok := pc.client.(*net.TCPConn); ok {
 		_ = tc.CloseWrite()
 	}
+	pc.stopRead.Store(true)
 	_ = pc.client.SetReadDeadline(time.Now())
+	pc.ls.ev.wakeIn()
 }
 
 // run relays the client's messages until the session ends, then gives the

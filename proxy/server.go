@@ -411,11 +411,19 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, poll *poller, wg *sy
 		s.cfg.Metrics.connOpened()
 		return s.serve(ctx, c, sess, log)
 	})
-	if err == nil && sess.live != nil && sess.live.ev.p != nil {
+	var ev *evRelay
+	switch {
+	case sess.pooled != nil:
+		ev = &sess.pooled.ls.ev
+	case sess.live != nil:
+		ev = &sess.live.ev
+	}
+	if err == nil && ev != nil && ev.p != nil {
 		// No goroutine waits for the session from here: the last of its
-		// directions to end does what follows relay below (evRelay.end).
+		// directions to end does what follows relay or run below
+		// (evRelay.end).
 		stop() // if ctx ended already, c is closed and the relay ends at once
-		sess.live.ev.start(start, id, wg)
+		ev.start(start, id, wg)
 		return nil
 	}
 	defer func() {
