@@ -10,7 +10,6 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -98,8 +97,10 @@ func (p *poller) loop() {
 			if fd := int(ev.Fd); fd < len(p.dirs) {
 				d = p.dirs[fd]
 			}
+			// gen under mu: a session going cold or warm registers anew.
+			ok := d != nil && d.gen == uint32(ev.Pad) // else: a socket since closed, its fd maybe reused
 			p.mu.RUnlock()
-			if d != nil && d.gen == uint32(ev.Pad) { // else: a socket since closed, its fd maybe reused
+			if ok {
 				d.schedule()
 			}
 		}
@@ -131,20 +132,26 @@ const (
 
 // pumpDir is one direction of an event-relayed session.
 type pumpDir struct {
-	ev       *evRelay
-	toClient bool
-	src      net.Conn        // the other direction's src is where it writes
-	raw      syscall.RawConn // of src
-	fd       int32           // src's, for the poller's table
-	gen      uint32          // this registration's generation
-	state    atomic.Int32
+	ev    *evRelay
+	fd    int32  // src's, for the poller's table
+	gen   uint32 // this registration's generation
+	state atomic.Int32
 	// err is why d ended (read by the session's end), or, set before d
 	// ever ran, why it could not be registered.
 	err error
 
-	r      lazyReader // reads src while d runs; holds a buffer only while relaying one
-	active bool       // d relayed something since its read deadline was last set
+	// r reads src, d's socket (r.conn; the other direction's is where d
+	// writes); it holds a buffer only while relaying one.
+	r        lazyReader
+	toClient bool
+	active   bool // d relayed something since its read deadline was last set
+	// rawFD is src's descriptor while the session is cold (evcold_linux.go):
+	// src itself closed, r empty.
+	rawFD int32
 }
+
+// src is the socket d reads.
+func (d *pumpDir) src() net.Conn { return d.r.conn }
 
 // evRelay is the event-relayed part of a liveSession. Its zero value (p nil)
 // means the session relays on goroutines (relay), as TLS sessions and those
@@ -157,6 +164,10 @@ type evRelay struct {
 	f       framer        // of out: to stop at a message boundary when killed
 	left    atomic.Int32  // directions not yet ended
 	ending  atomic.Bool   // the session is ending: every direction stops
+	// cold: both directions wait on bare descriptors (evcold_linux.go);
+	// set and cleared under mu, which orders going cold and warming up.
+	cold atomic.Bool
+	mu   sync.Mutex
 
 	// What end needs of serveConn, which returned long before (the rest
 	// is the same for all of a Serve's sessions: poller.srv, poller.ctx).
@@ -203,24 +214,24 @@ func (ev *evRelay) dirs() []*pumpDir {
 }
 
 func (d *pumpDir) setup(ev *evRelay, toClient bool, src net.Conn) {
-	d.ev, d.toClient, d.src = ev, toClient, src
+	d.ev, d.toClient = ev, toClient
+	d.r.conn, d.rawFD = src, -1
 	d.state.Store(dirRunning) // the starter's until it registers it
 	raw, err := src.(*net.TCPConn).SyscallConn()
 	if err != nil {
 		d.err = err
 		return
 	}
-	d.raw = raw
-	d.r = lazyReader{conn: src, raw: raw}
+	d.r.raw = raw
 	d.r.fn = d.r.readFD // a method value made once: no allocation per read
 }
 
 // dst is where d writes: the other direction's source.
 func (d *pumpDir) dst() net.Conn {
 	if d.toClient {
-		return d.ev.in.src
+		return d.ev.in.src()
 	}
-	return d.ev.out.src
+	return d.ev.out.src()
 }
 
 // start hands the session to the poller: from now on end runs exactly
@@ -238,7 +249,7 @@ func (ev *evRelay) start(begin time.Time, id uint64, wg *sync.WaitGroup) {
 	for _, d := range ev.dirs() {
 		err := d.err
 		if err == nil {
-			if cerr := d.raw.Control(func(fd uintptr) { err = d.registerFD(fd) }); cerr != nil {
+			if cerr := d.r.raw.Control(func(fd uintptr) { err = d.registerFD(fd) }); cerr != nil {
 				err = cerr
 			}
 		}
@@ -261,6 +272,9 @@ func (ev *evRelay) start(begin time.Time, id uint64, wg *sync.WaitGroup) {
 		d.state.Store(dirParked)
 		d.schedule() // runs, fails and ends the session
 	}
+	if ev.pc == nil && len(failed) == 0 {
+		time.AfterFunc(hotFor, ev.tryCool) // an idle session goes cold (evcold_linux.go)
+	}
 }
 
 func (d *pumpDir) p() *poller { return d.ev.p }
@@ -270,8 +284,15 @@ func (d *pumpDir) p() *poller { return d.ev.p }
 // triggered (arming reports data that came before).
 const armEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
 
-// registerFD enters d in the poller's table and arms fd, its socket.
-func (d *pumpDir) registerFD(fd uintptr) error {
+// registerFD enters d in the poller's table and arms fd, its socket,
+// with d parked.
+func (d *pumpDir) registerFD(fd uintptr) error { return d.register(fd, true) }
+
+// registerDisarmed enters d in the poller's table and fd in the epoll set,
+// disarmed, for a d that runs: it arms it when it parks.
+func (d *pumpDir) registerDisarmed(fd uintptr) error { return d.register(fd, false) }
+
+func (d *pumpDir) register(fd uintptr, armed bool) error {
 	p := d.p()
 	p.mu.Lock()
 	if int(fd) >= len(p.dirs) {
@@ -284,8 +305,11 @@ func (d *pumpDir) registerFD(fd uintptr) error {
 	d.fd, d.gen = int32(fd), p.gen
 	p.dirs[fd] = d
 	p.mu.Unlock()
-	d.state.Store(dirParked) // before arming: the event may come at once
-	e := unix.EpollEvent{Events: armEvents, Fd: int32(fd), Pad: int32(d.gen)}
+	e := unix.EpollEvent{Events: unix.EPOLLONESHOT, Fd: int32(fd), Pad: int32(d.gen)}
+	if armed {
+		e.Events = armEvents
+		d.state.Store(dirParked) // before arming: the event may come at once
+	}
 	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &e); err != nil {
 		d.state.Store(dirRunning)
 		return os.NewSyscallError("epoll_ctl", err)
@@ -304,9 +328,12 @@ func (d *pumpDir) unregister() {
 		}
 		p.mu.Unlock()
 	}
-	if d.raw != nil {
-		epfd := d.p().epfd
-		_ = d.raw.Control(func(fd uintptr) { _ = unix.EpollCtl(epfd, unix.EPOLL_CTL_DEL, int(fd), nil) })
+	epfd := d.p().epfd
+	switch {
+	case d.r.raw != nil:
+		_ = d.r.raw.Control(func(fd uintptr) { _ = unix.EpollCtl(epfd, unix.EPOLL_CTL_DEL, int(fd), nil) })
+	case d.rawFD >= 0: // cold
+		_ = unix.EpollCtl(epfd, unix.EPOLL_CTL_DEL, int(d.rawFD), nil)
 	}
 }
 
@@ -330,7 +357,7 @@ func (d *pumpDir) park() bool {
 	// flags are set before their setters call schedule, which sees parked
 	// too, or are seen here.
 	var aerr error
-	cerr := d.raw.Control(func(fd uintptr) {
+	cerr := d.r.raw.Control(func(fd uintptr) {
 		e := unix.EpollEvent{Events: armEvents, Fd: int32(fd), Pad: int32(d.gen)}
 		aerr = unix.EpollCtl(d.p().epfd, unix.EPOLL_CTL_MOD, int(fd), &e)
 	})
@@ -377,10 +404,20 @@ func (d *pumpDir) run() {
 		d.finish(d.err)
 		return
 	}
+	if d.ev.cold.Load() {
+		if err := d.ev.warm(d); err != nil {
+			d.finish(err)
+			return
+		}
+	}
+	if d.src() == nil { // the other direction's warm-up failed for it
+		d.finish(nil)
+		return
+	}
 	ls := d.ev.ls
 	// A fresh deadline: the last one passed (that parked d) or was set by a
 	// waker, whose flag the loop checks first.
-	_ = d.src.SetReadDeadline(time.Now().Add(hotFor))
+	_ = d.src().SetReadDeadline(time.Now().Add(hotFor))
 	d.active = false
 	for {
 		if stop, err := d.stopping(); stop {
@@ -395,13 +432,19 @@ func (d *pumpDir) run() {
 			}
 			if d.active { // busy: wait on in the goroutine
 				d.active = false
-				_ = d.src.SetReadDeadline(time.Now().Add(hotFor))
+				_ = d.src().SetReadDeadline(time.Now().Add(hotFor))
 				continue // the loop's check sees a waker that came before this deadline
 			}
-			if d.park() {
+			if d.parkOrCool() {
 				return
 			}
-			_ = d.src.SetReadDeadline(time.Now().Add(hotFor))
+			if d.ev.cold.Load() { // went cold, but was woken meanwhile
+				if err := d.ev.warm(d); err != nil {
+					d.finish(err)
+					return
+				}
+			}
+			_ = d.src().SetReadDeadline(time.Now().Add(hotFor))
 			continue
 		}
 		if len(b) > 0 {
@@ -460,7 +503,7 @@ func (d *pumpDir) runPooled() {
 		return
 	}
 	pc, ls := d.ev.pc, d.ev.ls
-	_ = d.src.SetReadDeadline(time.Now().Add(hotFor))
+	_ = d.src().SetReadDeadline(time.Now().Add(hotFor))
 	d.active = false
 	for {
 		b, rerr := d.r.read()
@@ -486,7 +529,7 @@ func (d *pumpDir) runPooled() {
 			return
 		}
 		d.active = false
-		_ = d.src.SetReadDeadline(time.Now().Add(hotFor))
+		_ = d.src().SetReadDeadline(time.Now().Add(hotFor))
 		if d.woken() { // its waker's deadline came before ours
 			d.endPooled(rerr)
 			return
@@ -512,8 +555,8 @@ func (d *pumpDir) endPooled(cause error) {
 func (d *pumpDir) killAtBoundary() error {
 	ls, f := d.ev.ls, &d.ev.f
 	if !f.atBoundary() {
-		_ = d.src.SetReadDeadline(time.Now().Add(time.Second))
-		r := lazyReader{conn: d.src}
+		_ = d.src().SetReadDeadline(time.Now().Add(time.Second))
+		r := lazyReader{conn: d.src()}
 		defer r.done()
 		for !f.atBoundary() {
 			b, err := r.read()
@@ -543,14 +586,14 @@ func (d *pumpDir) finish(err error) {
 	d.err = err
 	d.state.Store(dirEnded)
 	ev.ending.Store(true)
-	client, upstream := ev.in.src, ev.out.src
-	if d.toClient && err == errKilled {
+	client, upstream := ev.in.src(), ev.out.src() // nil after a failed warm-up
+	if tc, ok := client.(*net.TCPConn); ok && d.toClient && err == errKilled {
 		// Our ErrorResponse is on its way: half-close, not a reset.
-		_ = client.(*net.TCPConn).CloseWrite()
+		_ = tc.CloseWrite()
 	} else {
-		_ = client.Close()
+		closeConn(client)
 	}
-	_ = upstream.Close()
+	closeConn(upstream)
 	other := &ev.in
 	if d == other {
 		other = &ev.out
@@ -562,7 +605,7 @@ func (d *pumpDir) finish(err error) {
 	if ev.left.Add(-n) == 0 {
 		ev.in.unregister()
 		ev.out.unregister()
-		_ = client.Close()
+		closeConn(client)
 		ev.end(ev.result())
 	}
 }
@@ -601,8 +644,28 @@ func (ev *evRelay) wakeOut() {
 		ev.pc.wake()
 		return
 	}
-	_ = ev.out.src.SetReadDeadline(time.Now())
+	ev.interrupt(&ev.out)
 	ev.out.schedule()
+}
+
+// interrupt makes d's read return now if d runs (a cold d has no socket to
+// interrupt: its goroutine, when scheduled, warms the session first).
+func (ev *evRelay) interrupt(d *pumpDir) {
+	ev.mu.Lock()
+	if c := d.src(); c != nil && !ev.cold.Load() {
+		_ = c.SetReadDeadline(time.Now())
+	}
+	ev.mu.Unlock()
+}
+
+// closeUpstream closes the upstream connection the session has now, if
+// any (one of its ends: the relay closed it already unless the handshake
+// failed before the relay started).
+func (ev *evRelay) closeUpstream() {
+	ev.mu.Lock()
+	c := ev.out.src()
+	ev.mu.Unlock()
+	closeConn(c)
 }
 
 // wakeIn starts a parked pooled client's reader, to see that its session
@@ -622,7 +685,7 @@ func (ev *evRelay) abort() {
 		return
 	}
 	for _, d := range ev.dirs() {
-		_ = d.src.SetReadDeadline(time.Now())
+		ev.interrupt(d)
 		d.schedule()
 	}
 }

@@ -32,4 +32,6 @@ func (ev *evRelay) wakeOut() {}
 
 func (ev *evRelay) wakeIn() {}
 
+func (ev *evRelay) closeUpstream() {}
+
 func (ev *evRelay) abort() {}

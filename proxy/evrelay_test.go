@@ -344,3 +344,63 @@ func TestPipelinedBatchBothWays(t *testing.T) {
 		t.Fatalf("after the batch: %d, %v", one, err)
 	}
 }
+
+// TestColdSessions: idle sessions go cold (their sockets held as bare
+// descriptors), and a cold session works as any other: queries, large
+// results, a kill, the client hanging up. Each warm-up and each cooling
+// shows in SessionsCold.
+func TestColdSessions(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the event relay is Linux's")
+	}
+	pgtest.CheckGoroutines(t)
+	br := startBouncerRouter(t, 50)
+	cold := func() int { return int(testutil.ToFloat64(br.metrics.SessionsCold)) }
+	tenant := newTenant("cold")
+	conns := br.open(t, tenant, 20)
+	poll.Until(t, time.Minute, "the idle sessions to go cold", func() bool { return cold() == 20 })
+
+	// A query warms its session up; it cools again after hotFor.
+	for i, c := range conns[:10] {
+		if err := selectOne(c); err != nil {
+			t.Fatalf("session %d, cold: %v", i, err)
+		}
+	}
+	if n := cold(); n > 10 {
+		t.Fatalf("SessionsCold = %d after queries on 10 of 20, want <= 10", n)
+	}
+	poll.Until(t, time.Minute, "the sessions to go cold again", func() bool { return cold() == 20 })
+	// Much more than a socket buffer, both ways, on a cold session.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	big := strings.Repeat("x", 1<<20)
+	res := conns[3].ExecParams(ctx, "SELECT length($1::text), count(*) FROM generate_series(1, 50000)", [][]byte{[]byte(big)}, nil, nil, nil).Read()
+	if res.Err != nil || len(res.Rows) != 1 || string(res.Rows[0][0]) != "1048576" || string(res.Rows[0][1]) != "50000" {
+		t.Fatalf("large exchange on a cold session: %v %q", res.Err, res.Rows)
+	}
+	rows := conns[4].ExecParams(ctx, "SELECT g FROM generate_series(1, 100000) g", nil, nil, nil, nil).Read()
+	if rows.Err != nil || len(rows.Rows) != 100000 {
+		t.Fatalf("large result on a cold session: %v, %d rows", rows.Err, len(rows.Rows))
+	}
+	poll.Until(t, time.Minute, "the sessions to go cold again", func() bool { return cold() == 20 })
+
+	// A client that hangs up while its session is cold ends the session.
+	_ = conns[0].Close(ctx)
+	poll.Until(t, time.Minute, "the hung-up session to end", func() bool { return len(br.srv.Sessions("")) == 19 })
+	// A kill reaches cold sessions: each client is told why.
+	if n := br.srv.CloseSessions(tenant, "57P01", "terminating connection: tenant blocked"); n != 19 {
+		t.Fatalf("CloseSessions = %d, want 19", n)
+	}
+	for i, c := range conns[1:] {
+		if err := selectOne(c); pgCode(err) != "57P01" {
+			t.Fatalf("session %d after the kill: %v, want 57P01", i+1, err)
+		}
+	}
+	poll.Until(t, time.Minute, "the sessions to end", func() bool { return len(br.srv.Sessions("")) == 0 })
+	if n := cold(); n != 0 {
+		t.Errorf("SessionsCold = %d with no session left", n)
+	}
+	if got := testutil.ToFloat64(br.metrics.ConnectionsActive); got != 0 {
+		t.Errorf("ConnectionsActive = %v, want 0", got)
+	}
+}

@@ -45,6 +45,9 @@ type Metrics struct {
 	ConnectionsActive prometheus.Gauge
 	// ConnectionsFinished counts closed client connections by outcome.
 	ConnectionsFinished *prometheus.CounterVec
+	// SessionsCold is the number of idle sessions held cold now: their
+	// sockets as bare descriptors, no goroutine (evcold_linux.go).
+	SessionsCold prometheus.Gauge
 	// HandshakeSeconds is the time from accept to a complete startup
 	// packet (TLS included), for connections that got that far.
 	HandshakeSeconds prometheus.Histogram
@@ -115,6 +118,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: ns, Subsystem: sub, Name: "connections_active",
 			Help: "Client connections open now (in startup or routed).",
 		}),
+		SessionsCold: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: sub, Name: "sessions_cold",
+			Help: "Idle routed sessions held cold now (sockets as bare descriptors, no goroutine).",
+		}),
 		ConnectionsFinished: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "connections_finished_total",
 			Help: "Client connections closed, by outcome.",
@@ -165,11 +172,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.CancelRequests.WithLabelValues(o)
 	}
 	if reg != nil {
-		reg.MustRegister(m.ConnectionsAccepted, m.ConnectionsActive, m.ConnectionsFinished,
+		reg.MustRegister(m.ConnectionsAccepted, m.ConnectionsActive, m.ConnectionsFinished, m.SessionsCold,
 			m.HandshakeSeconds, m.ClientAuthSeconds, m.ClientLogins, m.ResolveSeconds, m.UpstreamConnectSeconds,
 			m.BytesIn, m.BytesOut, m.CancelRequests)
 	}
 	return m
+}
+
+// cold counts a session going cold (+1) or warming up (-1).
+func (m *Metrics) cold(delta float64) {
+	if m != nil {
+		m.SessionsCold.Add(delta)
+	}
 }
 
 func (m *Metrics) connOpened() {

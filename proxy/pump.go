@@ -32,8 +32,8 @@ type lazyReader struct {
 	// value made once, not a closure allocated per read.
 	fn   func(fd uintptr) bool
 	bp   *[]byte
-	n    int
-	serr error
+	n    int32         // of the last read
+	serr syscall.Errno // of the last read; 0: none
 }
 
 func newLazyReader(c net.Conn) *lazyReader {
@@ -53,7 +53,11 @@ func newLazyReader(c net.Conn) *lazyReader {
 func (r *lazyReader) readFD(fd uintptr) bool {
 	r.bp = bufPool.Get().(*[]byte)
 	for {
-		r.n, r.serr = syscall.Read(int(fd), *r.bp)
+		n, err := syscall.Read(int(fd), *r.bp)
+		r.n, r.serr = int32(n), 0
+		if err != nil {
+			r.serr = err.(syscall.Errno) // syscall.Read returns no other error
+		}
 		if r.serr != syscall.EINTR {
 			break
 		}
@@ -85,7 +89,7 @@ func (r *lazyReader) read() ([]byte, error) {
 		return nil, err
 	}
 	switch {
-	case r.serr != nil:
+	case r.serr != 0:
 		r.done()
 		return nil, os.NewSyscallError("read", r.serr)
 	case r.n <= 0:

@@ -640,12 +640,16 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	// up (its parameter map) alive past the greeting, only the connection.
 	upConn := up.Conn
 	ls := &sess.liveStore // one allocation for both
-	ls.session, ls.remote, ls.start, ls.upstream = sess, c.RemoteAddr().String(), time.Now(), upConn
-	if canEventRelay(sess.poll, c, upConn) {
-		// Serve's hook closes it on a hard stop (serveConn).
+	ls.session, ls.remote, ls.start = sess, c.RemoteAddr().String(), time.Now()
+	evRelayed := canEventRelay(sess.poll, c, upConn)
+	if evRelayed {
+		// Serve's hook closes it on a hard stop (serveConn). Nothing but
+		// the relay holds the connections: a cold session closes them
+		// (evcold_linux.go).
 		ls.ev.init(sess.poll, ls, c, upConn)
-		sess.onEnd(func() { _ = upConn.Close() })
+		sess.onEnd(ls.ev.closeUpstream)
 	} else {
+		ls.upstream = upConn
 		stopUp := context.AfterFunc(ctx, func() { _ = upConn.Close() })
 		sess.onEnd(func() { stopUp(); _ = upConn.Close() })
 	}
@@ -674,7 +678,10 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	sess.authFinal = nil           // sent; an idle session keeps nothing of its login
 	_ = c.SetDeadline(time.Time{}) // from here on liveness is TCP keepalive's job
 
-	sess.client, sess.live = c, ls
+	sess.live = ls
+	if !evRelayed {
+		sess.client = c
+	}
 	return nil
 }
 
