@@ -136,19 +136,20 @@ type pumpDir struct {
 	fd    int32  // src's, for the poller's table
 	gen   uint32 // this registration's generation
 	state atomic.Int32
+	// rawFD is src's descriptor while the session is cold (evcold_linux.go):
+	// src itself closed, r empty.
+	rawFD int32
 	// err is why d ended (read by the session's end), or, set before d
 	// ever ran, why it could not be registered.
 	err error
 
 	// r reads src, d's socket (r.conn; the other direction's is where d
 	// writes); it holds a buffer only while relaying one.
-	r        lazyReader
-	toClient bool
-	active   bool // d relayed something since its read deadline was last set
-	// rawFD is src's descriptor while the session is cold (evcold_linux.go):
-	// src itself closed, r empty.
-	rawFD int32
+	r lazyReader
 }
+
+// toClient reports whether d is the upstream → client direction.
+func (d *pumpDir) toClient() bool { return d == &d.ev.out }
 
 // src is the socket d reads.
 func (d *pumpDir) src() net.Conn { return d.r.conn }
@@ -170,10 +171,11 @@ type evRelay struct {
 	mu   sync.Mutex
 
 	// What end needs of serveConn, which returned long before (the rest
-	// is the same for all of a Serve's sessions: poller.srv, poller.ctx).
-	begin time.Time
+	// is the same for all of a Serve's sessions: poller.srv, poller.ctx,
+	// and the Serve's wait group, srv.conns: a session accepted during the
+	// drain is refused before it could be relayed).
+	begin stamp
 	id    uint64
-	wg    *sync.WaitGroup
 }
 
 // canEventRelay reports whether the connections can be event-relayed: plain
@@ -192,8 +194,8 @@ func canEventRelay(p *poller, client, upstream net.Conn) bool {
 // is visible to kill: see start).
 func (ev *evRelay) init(p *poller, ls *liveSession, client, upstream net.Conn) {
 	ev.p, ev.ls = p, ls
-	ev.in.setup(ev, false, client)
-	ev.out.setup(ev, true, upstream)
+	ev.in.setup(ev, client)
+	ev.out.setup(ev, upstream)
 	ev.left.Store(2)
 }
 
@@ -201,7 +203,7 @@ func (ev *evRelay) init(p *poller, ls *liveSession, client, upstream net.Conn) {
 // server connections' replies are pumped as ever: pooled.go); only in runs.
 func (ev *evRelay) initPooled(p *poller, ls *liveSession, pc *pooledClient) {
 	ev.p, ev.ls, ev.pc = p, ls, pc
-	ev.in.setup(ev, false, pc.client)
+	ev.in.setup(ev, pc.client)
 	ev.left.Store(1)
 }
 
@@ -213,8 +215,8 @@ func (ev *evRelay) dirs() []*pumpDir {
 	return []*pumpDir{&ev.in, &ev.out}
 }
 
-func (d *pumpDir) setup(ev *evRelay, toClient bool, src net.Conn) {
-	d.ev, d.toClient = ev, toClient
+func (d *pumpDir) setup(ev *evRelay, src net.Conn) {
+	d.ev = ev
 	d.r.conn, d.rawFD = src, -1
 	d.state.Store(dirRunning) // the starter's until it registers it
 	raw, err := src.(*net.TCPConn).SyscallConn()
@@ -228,7 +230,7 @@ func (d *pumpDir) setup(ev *evRelay, toClient bool, src net.Conn) {
 
 // dst is where d writes: the other direction's source.
 func (d *pumpDir) dst() net.Conn {
-	if d.toClient {
+	if d.toClient() {
 		return d.ev.in.src()
 	}
 	return d.ev.out.src()
@@ -239,8 +241,8 @@ func (d *pumpDir) dst() net.Conn {
 // it does what serveConn does after relay. Both directions start parked
 // (the client was just greeted: nothing is on its way yet). The session
 // must end at once if ctx ended already (Serve's hook may have missed it).
-func (ev *evRelay) start(begin time.Time, id uint64, wg *sync.WaitGroup) {
-	ev.begin, ev.id, ev.wg = begin, id, wg
+func (ev *evRelay) start(begin time.Time, id uint64) {
+	ev.begin, ev.id = stampOf(begin), id
 	ev.p.runs.Add(1) // this goroutine arms the set below
 	defer ev.p.runs.Done()
 	// Once armed, a direction may run (and write its fields) at once: what
@@ -378,7 +380,7 @@ func (d *pumpDir) woken() bool {
 	if pc := ev.pc; pc != nil {
 		return ev.ls.killed.Load() != nil || pc.stopRead.Load()
 	}
-	return d.toClient && ev.ls.killed.Load() != nil
+	return d.toClient() && ev.ls.killed.Load() != nil
 }
 
 // stopping reports why d must stop reading now, if it must: the session
@@ -387,7 +389,7 @@ func (d *pumpDir) stopping() (stop bool, err error) {
 	switch {
 	case d.ev.ending.Load():
 		return true, nil
-	case d.toClient && d.ev.ls.killed.Load() != nil:
+	case d.toClient() && d.ev.ls.killed.Load() != nil:
 		return true, d.killAtBoundary()
 	}
 	return false, nil
@@ -418,7 +420,7 @@ func (d *pumpDir) run() {
 	// A fresh deadline: the last one passed (that parked d) or was set by a
 	// waker, whose flag the loop checks first.
 	_ = d.src().SetReadDeadline(time.Now().Add(hotFor))
-	d.active = false
+	active := false // d relayed something since its read deadline was last set
 	for {
 		if stop, err := d.stopping(); stop {
 			d.finish(err)
@@ -430,8 +432,8 @@ func (d *pumpDir) run() {
 				d.finish(err)
 				return
 			}
-			if d.active { // busy: wait on in the goroutine
-				d.active = false
+			if active { // busy: wait on in the goroutine
+				active = false
 				_ = d.src().SetReadDeadline(time.Now().Add(hotFor))
 				continue // the loop's check sees a waker that came before this deadline
 			}
@@ -448,8 +450,8 @@ func (d *pumpDir) run() {
 			continue
 		}
 		if len(b) > 0 {
-			d.active = true
-			if d.toClient {
+			active = true
+			if d.toClient() {
 				f := &d.ev.f
 				f.feed(b)
 				if f.ready != 0 { // before the write: the client cannot have answered yet
@@ -480,13 +482,13 @@ func (d *pumpDir) run() {
 			switch {
 			case d.ev.ending.Load():
 				rerr = nil // the other direction closed src: its error is the session's
-			case d.toClient && ls.killed.Load() != nil:
+			case d.toClient() && ls.killed.Load() != nil:
 				rerr = errKilled // could not reach a boundary: just close
 			}
 			d.finish(rerr)
 			return
 		}
-		if d.toClient && ls.killed.Load() != nil && d.ev.f.atBoundary() {
+		if d.toClient() && ls.killed.Load() != nil && d.ev.f.atBoundary() {
 			d.finish(d.killAtBoundary())
 			return
 		}
@@ -504,11 +506,11 @@ func (d *pumpDir) runPooled() {
 	}
 	pc, ls := d.ev.pc, d.ev.ls
 	_ = d.src().SetReadDeadline(time.Now().Add(hotFor))
-	d.active = false
+	active := false // d relayed something since its read deadline was last set
 	for {
 		b, rerr := d.r.read()
 		if len(b) > 0 {
-			d.active = true
+			active = true
 			ls.bytesIn.Add(int64(len(b)))
 			err := pc.forward(d.p().ctx, b)
 			d.r.done()
@@ -525,10 +527,10 @@ func (d *pumpDir) runPooled() {
 			return
 		}
 		// Our own deadline: wait on, or park.
-		if !d.active && d.park() {
+		if !active && d.park() {
 			return
 		}
-		d.active = false
+		active = false
 		_ = d.src().SetReadDeadline(time.Now().Add(hotFor))
 		if d.woken() { // its waker's deadline came before ours
 			d.endPooled(rerr)
@@ -587,7 +589,7 @@ func (d *pumpDir) finish(err error) {
 	d.state.Store(dirEnded)
 	ev.ending.Store(true)
 	client, upstream := ev.in.src(), ev.out.src() // nil after a failed warm-up
-	if tc, ok := client.(*net.TCPConn); ok && d.toClient && err == errKilled {
+	if tc, ok := client.(*net.TCPConn); ok && d.toClient() && err == errKilled {
 		// Our ErrorResponse is on its way: half-close, not a reset.
 		_ = tc.CloseWrite()
 	} else {
@@ -616,10 +618,8 @@ func (ev *evRelay) end(err error) {
 	ls, s := ev.ls, ev.p.srv
 	ls.killedBy = ls.killed.Load() // why the router ended it, if it did (metrics)
 	// The session's logger is made again rather than held while it idles.
-	_ = s.ended(ev.p.ctx, ls.session, s.log.With("conn", ev.id, "remote", ls.remote), ev.begin, err)
-	if ev.wg != nil {
-		ev.wg.Done()
-	}
+	_ = s.ended(ev.p.ctx, ls.session, s.log.With("conn", ev.id, "remote", ls.remote), ev.begin.time(), err)
+	s.conns.Done()
 }
 
 // result is the session's error as relay returns it.

@@ -24,7 +24,7 @@ func canEventRelay(*poller, net.Conn, net.Conn) bool { return false }
 
 func (ev *evRelay) init(*poller, *liveSession, net.Conn, net.Conn) {}
 
-func (ev *evRelay) start(time.Time, uint64, *sync.WaitGroup) {}
+func (ev *evRelay) start(time.Time, uint64) {}
 
 func (ev *evRelay) initPooled(*poller, *liveSession, *pooledClient) {}
 

@@ -27,8 +27,8 @@ type idleState struct {
 	// 0 at the start: idle).
 	txStatus atomic.Uint32
 
-	seenIn int64     // bytesIn when the sweeper saw the session go idle
-	since  time.Time // when the sweeper saw it; zero while busy
+	seenIn int64 // bytesIn when the sweeper saw the session go idle
+	since  stamp // when the sweeper saw it; zero while busy
 }
 
 // noteReady records a ReadyForQuery with status st from the upstream. It is
@@ -87,14 +87,14 @@ func (s *Server) sweepIdle(now time.Time) {
 		st := &ls.idle
 		in := ls.bytesIn.Load()
 		if in != st.readyIn.Load() { // the client spoke since the last ReadyForQuery
-			st.since = time.Time{}
+			st.since = 0
 			return
 		}
-		if st.since.IsZero() || in != st.seenIn {
-			st.seenIn, st.since = in, now
+		if st.since == 0 || in != st.seenIn {
+			st.seenIn, st.since = in, max(stampOf(now), 1) // 0 means unset
 			return
 		}
-		if now.Sub(st.since) < timeout {
+		if now.Sub(st.since.time()) < timeout {
 			return
 		}
 		tx := byte(st.txStatus.Load())

@@ -111,7 +111,7 @@ const (
 // server's parameters and its own cancel key, and leaves the session to
 // ServeConn (sess.pooled), holding the connection in session mode and
 // having given it back in transaction mode.
-func (s *Server) servePooled(ctx context.Context, c net.Conn, sess *session, log *slog.Logger, tenant string, mode PoolMode, want map[string]setting) error {
+func (s *Server) servePooled(ctx context.Context, c net.Conn, sess *session, log *slog.Logger, tenant string, mode PoolMode, want map[string]setting, authFinal []byte) error {
 	pc := &pooledClient{s: s, mode: mode, client: c, tenant: tenant, want: want, log: log}
 	pc.tr.OnParameter = pc.onParameter
 	pc.defaults = true
@@ -185,7 +185,7 @@ func (s *Server) servePooled(ctx context.Context, c net.Conn, sess *session, log
 	pc.tag = 0
 	sess.routed, sess.via, sess.upPID = true, rt.Via, g.pid
 	ls := &sess.liveStore // one allocation for both
-	ls.session, ls.remote, ls.start, ls.wake = sess, c.RemoteAddr().String(), time.Now(), pc.wake
+	ls.session, ls.remote, ls.start, ls.wake = sess, c.RemoteAddr().String(), stampOf(time.Now()), pc.wake
 	pc.ls = ls
 	// In transaction mode the client's reader may wait without a goroutine
 	// (a session-mode client holds a server connection, and its pump's
@@ -207,14 +207,13 @@ func (s *Server) servePooled(ctx context.Context, c net.Conn, sess *session, log
 		giveBack()
 		return s.fail(c, blockedError(tenant))
 	}
-	key, release := s.cancels.register(cancelTarget{pid: g.pid, follow: &pc.current}, sess.secretLen)
+	key, release := s.cancels.register(cancelTarget{pid: g.pid, follow: &pc.current}, int(sess.secretLen))
 	sess.onEnd(release)
 
-	if err := greet(c, sess.authFinal, g.params, key, 'I'); err != nil {
+	if err := greet(c, authFinal, g.params, key, 'I'); err != nil {
 		giveBack()
 		return err
 	}
-	sess.authFinal = nil // sent; an idle session keeps nothing of its login
 	_ = c.SetDeadline(time.Time{})
 	if mode == PoolTransaction {
 		giveBack()

@@ -340,15 +340,14 @@ type session struct {
 	user      string // the startup packet's user name
 	via       resolver.Via
 	routed    bool
+	cancelReq bool
+	direct    bool  // on the direct endpoint (pgtenant.endpoint=direct)
+	ownSecret bool  // logged in with the tenant's own secret (Auth.PerTenant)
+	secretLen uint8 // of the client's cancel key: shortSecret, or longSecret for protocol 3.2
 	upPID     uint32
 	bytesIn   atomic.Int64 // client → upstream
 	bytesOut  atomic.Int64 // upstream → client
-	cancelReq bool
-	direct    bool   // on the direct endpoint (pgtenant.endpoint=direct)
-	ownSecret bool   // logged in with the tenant's own secret (Auth.PerTenant)
-	sni       string // TLS server name the client sent
-	authFinal []byte // the authentication's last messages, sent by greet
-	secretLen int    // of the client's cancel key: shortSecret, or longSecret for protocol 3.2
+	sni       string       // TLS server name the client sent
 
 	killedBy *ClientError // why the router ended the routed session, if it did (metrics)
 
@@ -418,12 +417,12 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, poll *poller, wg *sy
 	case sess.live != nil:
 		ev = &sess.live.ev
 	}
-	if err == nil && ev != nil && ev.p != nil {
+	if err == nil && ev != nil && ev.p != nil && wg == &s.conns { // (evRelay.end says Done to s.conns)
 		// No goroutine waits for the session from here: the last of its
 		// directions to end does what follows relay or run below
 		// (evRelay.end).
 		stop() // if ctx ended already, c is closed and the relay ends at once
-		ev.start(start, id, wg)
+		ev.start(start, id)
 		return nil
 	}
 	defer func() {
@@ -604,7 +603,7 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	if err != nil {
 		return s.fail(c, err)
 	}
-	sess.authFinal, sess.ownSecret = authFinal, cred == CredentialTenant
+	sess.ownSecret = cred == CredentialTenant
 	s.cfg.Metrics.authDone(authStart, cred)
 	doneHandshake()
 	releaseSlot, err := s.admit(tenant) // block list, connection caps (limits.go)
@@ -622,7 +621,7 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 		return s.fail(c, err)
 	}
 	if mode != PoolOff {
-		return s.servePooled(ctx, c, sess, log, tenant, mode, want)
+		return s.servePooled(ctx, c, sess, log, tenant, mode, want, authFinal)
 	}
 
 	// Authenticated: only now may anything be resolved or created.
@@ -640,7 +639,7 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 	// up (its parameter map) alive past the greeting, only the connection.
 	upConn := up.Conn
 	ls := &sess.liveStore // one allocation for both
-	ls.session, ls.remote, ls.start = sess, c.RemoteAddr().String(), time.Now()
+	ls.session, ls.remote, ls.start = sess, c.RemoteAddr().String(), stampOf(time.Now())
 	evRelayed := canEventRelay(sess.poll, c, upConn)
 	if evRelayed {
 		// Serve's hook closes it on a hard stop (serveConn). Nothing but
@@ -669,13 +668,12 @@ func (s *Server) serve(ctx context.Context, c net.Conn, sess *session, log *slog
 		tlsConfig: up.TLSConfig,
 		dial:      s.dial,
 	}
-	key, release := s.cancels.registerIn(&sess.cancel, sess.secretLen)
+	key, release := s.cancels.registerIn(&sess.cancel, int(sess.secretLen))
 	sess.onEnd(release)
 
-	if err := greet(c, sess.authFinal, up.ParameterStatuses, key, up.TxStatus); err != nil {
+	if err := greet(c, authFinal, up.ParameterStatuses, key, up.TxStatus); err != nil {
 		return err
 	}
-	sess.authFinal = nil           // sent; an idle session keeps nothing of its login
 	_ = c.SetDeadline(time.Time{}) // from here on liveness is TCP keepalive's job
 
 	sess.live = ls
