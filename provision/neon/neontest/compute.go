@@ -16,6 +16,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgtenant/pgtenant/internal/pgfront"
 	"github.com/xdg-go/scram"
 )
 
@@ -28,12 +30,8 @@ import (
 // to it as they are.
 
 const (
-	sslRequestCode    = 80877103
-	gssEncRequestCode = 80877104
-	cancelRequestCode = 80877102
-	maxStartupPacket  = 10000
-	maxSASLMessage    = 10000
-	handshakeTimeout  = 30 * time.Second
+	maxSASLMessage   = 10000
+	handshakeTimeout = 30 * time.Second
 )
 
 // Client-facing messages of Neon's proxy (docs/neon-api.md §8.3, §8.4).
@@ -54,11 +52,7 @@ var poolerParams = map[string]bool{
 }
 
 // clientError is an ErrorResponse the proxy sends before hanging up.
-type clientError struct {
-	code, msg string
-}
-
-func (e *clientError) Error() string { return e.code + ": " + e.msg }
+type clientError = pgfront.Error
 
 func errorResponse(code, msg string) *pgproto3.ErrorResponse {
 	// Neon's proxy reports its own errors with severity ERROR (psql prints
@@ -103,7 +97,7 @@ func (s *Server) serveCompute(c net.Conn) {
 	var ce *clientError
 	switch {
 	case errors.As(err, &ce):
-		_ = writeMsgs(c, errorResponse(ce.code, ce.msg)) // plain: only before TLS
+		_ = writeMsgs(c, errorResponse(ce.Code, ce.Msg)) // plain: only before TLS
 		log.Debug("compute connection refused", "err", err)
 	case err != nil:
 		log.Debug("compute connection ended", "err", err)
@@ -138,17 +132,17 @@ func (s *Server) computeConn(raw net.Conn, log *slog.Logger) error {
 		r = tc
 	}
 	for {
-		pkt, err := readStartupPacket(r)
+		pkt, err := pgfront.ReadStartupPacket(r)
 		var ce *clientError
 		if tc != nil && errors.As(err, &ce) {
-			return sendErr(tc, ce.code, ce.msg)
+			return sendErr(tc, ce.Code, ce.Msg)
 		}
 		if err != nil {
 			return err
 		}
 		code := binary.BigEndian.Uint32(pkt)
 		switch {
-		case code == sslRequestCode && tc == nil:
+		case code == pgfront.SSLRequestCode && tc == nil:
 			if _, err := raw.Write([]byte{'S'}); err != nil {
 				return err
 			}
@@ -157,11 +151,11 @@ func (s *Server) computeConn(raw net.Conn, log *slog.Logger) error {
 				return err
 			}
 			r = tc
-		case code == gssEncRequestCode && tc == nil:
+		case code == pgfront.GSSEncRequestCode && tc == nil:
 			if _, err := raw.Write([]byte{'N'}); err != nil {
 				return err
 			}
-		case code == cancelRequestCode:
+		case code == pgfront.CancelRequestCode:
 			s.forwardCancel(ctx, pkt, log)
 			return nil
 		case code>>16 == 3:
@@ -171,27 +165,9 @@ func (s *Server) computeConn(raw net.Conn, log *slog.Logger) error {
 			if tc != nil {
 				return sendErr(tc, "0A000", msg)
 			}
-			return &clientError{"0A000", msg}
+			return &clientError{Code: "0A000", Msg: msg}
 		}
 	}
-}
-
-// readStartupPacket reads one length-prefixed startup-phase packet and
-// returns it without the length word.
-func readStartupPacket(r io.Reader) ([]byte, error) {
-	var hdr [4]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return nil, err
-	}
-	n := int64(int32(binary.BigEndian.Uint32(hdr[:])))
-	if n < 8 || n > maxStartupPacket {
-		return nil, &clientError{"08P01", fmt.Sprintf("invalid length of startup packet: %d", n)}
-	}
-	body := make([]byte, n-4)
-	if _, err := io.ReadFull(r, body); err != nil {
-		return nil, err
-	}
-	return body, nil
 }
 
 func (s *Server) forwardCancel(ctx context.Context, pkt []byte, log *slog.Logger) {
@@ -210,7 +186,7 @@ func (s *Server) forwardCancel(ctx context.Context, pkt []byte, log *slog.Logger
 func (s *Server) computeStartup(ctx context.Context, endHandshake func() bool, raw net.Conn, tc *tls.Conn, pkt []byte, log *slog.Logger) error {
 	minor := binary.BigEndian.Uint32(pkt) & 0xffff
 	if tc == nil {
-		return &clientError{"08P01", msgInsecure}
+		return &clientError{Code: "08P01", Msg: msgInsecure}
 	}
 	// Decode as 3.2 whatever minor the client asked for; it is told 3.0
 	// below (NegotiateProtocolVersion) if it asked for more.
@@ -223,7 +199,7 @@ func (s *Server) computeStartup(ctx context.Context, endHandshake func() bool, r
 	params := sm.Parameters
 	tgt, cerr := resolveTarget(tc.ConnectionState().ServerName, params["options"])
 	if cerr != nil {
-		return sendErr(tc, cerr.code, cerr.msg)
+		return sendErr(tc, cerr.Code, cerr.Msg)
 	}
 	user := params["user"]
 	if user == "" {
@@ -235,7 +211,7 @@ func (s *Server) computeStartup(ctx context.Context, endHandshake func() bool, r
 	}
 	if tgt.pooler {
 		if cerr := checkPoolerParams(params, tgt.rest); cerr != nil {
-			return sendErr(tc, cerr.code, cerr.msg)
+			return sendErr(tc, cerr.Code, cerr.Msg)
 		}
 	}
 	log = log.With("endpoint", tgt.id, "pooler", tgt.pooler, "user", user)
@@ -250,11 +226,11 @@ func (s *Server) computeStartup(ctx context.Context, endHandshake func() bool, r
 		ep := s.mu.endpoints[tgt.id]
 		switch {
 		case ep == nil || ep.deleted:
-			cerr = &clientError{"XX000", msgNoEndpoint}
+			cerr = &clientError{Code: "XX000", Msg: msgNoEndpoint}
 		case ep.state == EndpointInit && ep.starting:
 			return false
 		case ep.state == EndpointInit:
-			cerr = &clientError{"XX000", msgCouldNotConnect + ": compute failed to start"}
+			cerr = &clientError{Code: "XX000", Msg: msgCouldNotConnect + ": compute failed to start"}
 		default:
 			if r := ep.b.role(user); r != nil {
 				creds, haveRole = r.creds, true
@@ -266,7 +242,7 @@ func (s *Server) computeStartup(ctx context.Context, endHandshake func() bool, r
 		return sendErr(tc, "XX000", msgCouldNotConnect+": timed out waiting for the compute to start")
 	}
 	if cerr != nil {
-		return sendErr(tc, cerr.code, cerr.msg)
+		return sendErr(tc, cerr.Code, cerr.Msg)
 	}
 	if !haveRole { // authenticate against nothing, as Postgres does for unknown roles
 		if creds, err = scramCreds(newPassword()); err != nil {
@@ -302,18 +278,18 @@ func (s *Server) computeStartup(ctx context.Context, endHandshake func() bool, r
 	ep = s.mu.endpoints[tgt.id]
 	switch {
 	case ep == nil || ep.deleted:
-		cerr = &clientError{"XX000", msgNoEndpoint}
+		cerr = &clientError{Code: "XX000", Msg: msgNoEndpoint}
 	case ep.b.database(dbName) == nil:
-		cerr = &clientError{"3D000", fmt.Sprintf("database \"%s\" does not exist", dbName)}
+		cerr = &clientError{Code: "3D000", Msg: fmt.Sprintf("database \"%s\" does not exist", dbName)}
 	case ep.b.role(user) == nil:
-		cerr = &clientError{"28P01", fmt.Sprintf("password authentication failed for user '%s'", user)}
+		cerr = &clientError{Code: "28P01", Msg: fmt.Sprintf("password authentication failed for user '%s'", user)}
 	default:
 		localDB, localRole = localName(ep.b.id, dbName), localName(ep.b.id, user)
 	}
 	readOnly := ep != nil && ep.typ == "read_only"
 	s.mu.Unlock()
 	if cerr != nil {
-		return sendErr(tc, cerr.code, cerr.msg)
+		return sendErr(tc, cerr.Code, cerr.Msg)
 	}
 	if s.backend == nil {
 		return sendErr(tc, "XX000", msgCouldNotConnect+": the fake has no Postgres backend")
@@ -399,27 +375,7 @@ func (s *Server) computeStartup(ctx context.Context, endHandshake func() bool, r
 	_ = server.SetDeadline(time.Time{})
 	log.Debug("compute session started", "database", dbName)
 
-	errc := make(chan error, 2)
-	go pumpToCompute(errc, server, tc)
-	go pumpToClient(errc, tc, server)
-	err = <-errc
-	_ = raw.Close()
-	_ = server.Close()
-	<-errc
-	if errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) {
-		err = nil
-	}
-	return err
-}
-
-func pumpToCompute(errc chan<- error, dst io.Writer, src io.Reader) {
-	_, err := io.Copy(dst, src)
-	errc <- err
-}
-
-func pumpToClient(errc chan<- error, dst io.Writer, src io.Reader) {
-	_, err := io.Copy(dst, src)
-	errc <- err
+	return pgfront.Relay(tc, server, raw, server)
 }
 
 // authenticate runs SCRAM-SHA-256 (or -PLUS, bound to the proxy's
@@ -504,9 +460,9 @@ func resolveTarget(sni, options string) (target, *clientError) {
 	rest, opt := splitOptions(options)
 	switch {
 	case label != "" && opt != "" && label != opt:
-		return target{}, &clientError{"XX000", fmt.Sprintf("Inconsistent project name inferred from SNI ('%s') and project option ('%s')", label, opt)}
+		return target{}, &clientError{Code: "XX000", Msg: fmt.Sprintf("Inconsistent project name inferred from SNI ('%s') and project option ('%s')", label, opt)}
 	case label == "" && opt == "":
-		return target{}, &clientError{"XX000", msgMissingEndpoint}
+		return target{}, &clientError{Code: "XX000", Msg: msgMissingEndpoint}
 	}
 	id := label
 	if id == "" {
@@ -589,10 +545,10 @@ func checkPoolerParams(params map[string]string, restOptions string) *clientErro
 		case poolerParams[lk], strings.HasPrefix(k, "_pq_."):
 		case lk == "options":
 			if toks := optionTokens(restOptions); len(toks) > 0 {
-				return &clientError{"08P01", "unsupported startup parameter in options: " + toks[0]}
+				return &clientError{Code: "08P01", Msg: "unsupported startup parameter in options: " + toks[0]}
 			}
 		default:
-			return &clientError{"08P01", "unsupported startup parameter: " + k}
+			return &clientError{Code: "08P01", Msg: "unsupported startup parameter: " + k}
 		}
 	}
 	return nil

@@ -10,16 +10,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgtenant/pgtenant/internal/pgfront"
 )
 
-// Startup request codes (PostgreSQL protocol).
-const (
-	sslRequestCode    = 80877103
-	gssEncRequestCode = 80877104
-	cancelRequestCode = 80877102
-	maxStartupLen     = 10000
-	handshakeTimeout  = 10 * time.Second
-)
+const handshakeTimeout = 10 * time.Second
 
 func (s *Server) acceptFront() {
 	for {
@@ -57,20 +52,6 @@ func (s *Server) untrack(c net.Conn) {
 	delete(s.mu.conns, c)
 }
 
-func readPacket(r io.Reader) ([]byte, error) {
-	var hdr [4]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return nil, err
-	}
-	n := int(binary.BigEndian.Uint32(hdr[:]))
-	if n < 8 || n > maxStartupLen {
-		return nil, fmt.Errorf("startup packet of %d bytes", n)
-	}
-	b := make([]byte, n-4)
-	_, err := io.ReadFull(r, b)
-	return b, err
-}
-
 func refuse(w io.Writer, code, msg string) error {
 	b, _ := (&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: code, Message: msg}).Encode(nil)
 	_, _ = w.Write(b)
@@ -86,13 +67,13 @@ func (s *Server) serveFront(c net.Conn) error {
 	var conn net.Conn = c
 	var sni string
 	for {
-		pkt, err := readPacket(conn)
+		pkt, err := pgfront.ReadStartupPacket(conn)
 		if err != nil {
 			return err
 		}
 		code := binary.BigEndian.Uint32(pkt[:4])
 		switch code {
-		case sslRequestCode:
+		case pgfront.SSLRequestCode:
 			if _, ok := conn.(*tls.Conn); ok {
 				return refuse(conn, "08P01", "SSLRequest after TLS")
 			}
@@ -105,12 +86,12 @@ func (s *Server) serveFront(c net.Conn) error {
 			}
 			conn, sni = tc, tc.ConnectionState().ServerName
 			continue
-		case gssEncRequestCode:
+		case pgfront.GSSEncRequestCode:
 			if _, err := conn.Write([]byte{'N'}); err != nil {
 				return err
 			}
 			continue
-		case cancelRequestCode:
+		case pgfront.CancelRequestCode:
 			return s.relayCancel(pkt)
 		}
 		if _, ok := conn.(*tls.Conn); !ok {
@@ -152,20 +133,8 @@ func (s *Server) serveFront(c net.Conn) error {
 			return err
 		}
 		_ = c.SetDeadline(time.Time{})
-		errc := make(chan error, 2)
-		go pump(errc, up, conn)
-		go pump(errc, conn, up)
-		err = <-errc
-		_ = conn.Close()
-		_ = up.Close()
-		<-errc
-		return err
+		return pgfront.Relay(conn, up, conn, up)
 	}
-}
-
-func pump(errc chan<- error, dst io.Writer, src io.Reader) {
-	_, err := io.Copy(dst, src)
-	errc <- err
 }
 
 // relayCancel passes a CancelRequest on to the local server (the key

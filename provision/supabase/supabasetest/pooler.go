@@ -6,12 +6,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgtenant/pgtenant/internal/pgfront"
 )
 
 // The pooler: the fake's Supavisor (and the projects' direct hosts). It
@@ -20,13 +21,7 @@ import (
 // project's local role and database and relays bytes; the local Postgres
 // runs the SCRAM exchange with the project's password.
 
-const (
-	sslRequestCode    = 80877103
-	gssEncRequestCode = 80877104
-	cancelRequestCode = 80877102
-	maxStartupPacket  = 10000
-	handshakeTimeout  = 30 * time.Second
-)
+const handshakeTimeout = 30 * time.Second
 
 // certFor returns the pooler's certificate for pooler hosts and issues
 // (once) a certificate for each direct host db.<ref>.supabase.co, which
@@ -94,9 +89,7 @@ func (s *Server) untrack(c net.Conn) {
 }
 
 // poolerError is an ErrorResponse the pooler sends before hanging up.
-type poolerError struct{ code, msg string }
-
-func (e *poolerError) Error() string { return e.code + ": " + e.msg }
+type poolerError = pgfront.Error
 
 // servePooler handles one client connection and always closes it.
 func (s *Server) servePooler(raw net.Conn) {
@@ -106,13 +99,13 @@ func (s *Server) servePooler(raw net.Conn) {
 		_ = raw.SetDeadline(time.Now().Add(handshakeTimeout))
 		var sni string
 		for {
-			pkt, err := readStartupPacket(client)
+			pkt, err := pgfront.ReadStartupPacket(client)
 			if err != nil {
 				return err
 			}
 			code := binary.BigEndian.Uint32(pkt)
 			switch {
-			case code == sslRequestCode && client == raw:
+			case code == pgfront.SSLRequestCode && client == raw:
 				if _, err := raw.Write([]byte{'S'}); err != nil {
 					return err
 				}
@@ -121,22 +114,22 @@ func (s *Server) servePooler(raw net.Conn) {
 					return err
 				}
 				client, sni = tc, tc.ConnectionState().ServerName
-			case code == gssEncRequestCode && client == raw:
+			case code == pgfront.GSSEncRequestCode && client == raw:
 				if _, err := raw.Write([]byte{'N'}); err != nil {
 					return err
 				}
-			case code == cancelRequestCode:
+			case code == pgfront.CancelRequestCode:
 				return nil // not forwarded (a simplification)
 			case code>>16 == 3:
 				return s.startup(client, sni, pkt)
 			default:
-				return &poolerError{"0A000", fmt.Sprintf("unsupported frontend protocol %d.%d", code>>16, code&0xffff)}
+				return &poolerError{Code: "0A000", Msg: fmt.Sprintf("unsupported frontend protocol %d.%d", code>>16, code&0xffff)}
 			}
 		}
 	}()
 	var pe *poolerError
 	if errors.As(err, &pe) {
-		buf, _ := (&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: pe.code, Message: pe.msg}).Encode(nil)
+		buf, _ := (&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: pe.Code, Message: pe.Msg}).Encode(nil)
 		_, _ = client.Write(buf)
 	}
 	if err != nil {
@@ -144,28 +137,12 @@ func (s *Server) servePooler(raw net.Conn) {
 	}
 }
 
-func readStartupPacket(r io.Reader) ([]byte, error) {
-	var hdr [4]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return nil, err
-	}
-	n := int64(int32(binary.BigEndian.Uint32(hdr[:])))
-	if n < 8 || n > maxStartupPacket {
-		return nil, &poolerError{"08P01", fmt.Sprintf("invalid length of startup packet: %d", n)}
-	}
-	body := make([]byte, n-4)
-	if _, err := io.ReadFull(r, body); err != nil {
-		return nil, err
-	}
-	return body, nil
-}
-
 // startup routes a StartupMessage (pkt, without its length) and relays
 // the session until either side hangs up.
 func (s *Server) startup(client net.Conn, sni string, pkt []byte) error {
 	var sm pgproto3.StartupMessage
 	if err := sm.Decode(pkt); err != nil {
-		return &poolerError{"08P01", "invalid startup packet"}
+		return &poolerError{Code: "08P01", Msg: "invalid startup packet"}
 	}
 	user, db := sm.Parameters["user"], sm.Parameters["database"]
 	if db == "" {
@@ -174,13 +151,13 @@ func (s *Server) startup(client net.Conn, sni string, pkt []byte) error {
 	var ref string
 	if r, ok := directRef(sni); ok {
 		if user != "postgres" {
-			return &poolerError{"28000", fmt.Sprintf("password authentication failed for user %q", user)}
+			return &poolerError{Code: "28000", Msg: fmt.Sprintf("password authentication failed for user %q", user)}
 		}
 		ref = r
 	} else {
 		role, r, ok := strings.Cut(user, ".")
 		if !ok || role != "postgres" {
-			return &poolerError{"XX000", "Tenant or user not found"}
+			return &poolerError{Code: "XX000", Msg: "Tenant or user not found"}
 		}
 		ref = r
 	}
@@ -193,11 +170,11 @@ func (s *Server) startup(client net.Conn, sni string, pkt []byte) error {
 	s.mu.Unlock()
 	switch {
 	case v.Ref == "":
-		return &poolerError{"XX000", "Tenant or user not found"}
+		return &poolerError{Code: "XX000", Msg: "Tenant or user not found"}
 	case v.Status != "ACTIVE_HEALTHY":
-		return &poolerError{"57P03", "the database system is starting up"}
+		return &poolerError{Code: "57P03", Msg: "the database system is starting up"}
 	case db != "postgres":
-		return &poolerError{"3D000", fmt.Sprintf("database %q does not exist", db)}
+		return &poolerError{Code: "3D000", Msg: fmt.Sprintf("database %q does not exist", db)}
 	}
 	sm.Parameters["user"], sm.Parameters["database"] = localName(ref), localName(ref)
 	ctx, cancel := context.WithTimeout(s.ctx, handshakeTimeout)
@@ -205,7 +182,7 @@ func (s *Server) startup(client net.Conn, sni string, pkt []byte) error {
 	var d net.Dialer
 	up, err := d.DialContext(ctx, "tcp", s.pgAddr)
 	if err != nil {
-		return &poolerError{"08006", "could not reach the database"}
+		return &poolerError{Code: "08006", Msg: "could not reach the database"}
 	}
 	if !s.track(up) {
 		_ = up.Close()
@@ -220,20 +197,5 @@ func (s *Server) startup(client net.Conn, sni string, pkt []byte) error {
 		return err
 	}
 	_ = client.SetDeadline(time.Time{})
-	errc := make(chan error, 2)
-	go relay(errc, up, client)
-	go relay(errc, client, up)
-	err = <-errc
-	_ = client.Close()
-	_ = up.Close()
-	<-errc
-	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
-		return nil
-	}
-	return err
-}
-
-func relay(errc chan<- error, dst, src net.Conn) {
-	_, err := io.Copy(dst, src)
-	errc <- err
+	return pgfront.Relay(client, up, client, up)
 }
