@@ -293,6 +293,14 @@ func (h *Handler) authorize(next http.Handler) http.Handler {
 	})
 }
 
+// decodeJSON reads r's body, at most limit bytes, into v, refusing fields
+// v does not have.
+func decodeJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
+}
+
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")

@@ -1,7 +1,6 @@
 package admin
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -56,9 +55,7 @@ func (h *Handler) tenantPassword(w http.ResponseWriter, r *http.Request) {
 	}
 
 	var body passwordBody
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&body); err != nil || (body.Password == "") == (body.Verifier == "") {
+	if err := decodeJSON(w, r, 4096, &body); err != nil || (body.Password == "") == (body.Verifier == "") {
 		writeError(w, http.StatusBadRequest, `want a JSON body {"password": "..."} or {"verifier": "SCRAM-SHA-256$4096:<salt>$<StoredKey>:<ServerKey>"}`)
 		return
 	}

@@ -3,7 +3,6 @@ package admin
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -171,9 +170,7 @@ func (h *Handler) migrations(w http.ResponseWriter, r *http.Request) {
 	req := MigrationRequest{Action: "status"}
 	if r.Method == http.MethodPost {
 		req = MigrationRequest{}
-		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&req); err != nil {
+		if err := decodeJSON(w, r, 1<<20, &req); err != nil {
 			writeError(w, http.StatusBadRequest, `want a JSON body {"action": "up"|"status", "to": N, "concurrency": K, "canary": N, "tenants": ["a"], "max_fail_share": F, "dry_run": false}: `+err.Error())
 			return
 		}

@@ -2,7 +2,6 @@ package admin
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -99,9 +98,7 @@ func (h *Handler) tenantPlacement(w http.ResponseWriter, r *http.Request) {
 		var body struct {
 			Provider string `json:"provider"`
 		}
-		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&body); err != nil || body.Provider == "" {
+		if err := decodeJSON(w, r, 4096, &body); err != nil || body.Provider == "" {
 			writeError(w, http.StatusBadRequest, `want a JSON body {"provider": "<name>"} naming provider.kind or one of provider.also`)
 			return
 		}
@@ -171,9 +168,7 @@ func (h *Handler) tenantRoute(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var spec RouteSpec
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 16<<10))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&spec); err != nil {
+	if err := decodeJSON(w, r, 16<<10, &spec); err != nil {
 		writeError(w, http.StatusBadRequest, `want a JSON body {"dsn": "postgres://user:password@host:port/db?sslmode=verify-full"} or {"host", "port", "database", "user", "password", "sslmode"}`)
 		return
 	}

@@ -1,7 +1,6 @@
 package admin
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -374,9 +373,7 @@ func (h *Handler) tenantPoolMode(w http.ResponseWriter, r *http.Request) {
 	mode := ""
 	if r.Method == http.MethodPut {
 		var body poolModeBody
-		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&body); err != nil || body.Mode == nil {
+		if err := decodeJSON(w, r, 4096, &body); err != nil || body.Mode == nil {
 			writeError(w, http.StatusBadRequest, `want a JSON body {"mode": "session"|"transaction"|"off"|""}`)
 			return
 		}
