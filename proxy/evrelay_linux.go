@@ -178,16 +178,19 @@ type evRelay struct {
 	id    uint64
 }
 
-// canEventRelay reports whether the connections can be event-relayed: plain
-// TCP both ways (a TLS connection buffers what it decrypted, which epoll
+// canEventRelay reports whether a session on conns can be event-relayed:
+// all plain TCP (a TLS connection buffers what it decrypted, which epoll
 // cannot see).
-func canEventRelay(p *poller, client, upstream net.Conn) bool {
+func canEventRelay(p *poller, conns ...net.Conn) bool {
 	if p == nil {
 		return false
 	}
-	_, ok1 := client.(*net.TCPConn)
-	_, ok2 := upstream.(*net.TCPConn)
-	return ok1 && ok2
+	for _, c := range conns {
+		if _, ok := c.(*net.TCPConn); !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // init prepares ev to relay client and upstream on p (before the session

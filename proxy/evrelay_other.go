@@ -5,7 +5,6 @@ package proxy
 import (
 	"context"
 	"net"
-	"sync"
 	"time"
 )
 
@@ -20,7 +19,7 @@ func (p *poller) close() {}
 
 type evRelay struct{ p *poller }
 
-func canEventRelay(*poller, net.Conn, net.Conn) bool { return false }
+func canEventRelay(*poller, ...net.Conn) bool { return false }
 
 func (ev *evRelay) init(*poller, *liveSession, net.Conn, net.Conn) {}
 

@@ -190,7 +190,7 @@ func (s *Server) servePooled(ctx context.Context, c net.Conn, sess *session, log
 	// In transaction mode the client's reader may wait without a goroutine
 	// (a session-mode client holds a server connection, and its pump's
 	// goroutine, throughout). Set up before kill can see the session.
-	if mode == PoolTransaction && canEventRelay(sess.poll, c, c) {
+	if mode == PoolTransaction && canEventRelay(sess.poll, c) {
 		ls.ev.initPooled(sess.poll, ls, pc)
 	}
 	sess.onEnd(s.live.add(ls))
