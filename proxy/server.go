@@ -263,12 +263,14 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			return err
 		}
 		s.connMu.Lock() // against drain's switch to draining: conns gets no Go once its Wait may run
-		wg := &s.conns
+		wg, p := &s.conns, poll
 		if s.draining.Load() {
-			wg = &refusing
+			// Refused once its startup packet is read: never relayed, so
+			// never on the poller (whose sessions end with s.conns.Done).
+			wg, p = &refusing, nil
 		}
 		wg.Add(1) // Done when the session ends, which may be after serveConn returns
-		go func() { _ = s.serveConn(connCtx, c, poll, wg) }()
+		go func() { _ = s.serveConn(connCtx, c, p, wg) }()
 		s.connMu.Unlock()
 	}
 }
@@ -417,7 +419,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, poll *poller, wg *sy
 	case sess.live != nil:
 		ev = &sess.live.ev
 	}
-	if err == nil && ev != nil && ev.p != nil && wg == &s.conns { // (evRelay.end says Done to s.conns)
+	if err == nil && ev != nil && ev.p != nil { // (Serve gave a poller only with wg = &s.conns: evRelay.end says Done to it)
 		// No goroutine waits for the session from here: the last of its
 		// directions to end does what follows relay or run below
 		// (evRelay.end).
