@@ -89,18 +89,25 @@ func (c *Catalog) Place(ctx context.Context, tenant, provider string) error {
 	return err
 }
 
+// placedProvider returns the provider tenant is placed on, "" when it has
+// no placement.
+func placedProvider(ctx context.Context, q querier, tenant string) (string, error) {
+	var p string
+	err := q.QueryRow(ctx, `SELECT provider FROM pgtenant.placements WHERE tenant = $1`, tenant).Scan(&p)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", nil
+	}
+	return p, err
+}
+
 // Placement returns the provider tenant is placed on; ok is false when it
 // has no placement (the router's default provider creates it). Safe for
 // concurrent use.
 func (c *Catalog) Placement(ctx context.Context, tenant string) (provider string, ok bool, err error) {
-	err = c.pool.QueryRow(ctx, `SELECT provider FROM pgtenant.placements WHERE tenant = $1`, tenant).Scan(&provider)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		return "", false, nil
-	case err != nil:
+	if provider, err = placedProvider(ctx, c.pool, tenant); err != nil {
 		return "", false, fmt.Errorf("catalog placement %q: %w", tenant, err)
 	}
-	return provider, true, nil
+	return provider, provider != "", nil
 }
 
 // Unplace removes tenant's placement and reports whether it had one. A
@@ -131,9 +138,8 @@ func (c *Catalog) SetRoute(ctx context.Context, tenant, provider string, ep prov
 		if cur != "" && cur != provider {
 			return fmt.Errorf("%w: tenant %q exists on provider %s; delete it there first", ErrOtherProvider, tenant, cur)
 		}
-		var placed string
-		err = tx.QueryRow(ctx, `SELECT provider FROM pgtenant.placements WHERE tenant = $1`, tenant).Scan(&placed)
-		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		placed, err := placedProvider(ctx, tx, tenant)
+		if err != nil {
 			return err
 		}
 		if placed != "" && placed != provider {
@@ -219,14 +225,11 @@ func (e *PlacedError) PlacedProvider() string { return e.Provider }
 // checkPlacement returns a *PlacedError when tenant is placed on another
 // provider than provider, in tx (under the tenant's lock).
 func checkPlacement(ctx context.Context, tx pgx.Tx, tenant, provider string) error {
-	var placed string
-	err := tx.QueryRow(ctx, `SELECT provider FROM pgtenant.placements WHERE tenant = $1`, tenant).Scan(&placed)
+	placed, err := placedProvider(ctx, tx, tenant)
 	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		return nil
 	case err != nil:
 		return err
-	case placed != provider:
+	case placed != "" && placed != provider:
 		return &PlacedError{Tenant: tenant, Provider: placed}
 	}
 	return nil
